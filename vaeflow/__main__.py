@@ -1,0 +1,5 @@
+import sys
+
+from vaeflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""The ``vaeflow`` command line."""
+
+from vaeflow.cli.main import main
+
+__all__ = ["main"]

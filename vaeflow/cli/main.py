@@ -1,0 +1,43 @@
+"""Entry point: builds the parser from each command module and maps errors to exit codes.
+
+Exit codes: 0 success; 1 an error (the message says what); 2 bad command-line usage;
+3 a dataset job finished but some images failed (they are listed in the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vaeflow.cli import files, models, train
+from vaeflow.errors import VaeflowError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+COMMAND_MODULES = (files, models, train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vaeflow import __version__
+
+    parser = argparse.ArgumentParser(prog="vaeflow", description="Learned latent codec for image datasets.")
+    parser.add_argument("--version", action="version", version=f"vaeflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, providers)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or EXIT_OK)
+    except (VaeflowError, ValueError, OSError) as exc:
+        print(f"vaeflow: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vaeflow: interrupted", file=sys.stderr)
+        return 130

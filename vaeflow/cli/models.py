@@ -1,0 +1,88 @@
+"""vaeflow models list / import / add."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from vaeflow.errors import ModelError
+from vaeflow.models import registry as model_registry
+from vaeflow.models.registry import ModelEntry, Registry, home_dir
+
+
+def register(commands: Any) -> None:
+    models = commands.add_parser("models", help="list, import and add VAE models")
+    sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    p = sub.add_parser("list", help="show every registered model with its figures")
+    p.set_defaults(run=run_list)
+
+    p = sub.add_parser("import", help="convert Tiny AutoEncoder weights to ONNX and register them (needs torch)")
+    p.add_argument(
+        "--kind", choices=["tae"], required=True, help="weight family: tae (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2)"
+    )
+    p.add_argument("--encoder", type=Path, required=True, help=".pth or .safetensors encoder state dict")
+    p.add_argument("--decoder", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--license", default="MIT")
+    p.set_defaults(run=run_import)
+
+    p = sub.add_parser("add", help="register ONNX encoder and decoder files exported elsewhere")
+    p.add_argument("--encoder", type=Path, required=True)
+    p.add_argument("--decoder", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--latent-channels", type=int, required=True)
+    p.add_argument("--downsample", type=int, default=8)
+    p.add_argument("--input-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--latent-scale", type=float, default=1.0, help="e.g. 0.18215 for SD, 0.13025 for SDXL")
+    p.add_argument("--latent-shift", type=float, default=0.0)
+    p.add_argument("--license", default="unknown")
+    p.set_defaults(run=run_add)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    registry = Registry.load()
+    aliases: dict[str, list[str]] = {}
+    for alias, target in registry.aliases.items():
+        aliases.setdefault(target, []).append(alias)
+    print(f"{'name':<16} {'aliases':<10} {'C':>3} {'f':>3} {'PSNR':>6} {'MS-SSIM':>7}  license  source")
+    for name, e in sorted(registry.entries.items()):
+        psnr = f"{e.recon_psnr:.2f}" if e.recon_psnr else "-"
+        msssim = f"{e.recon_ms_ssim:.4f}" if e.recon_ms_ssim else "-"
+        print(
+            f"{name:<16} {','.join(aliases.get(name, [])) or '-':<10} {e.latent_channels:>3} {e.downsample:>3} "
+            f"{psnr:>6} {msssim:>7}  {e.license:<8} {e.source}"
+        )
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    try:
+        from vaeflow.nets.tae import import_tae
+    except ImportError as exc:
+        raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[train]' ({exc})") from exc
+    path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license)
+    print(f"registered {args.name!r} in {path}")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    entry = ModelEntry(
+        name=args.name,
+        encoder=args.encoder.resolve(),
+        decoder=args.decoder.resolve(),
+        latent_channels=args.latent_channels,
+        downsample=args.downsample,
+        input_range=tuple(args.input_range),  # type: ignore[arg-type]
+        latent_scale=(args.latent_scale,),
+        latent_shift=(args.latent_shift,),
+        license=args.license,
+    )
+    entry.validate()
+    for path in (entry.encoder, entry.decoder):
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+    path = model_registry.register(entry)
+    print(f"registered {args.name!r} in {path}")
+    return 0

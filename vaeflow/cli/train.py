@@ -1,0 +1,43 @@
+"""vaeflow train run / export: the default model, trained on CPU (needs the train extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    train = commands.add_parser("train", help="train and export the default f8c4 model (needs torch)")
+    sub = train.add_subparsers(dest="train_command", required=True, metavar="ACTION")
+    p = sub.add_parser("run", help="train until --steps or --minutes; run again to resume")
+    p.add_argument("--data", required=True, help="folder of training photos (never the evaluation set)")
+    p.add_argument("--workdir", required=True, help="checkpoint and log folder")
+    p.add_argument("--steps", type=int, default=20000, help="total steps of the schedule")
+    p.add_argument("--minutes", type=float, default=9.0, help="stop and checkpoint after this long")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_train)
+    p = sub.add_parser("export", help="write ONNX files and register them as the shipped default")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data", required=True, help="photos for the latent statistics")
+    p.add_argument("--out", default="models", help="the repository's models/ folder")
+    p.add_argument("--name", default="f8c4-v1")
+    p.set_defaults(run=run_export)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vaeflow.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        args.data, args.workdir, steps=args.steps, minutes=args.minutes, threads=args.threads, seed=args.seed
+    )
+    print(json.dumps(train(cfg)))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from vaeflow.train import export_model
+
+    print(f"registered in {export_model(args.workdir, args.data, args.out, args.name)}")
+    return 0

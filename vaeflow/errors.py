@@ -1,0 +1,17 @@
+"""Exceptions raised by vaeflow. Each is a ``ValueError`` so that callers can catch bad input broadly."""
+
+
+class VaeflowError(ValueError):
+    """Base class of vaeflow's errors."""
+
+
+class CorruptStreamError(VaeflowError):
+    """A bitstream that is truncated, damaged, of an unknown version, or not a vaeflow stream."""
+
+
+class ModelError(VaeflowError):
+    """An unknown model name, a missing or corrupt model file, or a model that does not match a stream."""
+
+
+class PipelineError(VaeflowError):
+    """A pipeline whose stages do not fit together, or an unknown preset or parameter."""

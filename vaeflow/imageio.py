@@ -1,0 +1,108 @@
+"""Reading image files into HxWx3 uint8 arrays, and writing PNGs.
+
+Conversions are documented here and reported as notes:
+- greyscale, palette, CMYK and YCbCr become RGB;
+- an alpha channel is composited onto white;
+- 16-bit and 32-bit integer images are scaled to 8 bits;
+- EXIF orientation is applied; ICC profiles are ignored (pixels are taken as sRGB);
+- animated and multi-frame files use their first frame.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+DEFAULT_MAX_PIXELS = 256_000_000
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read or converted; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    pixels: np.ndarray
+    notes: tuple[str, ...] = field(default=())
+
+
+def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) from the file header alone."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"not a readable image: {exc}") from exc
+    check_size(height, width, max_pixels)
+    return height, width
+
+
+def check_size(height: int, width: int, max_pixels: int) -> None:
+    if height < 1 or width < 1:
+        raise ImageReadError(f"image has no pixels ({height}x{width})")
+    if height * width > max_pixels:
+        raise ImageReadError(
+            f"image is {height}x{width} = {height * width} pixels, over the limit of "
+            f"{max_pixels} (raise max_pixels to accept it)"
+        )
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a file to HxWx3 uint8 RGB, with notes on any conversion made."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                check_size(im.size[1], im.size[0], max_pixels)
+                notes: list[str] = []
+                frames = int(getattr(im, "n_frames", 1))
+                if frames > 1:
+                    notes.append(f"first of {frames} frames")
+                im.load()
+                return _to_rgb(im, notes)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageReadError(f"cannot decode image: {exc}") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"decompression bomb refused: {exc}") from exc
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    return load_image(path).pixels
+
+
+def _to_rgb(im: Image.Image, notes: list[str]) -> LoadedImage:
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        im = ImageOps.exif_transpose(im)
+        notes.append(f"EXIF orientation {orientation} applied")
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        arr = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if mode == "I" and arr.max() > 65535:
+            peak = float(2**32 - 1)
+        notes.append(f"{mode} image scaled to 8 bits")
+        grey = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return LoadedImage(np.repeat(grey[..., None], 3, axis=2), tuple(notes))
+    if mode == "F":
+        raise ImageReadError("floating-point images (mode F) are not supported")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+        notes.append(f"{mode} alpha composited onto white")
+    elif mode not in ("RGB", "L"):
+        notes.append(f"{mode} converted to RGB")
+    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return LoadedImage(np.ascontiguousarray(rgb), tuple(notes))
+
+
+def write_png(path: str | Path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels, mode="RGB").save(path, format="PNG")

@@ -1,0 +1,204 @@
+"""Running a registered VAE through ONNX Runtime.
+
+One ``OnnxVAE`` per (model, options) is cached per process by ``load_model``; tasks
+refer to models by name, so sessions are never pickled into a task graph. Sessions use
+explicit options: ``threads`` intra-op threads, one inter-op thread, no idle spinning,
+full graph optimisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from vaeflow.errors import ModelError
+from vaeflow.models.registry import ModelEntry, Registry
+from vaeflow.models.tiling import apply_tiled
+
+log = logging.getLogger("vaeflow")
+
+LAYOUT_KEY = "vaeflow.layout"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a model runs. ``providers=("auto",)`` takes CUDA when ONNX Runtime offers it.
+
+    Images whose height or width exceeds ``tile`` pixels are coded in overlapping tiles
+    of ``tile`` pixels, blended across ``overlap`` pixels.
+    """
+
+    threads: int | None = None
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    tile: int = 2048
+    overlap: int = 128
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ModelError(f"threads must be at least 1, got {self.threads}")
+        if self.tile < 64 or self.overlap < 0 or self.overlap >= self.tile // 2:
+            raise ModelError(f"need tile >= 64 and 0 <= overlap < tile/2, got tile={self.tile} overlap={self.overlap}")
+
+    def intra_op_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        return int(os.environ.get("VAEFLOW_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+def _session(path: Any, options: RuntimeOptions) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    available = ort.get_available_providers()
+    if options.providers == ("auto",):
+        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    else:
+        unknown = [p for p in options.providers if p not in available]
+        if unknown:
+            raise ModelError(f"execution providers {unknown} are not available; available: {available}")
+        wanted = list(options.providers)
+    try:
+        session = ort.InferenceSession(str(path), so, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"model file {path} is not a loadable ONNX model: {exc}") from exc
+    used = session.get_providers()
+    log.info("loaded %s on %s (%d threads)", path.name, used[0], so.intra_op_num_threads)
+    if used[0] != wanted[0]:
+        log.warning("%s asked for %s but runs on %s", path.name, wanted[0], used[0])
+    return session
+
+
+class _Net:
+    """One ONNX graph: names and layout read from the file, NCHW float32 in and out."""
+
+    def __init__(self, path: Any, options: RuntimeOptions) -> None:
+        self.session = _session(path, options)
+        self.path = path
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.layout = meta.get(LAYOUT_KEY, "NCHW")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ModelError(f"model file {path} declares layout {self.layout!r}; supported: NCHW, NHWC")
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        y = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" else y
+
+
+class OnnxVAE:
+    """A registered VAE: ``encode`` uint8 NxHxWx3 -> normalised latents, ``decode`` back."""
+
+    def __init__(self, entry: ModelEntry, options: RuntimeOptions | None = None) -> None:
+        self.entry = entry
+        self.options = options or RuntimeOptions()
+        self.fingerprint_bytes = entry.fingerprint()
+        self._encoder: _Net | None = None
+        self._decoder: _Net | None = None
+
+    def __reduce__(self) -> Any:
+        return (load_model, (self.entry.name, self.options))
+
+    name = property(lambda self: self.entry.name)
+    latent_channels = property(lambda self: self.entry.latent_channels)
+    downsample = property(lambda self: self.entry.downsample)
+    fingerprint = property(lambda self: self.fingerprint_bytes.hex())
+
+    @property
+    def encoder(self) -> _Net:
+        if self._encoder is None:
+            self._encoder = _Net(self.entry.encoder, self.options)
+        return self._encoder
+
+    @property
+    def decoder(self) -> _Net:
+        if self._decoder is None:
+            self._decoder = _Net(self.entry.decoder, self.options)
+        return self._decoder
+
+    def _scale(self) -> tuple[np.ndarray, np.ndarray]:
+        shape = (1, -1, 1, 1)
+        scale = np.asarray(self.entry.latent_scale, np.float32).reshape(shape)
+        shift = np.asarray(self.entry.latent_shift, np.float32).reshape(shape)
+        return scale, shift
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        s = self.downsample
+        return (self.latent_channels, -(-height // s), -(-width // s))
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)), scaled by the registry."""
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"encode takes uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
+        s = self.downsample
+        _, height, width, _ = images.shape
+        padded = np.pad(images, ((0, 0), (0, -height % s), (0, -width % s), (0, 0)), mode="edge")
+        lo, hi = self.entry.input_range
+        x = padded.transpose(0, 3, 1, 2).astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+        raw = self._run(self.encoder, x, 1 / s, s)
+        if raw.shape[1] != self.latent_channels:
+            raise ModelError(
+                f"model {self.name!r}: encoder gives {raw.shape[1]} channels, registry says {self.latent_channels}"
+            )
+        scale, shift = self._scale()
+        return ((raw - shift) * scale).astype(np.float32)
+
+    def decode(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """float (N, C, h, w) -> uint8 (N, s*h, s*w, 3), cropped to ``size`` (H, W) if given."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"decode takes latents of shape (N, {self.latent_channels}, h, w), got {latents.shape}")
+        scale, shift = self._scale()
+        raw = latents.astype(np.float32) / scale + shift
+        y = self._run(self.decoder, raw, self.downsample, 1)
+        if size is not None:
+            y = y[:, :, : size[0], : size[1]]
+        lo, hi = self.entry.input_range
+        pixels = np.rint((y - lo) * (255.0 / (hi - lo)))
+        return np.clip(pixels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+
+    def _run(self, net: _Net, x: np.ndarray, scale: float, unit: int) -> np.ndarray:
+        px_per_sample = self.downsample if scale >= 1 else 1
+        tile = self.options.tile // self.downsample * self.downsample // px_per_sample
+        if max(x.shape[2:]) <= tile:
+            return net(x)
+        overlap = self.options.overlap // px_per_sample
+        out_channels = 3 if scale >= 1 else self.latent_channels
+        return apply_tiled(net, x, tile=tile, overlap=overlap, unit=unit, scale=scale, out_channels=out_channels)
+
+
+@lru_cache(maxsize=16)
+def _cached(entry: ModelEntry, options: RuntimeOptions, stamp: tuple[int, ...]) -> OnnxVAE:
+    return OnnxVAE(entry, options)
+
+
+def load_model(name: str = "default", options: RuntimeOptions | None = None) -> OnnxVAE:
+    """The model registered as ``name``, loaded once per process and options."""
+    entry = Registry.load().resolve(name)
+    stamp = tuple(_mtime(p) for p in (entry.encoder, entry.decoder))
+    return _cached(entry, options or RuntimeOptions(), stamp)
+
+
+def _mtime(path: Any) -> int:
+    try:
+        return int(os.stat(path).st_mtime_ns)
+    except OSError as exc:
+        raise ModelError(f"model file {path} does not exist") from exc

@@ -1,0 +1,197 @@
+"""The model registry: named VAEs with their files, scaling and measured figures.
+
+Entries come from three TOML files, later ones overriding earlier ones by name:
+1. ``models.toml`` shipped with vaeflow (the default model);
+2. ``$VAEFLOW_HOME/models.toml`` (default ``~/.vaeflow``), where imports are registered;
+3. the file named by ``$VAEFLOW_CONFIG``, if set.
+
+File paths in an entry are relative to the TOML file that holds it. ``[aliases]`` maps
+names such as ``default`` to entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vaeflow.errors import ModelError
+from vaeflow.resources import shipped_models_dir
+
+REGISTRY_FILE = "models.toml"
+FINGERPRINT_BYTES = 8
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("VAEFLOW_HOME", Path.home() / ".vaeflow")).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    encoder: Path
+    decoder: Path
+    latent_channels: int
+    downsample: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    latent_scale: tuple[float, ...] = (1.0,)
+    latent_shift: tuple[float, ...] = (0.0,)
+    license: str = "unknown"
+    description: str = ""
+    recon_psnr: float | None = None
+    recon_ms_ssim: float | None = None
+    band_weights: tuple[tuple[float, ...], ...] | None = None
+    source: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_toml(cls, name: str, table: dict[str, Any], base: Path) -> ModelEntry:
+        required = ("encoder", "decoder", "latent_channels", "downsample")
+        missing = [k for k in required if k not in table]
+        if missing:
+            raise ModelError(f"model {name!r} in {base / REGISTRY_FILE} lacks {', '.join(missing)}")
+
+        def floats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+            value = table.get(key, default)
+            return tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value]))
+
+        weights = table.get("band_weights")
+        entry = cls(
+            name=name,
+            encoder=(base / table["encoder"]).resolve(),
+            decoder=(base / table["decoder"]).resolve(),
+            latent_channels=int(table["latent_channels"]),
+            downsample=int(table["downsample"]),
+            input_range=floats("input_range", (0.0, 1.0)),  # type: ignore[arg-type]
+            latent_scale=floats("latent_scale", (1.0,)),
+            latent_shift=floats("latent_shift", (0.0,)),
+            license=str(table.get("license", "unknown")),
+            description=str(table.get("description", "")),
+            recon_psnr=table.get("recon_psnr"),
+            recon_ms_ssim=table.get("recon_ms_ssim"),
+            band_weights=tuple(tuple(float(v) for v in row) for row in weights) if weights else None,
+            source=base,
+        )
+        entry.validate()
+        return entry
+
+    def validate(self) -> None:
+        where = f"model {self.name!r}"
+        if self.latent_channels < 1 or self.downsample < 1:
+            raise ModelError(f"{where}: latent_channels and downsample must be positive")
+        if len(self.input_range) != 2 or self.input_range[0] >= self.input_range[1]:
+            raise ModelError(f"{where}: input_range must be [low, high], got {list(self.input_range)}")
+        for key in ("latent_scale", "latent_shift"):
+            value = getattr(self, key)
+            if len(value) not in (1, self.latent_channels):
+                raise ModelError(f"{where}: {key} needs 1 or {self.latent_channels} values, got {len(value)}")
+        if any(v == 0 for v in self.latent_scale):
+            raise ModelError(f"{where}: latent_scale must not be zero")
+
+    def fingerprint(self) -> bytes:
+        """First bytes of the SHA-256 of the decoder file: what a stream needs to decode."""
+        return file_fingerprint(self.decoder)
+
+    def to_toml_table(self, base: Path) -> dict[str, Any]:
+        table = {k: v for k, v in asdict(self).items() if v is not None and k not in ("name", "source")}
+        for key in ("encoder", "decoder"):
+            path = Path(table[key])
+            table[key] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+        for key in ("input_range", "latent_scale", "latent_shift"):
+            table[key] = list(table[key])
+        if "band_weights" in table:
+            table["band_weights"] = [list(row) for row in table["band_weights"]]
+        return table
+
+
+def file_fingerprint(path: Path) -> bytes:
+    try:
+        digest = hashlib.sha256(path.read_bytes()).digest()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    return digest[:FINGERPRINT_BYTES]
+
+
+@dataclass(frozen=True)
+class Registry:
+    entries: dict[str, ModelEntry]
+    aliases: dict[str, str]
+
+    @classmethod
+    def load(cls) -> Registry:
+        entries: dict[str, ModelEntry] = {}
+        aliases: dict[str, str] = {}
+        for path in registry_files():
+            data = read_registry_file(path)
+            for name, table in data.get("models", {}).items():
+                entries[name] = ModelEntry.from_toml(name, table, path.parent)
+            aliases.update({str(k): str(v) for k, v in data.get("aliases", {}).items()})
+        return cls(entries, aliases)
+
+    def names(self) -> list[str]:
+        return sorted({*self.entries, *self.aliases})
+
+    def resolve(self, name: str) -> ModelEntry:
+        target = self.aliases.get(name, name)
+        if target not in self.entries:
+            raise ModelError(f"unknown model {name!r}; known models: {', '.join(self.names()) or 'none'}")
+        return self.entries[target]
+
+
+def registry_files() -> list[Path]:
+    files = [shipped_models_dir() / REGISTRY_FILE, home_dir() / REGISTRY_FILE]
+    if os.environ.get("VAEFLOW_CONFIG"):
+        config = Path(os.environ["VAEFLOW_CONFIG"]).expanduser()
+        if not config.is_file():
+            raise ModelError(f"VAEFLOW_CONFIG names {config}, which is not a file")
+        files.append(config)
+    return [f for f in files if f.is_file()]
+
+
+def read_registry_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelError(f"cannot read model registry {path}: {exc}") from exc
+
+
+def register(entry: ModelEntry, path: Path | None = None, aliases: tuple[str, ...] = ()) -> Path:
+    """Add or replace ``entry`` (and aliases to it) in a registry file, the user's by default."""
+    path = path or home_dir() / REGISTRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = read_registry_file(path) if path.is_file() else {}
+    data.setdefault("aliases", {}).update({alias: entry.name for alias in aliases})
+    models = data.setdefault("models", {})
+    models[entry.name] = replace(entry, source=path.parent).to_toml_table(path.parent)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(dump_toml(data))
+    tmp.replace(path)
+    return path
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for registry files: tables of scalars and lists."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+    for section in ("aliases",):
+        if data.get(section):
+            lines.append(f"[{section}]")
+            lines += [f'"{k}" = {value(v)}' for k, v in data[section].items()]
+            lines.append("")
+    for name, table in data.get("models", {}).items():
+        lines.append(f'[models."{name}"]')
+        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)

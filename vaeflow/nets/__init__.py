@@ -1,0 +1,1 @@
+"""PyTorch architectures (needs the ``train`` extra): the default model and the TAE family."""

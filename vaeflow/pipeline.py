@@ -1,0 +1,237 @@
+"""Composing stages into a pipeline, and running a complete one as a codec.
+
+``VAE() | Hadamard() | Wavelet("cdf53", 3) | Quantize(quality=50) | ANS()`` builds a
+``Pipeline``; adjacent stages must agree on the kind of data between them. A complete
+pipeline (from images to streams) resolves to a ``Codec``, which runs each stage
+forward, writes the stream header, and from a header alone rebuilds the codec that
+decodes it: the inverse is derived, never configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from vaeflow import bitstream
+from vaeflow.errors import ModelError, PipelineError
+from vaeflow.models import RuntimeOptions, load_model
+from vaeflow.stages import channel, entropy, postfilter, quantize, vae, wavelet
+from vaeflow.stages.base import Stage
+from vaeflow.stages.channel import ChannelTransform
+from vaeflow.stages.entropy import ANS
+from vaeflow.stages.postfilter import PostFilter
+from vaeflow.stages.quantize import Quantize
+from vaeflow.stages.vae import VAE
+from vaeflow.stages.wavelet import Subband, Wavelet
+
+STAGE_ORDER = ("postfilter", "vae", "channel", "wavelet", "quantize", "ans")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered chain of stages whose data kinds connect."""
+
+    stages: tuple[Stage, ...]
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            if not isinstance(stage, Stage):
+                raise PipelineError(f"{stage!r} is not a vaeflow stage")
+        for prev, nxt in zip(self.stages, self.stages[1:], strict=False):
+            if prev.output_kind != nxt.input_kind:
+                raise PipelineError(
+                    f"stage {type(nxt).__name__} takes {nxt.input_kind} but the stage before it, "
+                    f"{type(prev).__name__}, produces {prev.output_kind}"
+                )
+
+    def __or__(self, other: Any) -> Pipeline:
+        more = other.stages if isinstance(other, Pipeline) else (other,)
+        return Pipeline((*self.stages, *more), self.description)
+
+    def __str__(self) -> str:
+        return " | ".join(repr(s) for s in self.stages)
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.stage_name == name), None)
+
+    def codec(self) -> Codec:
+        """The complete codec; optional stages left out become identity."""
+        missing = [n for n in ("vae", "quantize", "ans") if self.stage(n) is None]
+        if missing or self.stages[-1].output_kind != "streams":
+            raise PipelineError(f"a codec pipeline runs from images to streams; it lacks {', '.join(missing)}")
+        return Codec(
+            vae=self.stage("vae"),  # type: ignore[arg-type]
+            channel=self.stage("channel") or ChannelTransform("identity"),  # type: ignore[arg-type]
+            wavelet=self.stage("wavelet") or Wavelet("haar", 0),  # type: ignore[arg-type]
+            quantize=self.stage("quantize"),  # type: ignore[arg-type]
+            ans=self.stage("ans"),  # type: ignore[arg-type]
+            postfilter=self.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
+        )
+
+    def run(self, images: np.ndarray, until: str = "ans", runtime: RuntimeOptions | None = None) -> Any:
+        """Run the stages forward up to and including ``until``, and return what it gives.
+
+        ``until`` is one of vae (latents), channel, wavelet (coefficients), quantize
+        (symbols) or ans (a list of streams).
+        """
+        if until not in STAGE_ORDER:
+            raise PipelineError(f"unknown stage {until!r}; choose one of {STAGE_ORDER}")
+        return self.codec().run(images, until, runtime)
+
+
+@dataclass
+class StageTimer:
+    """Seconds spent in each stage, summed over calls."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A complete pipeline: each stage's parameters, and the stream header they imply."""
+
+    vae: VAE
+    channel: ChannelTransform
+    wavelet: Wavelet
+    quantize: Quantize
+    ans: ANS
+    postfilter: PostFilter = field(default_factory=PostFilter)
+
+    def bands(self, latent_shape: tuple[int, ...]) -> tuple[Subband, ...]:
+        return wavelet.subbands(latent_shape[-2], latent_shape[-1], self.wavelet.levels)
+
+    def steps(self, latent_shape: tuple[int, ...]) -> np.ndarray:
+        """(C, n_bands) quantizer steps for latents of ``latent_shape`` (.., C, h, w)."""
+        bands = self.bands(latent_shape)
+        if self.wavelet.levels:
+            gains = wavelet.synthesis_gains(self.wavelet.name, self.wavelet.levels)
+        else:
+            gains = {bands[0].name: 1.0}
+        weights = np.ones((latent_shape[-3], 1))
+        return quantize.band_steps(bands, gains, self.quantize.base_step, weights)
+
+    # Forward stages, each batch-wise (leading N axis).
+    def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
+        return vae.forward(images, self.vae, runtime)
+
+    def transform(self, latents: np.ndarray) -> np.ndarray:
+        return wavelet.forward(channel.forward(latents, self.channel), self.wavelet)
+
+    def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
+        rounding = self.quantize.rounding
+        return quantize.forward(coeffs, self.steps(coeffs.shape), self.bands(coeffs.shape), rounding)
+
+    def entropy_code(
+        self, symbols: np.ndarray, sizes: list[tuple[int, int]], runtime: RuntimeOptions | None = None
+    ) -> list[bytes]:
+        """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
+        if not sizes:
+            return []
+        bands = self.bands(symbols.shape)
+        base = self.header(sizes[0], runtime)
+        return [
+            bitstream.pack(replace(base, height=size[0], width=size[1]), entropy.encode(sym, bands, self.ans))
+            for sym, size in zip(symbols, sizes, strict=True)
+        ]
+
+    def run(
+        self,
+        images: np.ndarray,
+        until: str = "ans",
+        runtime: RuntimeOptions | None = None,
+        timer: StageTimer | None = None,
+    ) -> Any:
+        timer = timer or StageTimer()
+        sizes = [tuple(images.shape[1:3])] * images.shape[0]
+        with timer("vae"):
+            x: Any = self.encode_latents(images, runtime)
+        if until == "vae":
+            return x
+        with timer("channel"):
+            x = channel.forward(x, self.channel)
+        if until == "channel":
+            return x
+        with timer("wavelet"):
+            x = wavelet.forward(x, self.wavelet)
+        if until == "wavelet":
+            return x
+        with timer("quantize"):
+            x = self.quantize_coefficients(x)
+        if until == "quantize":
+            return x
+        with timer("ans"):
+            return self.entropy_code(x, sizes, runtime)  # type: ignore[arg-type]
+
+    # Inverse stages.
+    def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
+        """One stream's payload -> symbols (1, C, h, w)."""
+        return entropy.decode(payload, latent_shape, self.bands(latent_shape), self.ans)[None]
+
+    def dequantize(self, symbols: np.ndarray) -> np.ndarray:
+        rounding = self.quantize.rounding
+        return quantize.inverse(symbols, self.steps(symbols.shape), self.bands(symbols.shape), rounding)
+
+    def untransform(self, coeffs: np.ndarray) -> np.ndarray:
+        return channel.inverse(wavelet.inverse(coeffs, self.wavelet), self.channel)
+
+    def decode_images(
+        self, latents: np.ndarray, size: tuple[int, int], runtime: RuntimeOptions | None = None
+    ) -> np.ndarray:
+        return postfilter.inverse(vae.inverse(latents, self.vae, size, runtime), self.postfilter)
+
+    def header(self, size: tuple[int, int], runtime: RuntimeOptions | None = None) -> bitstream.StreamHeader:
+        model = load_model(self.vae.model, runtime)
+        return bitstream.StreamHeader(
+            model=model.name,
+            fingerprint=model.fingerprint_bytes,
+            latent_channels=model.latent_channels,
+            downsample=model.downsample,
+            height=size[0],
+            width=size[1],
+            channel_transform=self.channel.transform,
+            wavelet=self.wavelet.name,
+            levels=self.wavelet.levels,
+            quality=self.quantize.quality,
+            step=self.quantize.step,
+            rounding=self.quantize.rounding,
+            coder=self.ans.coder,
+            postfilter_sigma=self.postfilter.sigma,
+        )
+
+    @classmethod
+    def from_header(cls, header: bitstream.StreamHeader) -> Codec:
+        return cls(
+            vae=VAE(header.model),
+            channel=ChannelTransform(header.channel_transform),
+            wavelet=Wavelet(header.wavelet, header.levels),
+            quantize=Quantize(quality=header.quality, step=header.step, rounding=header.rounding),
+            ans=ANS(header.coder),
+            postfilter=PostFilter(header.postfilter_sigma),
+        )
+
+    def pipeline(self) -> Pipeline:
+        return Pipeline((self.postfilter, self.vae, self.channel, self.wavelet, self.quantize, self.ans))
+
+
+def check_model(header: bitstream.StreamHeader, runtime: RuntimeOptions | None = None) -> None:
+    """Refuse a stream whose model is not the registry's model of that name."""
+    model = load_model(header.model, runtime)
+    if model.fingerprint_bytes != header.fingerprint:
+        raise ModelError(
+            f"stream was made with model {header.model!r} (decoder fingerprint {header.fingerprint.hex()}), "
+            f"but the registry's {model.name!r} has fingerprint {model.fingerprint}"
+        )

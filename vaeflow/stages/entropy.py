@@ -1,0 +1,211 @@
+"""Entropy coder: rANS (``constriction``) with a compact per-band quantized-Laplace model.
+
+For each channel and subband the payload holds one byte: the index of a Laplace scale on
+a logarithmic grid (``scale = 2 ** ((index - 100) / 12)``), or 0 for a band that is all
+zero (after centring) and codes nothing. LL bands also hold their integer centre as a
+zigzag varint. All
+bands then share one ANS stream of 32-bit words, so the per-image overhead is a few bytes.
+
+Each band's model covers ``[-R, R]`` with ``R`` set by its scale. A symbol at or beyond
+the range is coded as ``±R`` followed by an escape: the bit length of ``|q| - R`` with a
+uniform model over 0..31, then the bits below the leading one, so every int32 symbol
+codes losslessly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import constriction
+import numpy as np
+
+from vaeflow.binary import ByteReader, ByteWriter
+from vaeflow.errors import CorruptStreamError, PipelineError
+from vaeflow.stages.base import Stage
+from vaeflow.stages.wavelet import Subband
+
+CODERS = ("laplace",)
+_ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(32)
+_CHUNK_BITS = 15
+_SEARCH_RADIUS = 6
+
+
+@dataclass(frozen=True)
+class ANS(Stage):
+    stage_name: ClassVar[str] = "ans"
+    input_kind: ClassVar[str] = "symbols"
+    output_kind: ClassVar[str] = "streams"
+
+    coder: str = "laplace"
+
+    def __post_init__(self) -> None:
+        if self.coder not in CODERS:
+            raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {CODERS}")
+
+
+def scale_of(index: int) -> float:
+    return 2.0 ** ((index - 100) / 12.0)
+
+
+def index_of(scale: float) -> int:
+    return int(np.clip(round(100 + 12 * math.log2(max(scale, 1e-9))), 1, 255))
+
+
+def support_of(index: int) -> int:
+    """Half-width R of the band model's symbol range."""
+    return int(min(2**15, max(8, math.ceil(16 * scale_of(index)))))
+
+
+def _laplace_cdf(x: np.ndarray, scale: float) -> np.ndarray:
+    return np.where(x < 0, 0.5 * np.exp(np.minimum(x, 0) / scale), 1 - 0.5 * np.exp(-np.maximum(x, 0) / scale))
+
+
+def model_bits(values: np.ndarray, counts: np.ndarray, index: int) -> float:
+    """Information content in bits of the given value histogram under a band model (escapes included)."""
+    scale, r = scale_of(index), support_of(index)
+    clipped = np.clip(values, -r, r).astype(np.float64)
+    upper = np.where(clipped >= r, np.inf, clipped + 0.5)
+    lower = np.where(clipped <= -r, -np.inf, clipped - 0.5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = _laplace_cdf(upper, scale) - _laplace_cdf(lower, scale)
+    p = np.maximum(p, 2.0**-24)
+    bits = -(counts * np.log2(p)).sum()
+    excess = np.abs(values.astype(np.int64)) - r
+    esc = excess >= 0
+    if esc.any():
+        lengths = np.array([int(e).bit_length() for e in excess[esc]])
+        bits += (counts[esc] * (5 + np.maximum(lengths - 1, 0))).sum()
+    return float(bits)
+
+
+def fit_band(values: np.ndarray) -> int:
+    """The scale index that codes ``values`` (already centred) in the fewest bits; 0 if all zero."""
+    uniq, counts = np.unique(values, return_counts=True)
+    if uniq.size == 1 and uniq[0] == 0:
+        return 0
+    mean_abs = float(np.abs(values).mean())
+    guess = index_of(max(mean_abs, 0.05))
+    candidates = range(max(1, guess - _SEARCH_RADIUS), min(255, guess + _SEARCH_RADIUS) + 1)
+    return min(candidates, key=lambda i: (model_bits(uniq, counts, i), i))
+
+
+def _band_centre(band: Subband, values: np.ndarray) -> int:
+    return int(np.round(np.median(values))) if band.name.startswith("LL") and values.size else 0
+
+
+def _model(index: int) -> constriction.stream.model.QuantizedLaplace:
+    r = support_of(index)
+    return constriction.stream.model.QuantizedLaplace(-r, r, 0.0, scale_of(index))
+
+
+def encode(symbols: np.ndarray, bands: tuple[Subband, ...], params: ANS) -> bytes:
+    """One image's symbols (C, h, w) int32 -> payload bytes (side information, then ANS words)."""
+    if symbols.ndim != 3 or symbols.dtype != np.int32:
+        raise ValueError(f"expected int32 symbols of shape (C, h, w), got {symbols.dtype} {symbols.shape}")
+    side = ByteWriter()
+    plan = []
+    for c in range(symbols.shape[0]):
+        for band in bands:
+            raw = symbols[c, band.rows, band.cols].ravel()
+            centre = _band_centre(band, raw)
+            values = (raw.astype(np.int64) - centre).astype(np.int64)
+            index = fit_band(values)
+            side.u8(index)
+            if band.name.startswith("LL"):
+                side.svarint(centre)
+            if index:
+                plan.append((index, values))
+    coder = constriction.stream.stack.AnsCoder()
+    for index, values in reversed(plan):
+        r = support_of(index)
+        escapes = np.abs(values[np.abs(values) >= r]) - r
+        for excess in reversed(escapes.tolist()):
+            _encode_escape(coder, int(excess))
+        coder.encode_reverse(np.clip(values, -r, r).astype(np.int32), _model(index))
+    words = coder.get_compressed()
+    return side.getvalue() + words.astype("<u4").tobytes()
+
+
+def _encode_escape(coder: constriction.stream.stack.AnsCoder, excess: int) -> None:
+    length = excess.bit_length()
+    low_bits = max(length - 1, 0)
+    chunks = []
+    rest = excess & ((1 << low_bits) - 1)
+    while low_bits > 0:
+        size = min(_CHUNK_BITS, low_bits)
+        chunks.append((rest & ((1 << size) - 1), size))
+        rest >>= size
+        low_bits -= size
+    for value, size in chunks:  # decoded last chunk first, so pushed first chunk first
+        coder.encode_reverse(value, constriction.stream.model.Uniform(1 << size))
+    coder.encode_reverse(length, _ESCAPE_LENGTH_MODEL)
+
+
+def _decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
+    length = int(coder.decode(_ESCAPE_LENGTH_MODEL))
+    if length > 31:
+        raise CorruptStreamError(f"escape length {length} is out of range")
+    low_bits = max(length - 1, 0)
+    sizes = []
+    while low_bits > 0:
+        sizes.append(min(_CHUNK_BITS, low_bits))
+        low_bits -= sizes[-1]
+    value = 0
+    for size in reversed(sizes):
+        value = (value << size) | int(coder.decode(constriction.stream.model.Uniform(1 << size)))
+    return (1 << (length - 1)) | value if length else 0
+
+
+def decode(
+    payload: bytes | memoryview, shape: tuple[int, int, int], bands: tuple[Subband, ...], params: ANS
+) -> np.ndarray:
+    """Payload bytes -> int32 symbols of ``shape`` (C, h, w). Damage raises CorruptStreamError."""
+    reader = ByteReader(payload, "entropy payload")
+    layout = []
+    for c in range(shape[0]):
+        for band in bands:
+            index = reader.u8()
+            centre = reader.svarint(2**31 - 1) if band.name.startswith("LL") else 0
+            layout.append((c, band, index, centre))
+    word_bytes = reader.take(reader.remaining)
+    if len(word_bytes) % 4:
+        raise CorruptStreamError("entropy payload is not a whole number of 32-bit words")
+    words = np.frombuffer(word_bytes, dtype="<u4").astype(np.uint32)
+    out = np.zeros(shape, np.int32)
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        for c, band, index, centre in layout:
+            if not index:
+                out[c, band.rows, band.cols] = centre
+                continue
+            r = support_of(index)
+            values = coder.decode(_model(index), band.size).astype(np.int64)
+            for pos in np.flatnonzero(np.abs(values) >= r):
+                values[pos] += int(np.sign(values[pos])) * _decode_escape(coder)
+            values += centre
+            if np.abs(values).max() > 2**31 - 1:
+                raise CorruptStreamError("decoded symbol is out of the int32 range")
+            out[c, band.rows, band.cols] = values.reshape(band.rows.stop - band.rows.start, -1)
+        if not coder.is_empty():
+            raise CorruptStreamError("entropy payload has undecoded data left over")
+    except CorruptStreamError:
+        raise
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise CorruptStreamError(f"entropy payload does not decode: {exc}") from exc
+    return out
+
+
+def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
+    """Ideal code length in bits of one image's symbols (C, h, w) under the coder's own models."""
+    total = 0.0
+    for c in range(symbols.shape[0]):
+        for band in bands:
+            raw = symbols[c, band.rows, band.cols].ravel()
+            values = raw.astype(np.int64) - _band_centre(band, raw)
+            index = fit_band(values)
+            if index:
+                uniq, counts = np.unique(values, return_counts=True)
+                total += model_bits(uniq, counts, index)
+    return total

@@ -1,0 +1,45 @@
+"""Optional post-filter on the reconstruction: a Gaussian blur of ``sigma`` pixels (0 = off).
+
+Forward is the identity (the filter acts only after decoding); the stream records sigma.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from skimage.filters import gaussian
+
+from vaeflow.errors import PipelineError
+from vaeflow.stages.base import Stage
+
+SIGMA_UNIT = 1 / 16
+MAX_SIGMA = 255 * SIGMA_UNIT
+
+
+@dataclass(frozen=True)
+class PostFilter(Stage):
+    stage_name: ClassVar[str] = "postfilter"
+    input_kind: ClassVar[str] = "image"
+    output_kind: ClassVar[str] = "image"
+
+    sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sigma <= MAX_SIGMA or round(self.sigma / SIGMA_UNIT) * SIGMA_UNIT != self.sigma:
+            raise PipelineError(f"post-filter sigma must be a multiple of 1/16 in 0..{MAX_SIGMA}, got {self.sigma!r}")
+
+
+def forward(images: np.ndarray, params: PostFilter) -> np.ndarray:
+    return images
+
+
+def inverse(images: np.ndarray, params: PostFilter) -> np.ndarray:
+    if params.sigma == 0:
+        return images
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        blurred = gaussian(image.astype(np.float32), sigma=params.sigma, channel_axis=-1, preserve_range=True)
+        out[i] = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+    return out
