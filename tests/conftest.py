@@ -40,6 +40,13 @@ def kodim01(kodak_paths: list[Path]) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def taef2_weights() -> tuple[Path, Path]:
+    """The pretrained TAEF2 encoder and decoder state dicts (never copied into the repo)."""
+    pytest.importorskip("torch", reason="importing TAE weights needs the train extra (torch)")
+    return need(TAEF2 / "taef2_encoder.pth"), need(TAEF2 / "taef2_decoder.pth")
+
+
+@pytest.fixture(scope="session")
 def photo_paths() -> list[Path]:
     return sorted(need(PHOTOS).glob("*.png"))
 

@@ -151,9 +151,12 @@ class OnnxVAE:
             raise ValueError(f"encode takes uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
         s = self.downsample
         _, height, width, _ = images.shape
-        padded = np.pad(images, ((0, 0), (0, -height % s), (0, -width % s), (0, 0)), mode="edge")
+        if height % s or width % s:
+            images = np.pad(images, ((0, 0), (0, -height % s), (0, -width % s), (0, 0)), mode="edge")
         lo, hi = self.entry.input_range
-        x = padded.transpose(0, 3, 1, 2).astype(np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        x *= np.float32((hi - lo) / 255.0)
+        x += np.float32(lo)
         raw = self._run(self.encoder, x, 1 / s, s)
         if raw.shape[1] != self.latent_channels:
             raise ModelError(
@@ -172,8 +175,12 @@ class OnnxVAE:
         if size is not None:
             y = y[:, :, : size[0], : size[1]]
         lo, hi = self.entry.input_range
-        pixels = np.rint((y - lo) * (255.0 / (hi - lo)))
-        return np.clip(pixels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+        # (y - lo) * 255 / (hi - lo), rounded half up and clipped, in as few passes as possible
+        gain = np.float32(255.0 / (hi - lo))
+        pixels = np.multiply(y, gain, dtype=np.float32)
+        pixels += np.float32(0.5 - lo * gain)
+        np.clip(pixels, 0, 255, out=pixels)
+        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.uint8)
 
     def _run(self, net: _Net, x: np.ndarray, scale: float, unit: int) -> np.ndarray:
         px_per_sample = self.downsample if scale >= 1 else 1

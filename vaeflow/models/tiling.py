@@ -7,13 +7,20 @@ from collections.abc import Callable
 import numpy as np
 
 
-def tile_starts(length: int, tile: int, overlap: int, unit: int) -> list[int]:
-    """Start offsets (multiples of ``unit``) of tiles of ``tile`` covering ``length``."""
+def tile_layout(length: int, tile: int, overlap: int, unit: int) -> tuple[list[int], int]:
+    """Evenly spread tiles over ``length``: (start offsets, tile size).
+
+    Uses the fewest tiles of at most ``tile`` samples that overlap by at least ``overlap``;
+    starts and size are multiples of ``unit`` (the last tile may end at ``length``).
+    """
     if length <= tile:
-        return [0]
-    stride = max(unit, (tile - overlap) // unit * unit)
-    last = -(-(length - tile) // unit) * unit
-    return [*range(0, last, stride), last]
+        return [0], length
+    count = -(-(length - overlap) // (tile - overlap))
+    size = -(-(length + (count - 1) * overlap) // count)
+    size = min(tile, -(-size // unit) * unit)
+    last = -(-(length - size) // unit) * unit
+    starts = [round(i * last / (count - 1) / unit) * unit for i in range(count)]
+    return starts, size
 
 
 def _ramp(length: int, before: int, after: int) -> np.ndarray:
@@ -46,18 +53,18 @@ def apply_tiled(
 ) -> np.ndarray:
     """Apply ``fn`` (N, C, h, w) -> (N, out_channels, h*scale, w*scale) tile by tile.
 
-    Tiles are ``tile`` input samples wide, start on multiples of ``unit`` and overlap by
-    at least ``overlap``; outputs are blended with linear ramps across each overlap.
+    Tiles are at most ``tile`` input samples wide, start on multiples of ``unit`` and
+    overlap by at least ``overlap``; outputs are blended with linear ramps across overlaps.
     """
     n, _, height, width = x.shape
-    rows, cols = tile_starts(height, tile, overlap, unit), tile_starts(width, tile, overlap, unit)
+    (rows, tile_h), (cols, tile_w) = tile_layout(height, tile, overlap, unit), tile_layout(width, tile, overlap, unit)
     out = np.zeros((n, out_channels, round(height * scale), round(width * scale)), np.float32)
     total = np.zeros(out.shape[2:], np.float32)
     for i, r in enumerate(rows):
-        wy = _weights(rows, tile, height, i, scale)
+        wy = _weights(rows, tile_h, height, i, scale)
         for j, c in enumerate(cols):
-            weight = np.outer(wy, _weights(cols, tile, width, j, scale))
-            part = fn(x[:, :, r : r + tile, c : c + tile])
+            weight = np.outer(wy, _weights(cols, tile_w, width, j, scale))
+            part = fn(x[:, :, r : r + tile_h, c : c + tile_w])
             oy, ox = round(r * scale), round(c * scale)
             out[:, :, oy : oy + part.shape[2], ox : ox + part.shape[3]] += part * weight
             total[oy : oy + part.shape[2], ox : ox + part.shape[3]] += weight

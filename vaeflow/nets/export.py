@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import onnx
@@ -17,7 +18,8 @@ def export(module: nn.Module, path: Path, in_channels: int, input_name: str, out
     module = module.eval().float()
     example = torch.zeros(1, in_channels, 64, 64)
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
         torch.onnx.export(
             module,
             (example,),

@@ -158,17 +158,31 @@ def _decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
     return (1 << (length - 1)) | value if length else 0
 
 
+def _read_side_info(
+    reader: ByteReader, channels: int, bands: tuple[Subband, ...]
+) -> list[tuple[int, Subband, int, int]]:
+    layout = []
+    for c in range(channels):
+        for band in bands:
+            index = reader.u8()
+            centre = reader.svarint(2**31 - 1) if band.name.startswith("LL") else 0
+            layout.append((c, band, index, centre))
+    return layout
+
+
+def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...]) -> int:
+    """Bytes of a payload that hold the band models rather than ANS words."""
+    reader = ByteReader(payload, "entropy payload")
+    _read_side_info(reader, channels, bands)
+    return reader.pos
+
+
 def decode(
     payload: bytes | memoryview, shape: tuple[int, int, int], bands: tuple[Subband, ...], params: ANS
 ) -> np.ndarray:
     """Payload bytes -> int32 symbols of ``shape`` (C, h, w). Damage raises CorruptStreamError."""
     reader = ByteReader(payload, "entropy payload")
-    layout = []
-    for c in range(shape[0]):
-        for band in bands:
-            index = reader.u8()
-            centre = reader.svarint(2**31 - 1) if band.name.startswith("LL") else 0
-            layout.append((c, band, index, centre))
+    layout = _read_side_info(reader, shape[0], bands)
     word_bytes = reader.take(reader.remaining)
     if len(word_bytes) % 4:
         raise CorruptStreamError("entropy payload is not a whole number of 32-bit words")

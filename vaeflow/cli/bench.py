@@ -1,0 +1,52 @@
+"""vaeflow bench codec | models: benchmarks that print figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures against same-run baselines")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    p = sub.add_parser("codec", help="rate, quality, stage times, coder efficiency, old design")
+    p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/kodak")
+    p.add_argument("--qualities", default="10,30,50,70,90")
+    p.add_argument("--model", default="default")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    p.set_defaults(run=run_codec)
+
+    p = sub.add_parser("models", help="VAE time per megapixel against bare ONNX Runtime; 24 MP peak memory")
+    p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/kodak")
+    p.add_argument("--models", default="default", help="comma-separated registered models")
+    p.add_argument("--limit", type=int, default=4)
+    p.add_argument("--no-big", action="store_true", help="skip the 24-megapixel memory runs")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(run=run_models)
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps(result, indent=2))
+
+
+def run_codec(args: argparse.Namespace) -> int:
+    from vaeflow.bench import codec
+
+    qualities = [int(q) for q in args.qualities.split(",")]
+    result = codec.run(args.images, qualities, args.model, args.limit)
+    print(codec.report(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from vaeflow.bench import models
+
+    result = models.run(args.images, args.models.split(","), args.limit, big=not args.no_big)
+    print(models.report(result))
+    _write_json(args.json, result)
+    return 0
