@@ -3,6 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from vaeflow.api import compress, compress_batch, decompress, decompress_latent, info
+from vaeflow.dataset.job import JobOptions, JobReport, compress_dataset
+from vaeflow.dataset.reader import StoreReader, open_store
 from vaeflow.errors import CorruptStreamError, ModelError, PipelineError, VaeflowError
 from vaeflow.models import RuntimeOptions, load_model
 from vaeflow.pipeline import Codec, Pipeline
@@ -26,20 +28,25 @@ __all__ = [
     "Codec",
     "CorruptStreamError",
     "Hadamard",
+    "JobOptions",
+    "JobReport",
     "ModelError",
     "Pipeline",
     "PipelineError",
     "PostFilter",
     "Quantize",
     "RuntimeOptions",
+    "StoreReader",
     "VaeflowError",
     "Wavelet",
     "__version__",
     "compress",
     "compress_batch",
+    "compress_dataset",
     "decompress",
     "decompress_latent",
     "info",
     "load_model",
     "load_pipeline",
+    "open_store",
 ]

@@ -1,40 +1,89 @@
-"""compress / decompress / info for single images and streams (``.vfl`` files)."""
+"""compress / decompress / info / ls: single images (.vfl streams) and whole folders (stores)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import vaeflow
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
-from vaeflow.imageio import load_image, write_png
+from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
 
 STREAM_SUFFIX = ".vfl"
+EXIT_SOME_FAILED = 3
 
 
 def register(commands: Any) -> None:
-    p = commands.add_parser("compress", help="compress an image to a .vfl stream")
-    p.add_argument("src", type=Path, help="image file")
-    p.add_argument("dst", type=Path, nargs="?", help=f"output (default: SRC with {STREAM_SUFFIX})")
+    p = commands.add_parser(
+        "compress", help="compress a folder of images into a zarr store (or one image to a .vfl stream)"
+    )
+    p.add_argument("src", type=Path, help="folder of images (searched recursively), or one image file")
+    p.add_argument("dst", type=Path, nargs="?", help="output store (OUT.zarr), or .vfl file for one image")
     add_codec_options(p)
     add_runtime_options(p)
+    job = p.add_argument_group("dataset job")
+    job.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    job.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    job.add_argument("--threads-per-worker", type=int, default=1)
+    job.add_argument("--memory-limit", default="auto", help="per worker, e.g. 4GB")
+    job.add_argument("--scheduler", default=None, help="'sync' to run in-process, or tcp://host:port of a cluster")
+    job.add_argument("--batch-size", type=int, default=8, help="images per VAE run (same padded shape)")
+    job.add_argument("--overwrite", action="store_true", help="replace a store written with other settings")
+    job.add_argument("--add", action="store_true", help="append new files to a finished store")
+    job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
+    job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
+    job.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    job.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_compress)
 
-    p = commands.add_parser("decompress", help="decode a .vfl stream to a PNG")
-    p.add_argument("src", type=Path)
-    p.add_argument("dst", type=Path, nargs="?", help="output PNG (default: SRC with .png)")
+    p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")
+    p.add_argument("src", type=Path, help="store or .vfl file")
+    p.add_argument("dst", type=Path, nargs="?", help="destination folder (store) or PNG file (stream)")
+    p.add_argument("--names", nargs="*", default=None, help="only these stored names")
+    p.add_argument("--scheduler", default="sync", help="'sync' (default) or tcp://host:port to decode on a cluster")
     add_runtime_options(p)
     p.set_defaults(run=run_decompress)
 
-    p = commands.add_parser("info", help="describe a .vfl stream")
+    p = commands.add_parser("info", help="summarise a store, or describe a .vfl stream")
     p.add_argument("src", type=Path)
     p.set_defaults(run=run_info)
 
+    p = commands.add_parser("ls", help="list a store's images with their sizes")
+    p.add_argument("store", type=Path)
+    p.add_argument("--failed", action="store_true", help="list the failed images with their reasons")
+    p.set_defaults(run=run_ls)
+
 
 def run_compress(args: argparse.Namespace) -> int:
-    loaded = load_image(args.src)
+    if args.src.is_file():
+        return _compress_file(args)
+    from vaeflow.dataset.job import JobOptions, compress_dataset, prepare
+
+    if args.dst is None:
+        raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
+    options = JobOptions(
+        batch_size=args.batch_size, overwrite=args.overwrite, add=args.add,
+        keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels, scheduler=args.scheduler,
+        workers=args.workers, threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+        progress=not args.no_progress, runtime=runtime_from(args),
+    )  # fmt: skip
+    if args.dry_run:
+        plan, _ = prepare(args.src, args.dst, args.model, args.quality, args.pipeline, options, not args.no_resume)
+        print(plan)
+        return 0
+    report = compress_dataset(
+        args.src, args.dst, model=args.model, quality=args.quality, pipeline=args.pipeline,
+        resume=not args.no_resume, options=options,
+    )  # fmt: skip
+    print(report)
+    return 0 if report.ok else EXIT_SOME_FAILED
+
+
+def _compress_file(args: argparse.Namespace) -> int:
+    loaded = load_image(args.src, args.max_pixels)
     data = vaeflow.compress(
         loaded.pixels, model=args.model, quality=args.quality, pipeline=args.pipeline, runtime=runtime_from(args)
     )
@@ -47,13 +96,43 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    image = vaeflow.decompress(args.src.read_bytes(), runtime=runtime_from(args))
-    dst = args.dst or args.src.with_suffix(".png")
-    write_png(dst, image)
-    print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
+    if args.src.is_file():
+        image = vaeflow.decompress(args.src.read_bytes(), runtime=runtime_from(args))
+        dst = args.dst or args.src.with_suffix(".png")
+        write_png(dst, image)
+        print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
+        return 0
+    from vaeflow.dataset.decompress import decompress_store, map_on_client
+
+    if args.dst is None:
+        raise ValueError("decompressing a store needs a destination folder")
+    if args.scheduler == "sync":
+        written = decompress_store(args.src, args.dst, args.names, runtime_from(args))
+    else:
+        from distributed import Client
+
+        with Client(args.scheduler) as client:
+            written = decompress_store(args.src, args.dst, args.names, runtime_from(args), run=map_on_client(client))
+    print(f"{args.src} -> {args.dst}: {len(written)} PNG files")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    print(json.dumps(vaeflow.info(args.src.read_bytes()), indent=2, default=str))
+    summary = vaeflow.open_store(args.src).summary() if args.src.is_dir() else vaeflow.info(args.src.read_bytes())
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    store = vaeflow.open_store(args.store)
+    if args.failed:
+        for failure in store.failures:
+            print(f"{failure.path}\t{failure.reason}")
+        for path, reason in store.skipped:
+            print(f"{path}\tskipped: {reason}", file=sys.stderr)
+        return 0
+    for name in store.names:
+        meta = store.info(name)
+        h, w = meta["shape"]
+        print(f"{name}\t{w}x{h}\t{meta['n_bytes']}\t{meta['bpp']:.4f}")
     return 0

@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:  # Dask's loggers log at INFO; show them with -v only
+        handler.setLevel(level)
     try:
         return int(args.run(args) or EXIT_OK)
     except (VaeflowError, ValueError, OSError) as exc:

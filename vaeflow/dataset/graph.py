@@ -1,0 +1,107 @@
+"""The Dask side of a dataset job: one ``dask.delayed`` task per stage per batch.
+
+Each batch is a chain load -> vae -> transform -> quantize -> entropy -> write, with keys
+named after the stage and batch (``vae-g0-b3-<job>``) so that the dashboard shows which
+stage runs. Tasks pass only small ``BatchState`` objects; arrays stay in the work store.
+This is the only module that imports Dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+from dask.delayed import Delayed, delayed
+from distributed import Client, LocalCluster, as_completed
+
+from vaeflow.dataset import tasks
+from vaeflow.dataset.plan import Batch
+from vaeflow.dataset.tasks import TaskContext
+
+RETRIES = 2
+
+
+class DaskExecutor:
+    """Runs batches on a ``distributed`` client; lost workers' tasks are recomputed elsewhere."""
+
+    def __init__(self, client: Client, dashboard_link: str | None, threads_per_task: int | None) -> None:
+        self.client = client
+        self.dashboard_link = dashboard_link
+        self.threads_per_task = threads_per_task
+
+    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[dict[str, Any]], None]) -> None:
+        if not batches:
+            return
+        token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
+        graphs = [batch_graph(ctx, b, token) for b in batches]
+        with _span("vaeflow-compress"):
+            futures = self.client.compute(graphs, retries=RETRIES)
+        by_key = {f.key: b for f, b in zip(futures, batches, strict=True)}
+        for future in as_completed(futures):
+            batch = by_key[future.key]
+            try:
+                marker = future.result()
+            except Exception as exc:  # the batch kept failing: record its images, go on
+                marker = tasks.failed_marker(ctx, batch, f"task failed: {type(exc).__name__}: {exc}")
+            on_done(marker)
+            future.release()
+
+
+def batch_graph(ctx: TaskContext, batch: Batch, token: str) -> Delayed:
+    name = f"{batch.key}-{token}"
+    state = delayed(tasks.load, pure=False)(ctx, batch, dask_key_name=f"load-{name}")
+    for task in tasks.STAGE_TASKS:
+        state = delayed(task, pure=False)(ctx, batch, state, dask_key_name=f"{task.__name__}-{name}")
+    return delayed(tasks.write, pure=False)(ctx, batch, state, dask_key_name=f"write-{name}")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _span(name: str) -> Iterator[None]:
+    try:
+        from distributed import span
+    except ImportError:  # older distributed: no spans, names still show on the dashboard
+        yield
+        return
+    with span(name):
+        yield
+
+
+@contextlib.contextmanager
+def cluster_client(client: Client | None, options: Any) -> Iterator[tuple[Client, str | None, int | None]]:
+    """The client to run on, its dashboard link, and ONNX threads per task.
+
+    A given client is used as it is and left open. An address connects to that scheduler;
+    each task then runs one ONNX thread per Dask thread. Otherwise a local cluster of worker
+    processes is started, and closed at the end, on Ctrl-C too.
+    """
+    if client is not None:
+        yield client, client.dashboard_link, None
+        return
+    if options.scheduler:
+        remote = Client(options.scheduler)
+        try:
+            yield remote, remote.dashboard_link, 1
+        finally:
+            remote.close()
+        return
+    cores = os.cpu_count() or 1
+    workers = options.workers or cores
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=options.threads_per_worker,
+            memory_limit=options.memory_limit,
+            processes=True,
+        )
+    local = Client(cluster)
+    print(f"vaeflow: {workers} workers, dashboard at {local.dashboard_link}", file=sys.stderr)
+    try:
+        yield local, local.dashboard_link, max(1, cores // (workers * options.threads_per_worker))
+    finally:
+        local.close()
+        cluster.close()

@@ -1,0 +1,141 @@
+"""Reading a store back: any image, latent or stream on its own, or all of them in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from vaeflow.api import decompress, decompress_latent, info
+from vaeflow.dataset.store import STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
+from vaeflow.errors import CorruptStreamError, VaeflowError
+from vaeflow.models import RuntimeOptions
+
+KINDS = ("image", "latent", "stream")
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+
+
+class StoreReader:
+    """A vaeflow store opened for reading; the index is loaded, the streams read on demand."""
+
+    meta: dict[str, Any]
+
+    def __init__(self, path: str | Path, runtime: RuntimeOptions | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self._root = zarr.open_consolidated(self.path, mode="r")
+        except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
+        meta = self._root.attrs.get("vaeflow")
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
+        self.meta = meta
+        self.runtime = runtime
+        try:
+            index = subgroup(self._root, "index")
+            self._paths = read_text_column(index, "path")
+            self._notes = read_text_column(index, "note")
+            self._status = read(index, "status")
+            self.shapes = read(index, "shape")
+            self._bpp = read(index, "bpp")
+            self._offsets = read(self._root, "streams/offsets").astype(np.int64)
+            self._data = array(self._root, "streams/data")
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise VaeflowError(f"{self.path} has a damaged index: {exc}") from exc
+        self._rows = {p: i for i, p in enumerate(self._paths)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rows and self._status[self._rows[name]] == STATUS_OK  # type: ignore[index]
+
+    @property
+    def paths(self) -> list[str]:
+        """Every relative path in the index, stored or failed."""
+        return list(self._paths)
+
+    @property
+    def names(self) -> list[str]:
+        """Relative paths of the stored images, in index order."""
+        return [p for p, s in zip(self._paths, self._status, strict=True) if s == STATUS_OK]
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [Failure(p, n) for p, n, s in zip(self._paths, self._notes, self._status, strict=True) if s != STATUS_OK]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        group = subgroup(self._root, "skipped")
+        return list(zip(read_text_column(group, "path"), read_text_column(group, "reason"), strict=True))
+
+    def _row(self, name: str) -> int:
+        row = self._rows.get(name)
+        if row is None:
+            raise KeyError(f"{name!r} is not in {self.path}")
+        if self._status[row] != STATUS_OK:
+            raise KeyError(f"{name!r} failed when the store was written: {self._notes[row]}")
+        return row
+
+    def read_stream(self, name: str) -> bytes:
+        row = self._row(name)
+        start, end = self._offsets[row], self._offsets[row + 1]
+        if not 0 <= start <= end <= self._data.shape[0]:
+            raise CorruptStreamError(f"index of {self.path} gives {name!r} bytes {start}..{end}, outside the data")
+        return np.asarray(self._data[start:end]).tobytes()
+
+    def read_image(self, name: str) -> np.ndarray:
+        return decompress(self.read_stream(name), runtime=self.runtime)
+
+    def read_latent(self, name: str) -> np.ndarray:
+        """The dequantized latent (C, h, w), decoded from the stream without the VAE."""
+        return decompress_latent(self.read_stream(name))
+
+    def info(self, name: str) -> dict[str, Any]:
+        row = self._row(name)
+        return {"path": name, "notes": self._notes[row], **info(self.read_stream(name))}
+
+    def iter_batches(self, batch_size: int = 16, kind: str = "latent") -> Iterator[tuple[list[str], Any]]:
+        """Yield (names, values) in index order; values are stacked when their shapes agree."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+        reader: Any = {"image": self.read_image, "latent": self.read_latent, "stream": self.read_stream}[kind]
+        names = self.names
+        for start in range(0, len(names), batch_size):
+            chunk = names[start : start + batch_size]
+            values: list[Any] = [reader(n) for n in chunk]
+            if kind != "stream" and len({v.shape for v in values}) == 1:
+                yield chunk, np.stack(values)
+            else:
+                yield chunk, values
+
+    def summary(self) -> dict[str, Any]:
+        ok = self._status == STATUS_OK
+        pixels = self.shapes[:, 0].astype(np.float64) * self.shapes[:, 1]
+        stored = int(self._offsets[-1])
+        return {
+            "path": str(self.path),
+            "images": int(ok.sum()),
+            "failed": int((~ok).sum()),
+            "skipped": len(self.skipped),
+            "bytes": stored,
+            "mean_bpp": float(self._bpp[ok].mean()) if ok.any() else float("nan"),
+            "overall_bpp": float(8.0 * stored / pixels[ok].sum()) if ok.any() else float("nan"),
+            "pixels": int(pixels[ok].sum()),
+            "settings": self.meta.get("settings"),
+            "vaeflow_version": self.meta.get("vaeflow_version"),
+        }
+
+
+def open_store(path: str | Path, runtime: RuntimeOptions | None = None) -> StoreReader:
+    """Open a finished vaeflow store for reading."""
+    return StoreReader(path, runtime)

@@ -1,0 +1,180 @@
+"""The output store: one zarr v3 group holding every image's stream and an index.
+
+Layout (see docs/format.md): ``streams/data`` (uint8, every stream back to back) and
+``streams/offsets`` (uint64, N+1); ``index/path_*`` (relative paths as UTF-8 bytes with
+offsets), ``index/shape`` (int32 N x 2), ``index/nbytes`` (int64), ``index/bpp``
+(float32), ``index/status`` (uint8: 0 stored, 1 failed), ``index/note_*`` (the failure
+reason, or conversion notes); ``skipped/path_*`` and ``skipped/reason_*`` for files that
+are not images. The root attributes hold the format, vaeflow's version and the job's
+settings. Text columns and flat byte arrays avoid variable-length types.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+STORE_FORMAT = "vaeflow-store"
+STORE_VERSION = 1
+DATA_CHUNK = 4 << 20
+STATUS_OK, STATUS_FAILED = 0, 1
+
+
+def write_text_column(group: zarr.Group, name: str, values: Sequence[str]) -> None:
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.uint64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    data = np.frombuffer(b"".join(encoded), np.uint8)
+    _write_array(group, f"{name}_offsets", offsets)
+    _write_array(group, f"{name}_bytes", data, chunk=DATA_CHUNK)
+
+
+def array(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at ``path`` in ``group``; a group or a missing node is a damaged store."""
+    node = group.get(path)
+    if not isinstance(node, zarr.Array):
+        raise KeyError(f"store has no array {path!r}")
+    return node
+
+
+def subgroup(group: zarr.Group, path: str) -> zarr.Group:
+    node = group.get(path)
+    if not isinstance(node, zarr.Group):
+        raise KeyError(f"store has no group {path!r}")
+    return node
+
+
+def read(group: zarr.Group, path: str) -> np.ndarray:
+    """The whole array at ``path`` as numpy."""
+    return np.asarray(array(group, path)[...])
+
+
+def read_text_column(group: zarr.Group, name: str) -> list[str]:
+    offsets = read(group, f"{name}_offsets").astype(np.int64)
+    data = read(group, f"{name}_bytes").tobytes() if offsets[-1] else b""
+    return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+
+
+def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int | None = None) -> None:
+    chunks = (max(1, min(chunk or max(1, values.shape[0]), max(1, values.shape[0]))), *values.shape[1:])
+    arr = group.create_array(
+        name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0, overwrite=True,
+        compressors=None if values.dtype == np.uint8 else "auto",
+    )  # fmt: skip
+    if values.size:
+        arr[...] = values
+
+
+@dataclass(frozen=True)
+class Row:
+    """One image's entry in the index."""
+
+    path: str
+    shape: tuple[int, int]
+    ok: bool
+    note: str
+    stream: bytes
+
+
+def read_meta(store: Path) -> dict[str, Any] | None:
+    """The store's vaeflow attributes, or None if ``store`` holds no vaeflow store."""
+    try:
+        group = zarr.open_group(store, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        return None
+    meta = group.attrs.get("vaeflow")
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+def write_meta(store: Path, meta: dict[str, Any]) -> None:
+    group = zarr.open_group(store, mode="a")
+    group.attrs["vaeflow"] = meta
+
+
+def write_index(
+    store: Path, rows: Iterable[Row], new_bytes: int, skipped: Sequence[tuple[str, str]], total: int = 0
+) -> int:
+    """Append ``rows`` (in order; ``new_bytes`` of streams in all) after ``total`` stored bytes.
+
+    Rows may be a generator: streams are written chunk by chunk, so memory stays bounded
+    by the chunk size. Returns the new total of stream bytes.
+    """
+    root = zarr.open_group(store, mode="a")
+    existing = _existing_index(root, total)
+    new_total = total + new_bytes
+    if "streams/data" in root and total:
+        data = array(root, "streams/data")
+        data.resize((new_total,))
+    else:
+        data = root.create_array(
+            "streams/data", shape=(new_total,), chunks=(DATA_CHUNK,), dtype="uint8", compressors=None,
+            fill_value=0, overwrite=True,
+        )  # fmt: skip
+    paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
+    buffer, position = bytearray(), total
+    for row in rows:
+        paths.append(row.path)
+        notes.append(row.note)
+        nbytes.append(len(row.stream))
+        shapes.append(row.shape)
+        status.append(STATUS_OK if row.ok else STATUS_FAILED)
+        buffer += row.stream
+        if len(buffer) >= DATA_CHUNK:
+            data[position : position + len(buffer)] = np.frombuffer(bytes(buffer), np.uint8)
+            position, buffer = position + len(buffer), bytearray()
+    if buffer:
+        data[position : position + len(buffer)] = np.frombuffer(bytes(buffer), np.uint8)
+    if position + len(buffer) != new_total:
+        raise ValueError(f"streams hold {position + len(buffer) - total} bytes, expected {new_total - total}")
+    all_nbytes = np.concatenate([existing["nbytes"], np.array(nbytes, np.int64)])
+    all_shapes = np.concatenate([existing["shape"], np.array(shapes, np.int32).reshape(-1, 2)])
+    all_status = np.concatenate([existing["status"], np.array(status, np.uint8)])
+    offsets = np.zeros(len(paths) + 1, np.uint64)
+    np.cumsum(all_nbytes, out=offsets[1:])
+    pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
+    bpp = np.where(all_status == STATUS_OK, 8.0 * all_nbytes / np.maximum(pixels, 1), 0.0).astype(np.float32)
+    index = root.require_group("index")
+    write_text_column(index, "path", paths)
+    write_text_column(index, "note", notes)
+    _write_array(index, "shape", all_shapes)
+    _write_array(index, "nbytes", all_nbytes)
+    _write_array(index, "bpp", bpp)
+    _write_array(index, "status", all_status)
+    _write_array(root.require_group("streams"), "offsets", offsets)
+    skipped_group = root.require_group("skipped")
+    write_text_column(skipped_group, "path", [p for p, _ in skipped])
+    write_text_column(skipped_group, "reason", [r for _, r in skipped])
+    return new_total
+
+
+def _existing_index(root: zarr.Group, total: int) -> dict[str, Any]:
+    if not total or "index" not in root:
+        return {"paths": [], "notes": [], "nbytes": np.zeros(0, np.int64), "shape": np.zeros((0, 2), np.int32),
+                "status": np.zeros(0, np.uint8)}  # fmt: skip
+    index = subgroup(root, "index")
+    return {
+        "paths": read_text_column(index, "path"),
+        "notes": read_text_column(index, "note"),
+        "nbytes": read(index, "nbytes"),
+        "shape": read(index, "shape"),
+        "status": read(index, "status"),
+    }
+
+
+def consolidate(store: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr notes that consolidation is not in the v3 spec yet
+        zarr.consolidate_metadata(store)
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan

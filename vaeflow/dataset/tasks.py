@@ -1,0 +1,206 @@
+"""The codec stages as batch tasks: each reads its input rows from the work store, runs one
+stage, writes its output rows, and returns only a small ``BatchState``. No Dask here.
+
+A failure of one image becomes its status row; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from vaeflow.dataset.plan import Batch
+from vaeflow.dataset.work import WorkStore
+from vaeflow.imageio import ImageReadError, load_image
+from vaeflow.models import RuntimeOptions
+from vaeflow.pipeline import Codec
+
+STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a task needs, small and picklable: the model travels by name."""
+
+    src: str
+    store: str
+    codec: Codec
+    runtime: RuntimeOptions
+    max_pixels: int
+    prefix: str = ""
+    keep_intermediates: bool = False
+
+
+@dataclass(frozen=True)
+class BatchState:
+    key: str
+    ok: tuple[bool, ...]
+    reasons: tuple[str | None, ...]
+    notes: tuple[tuple[str, ...], ...]
+    nbytes: tuple[int, ...] = ()
+    spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
+
+    def ok_positions(self) -> list[int]:
+        return [i for i, ok in enumerate(self.ok) if ok]
+
+    def fail(self, pos: int, reason: str) -> BatchState:
+        ok, reasons = list(self.ok), list(self.reasons)
+        ok[pos], reasons[pos] = False, reason
+        return replace(self, ok=tuple(ok), reasons=tuple(reasons))
+
+
+@contextmanager
+def _span(spans: list[tuple[str, float, float, int]], stage: str) -> Iterator[None]:
+    start = time.time()
+    try:
+        yield
+    finally:
+        spans.append((stage, start, time.time(), os.getpid()))
+
+
+def _timed(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., BatchState]]:
+    """Record the task's wall-clock span (for traces and the job summary) in its state."""
+
+    def wrap(fn: Callable[..., BatchState]) -> Callable[..., BatchState]:
+        def run(ctx: TaskContext, batch: Batch, *state: BatchState) -> BatchState:
+            spans: list[tuple[str, float, float, int]] = []
+            with _span(spans, stage):
+                out = fn(ctx, batch, *state)
+            previous = state[0].spans if state else ()
+            return replace(out, spans=previous + tuple(spans))
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return run
+
+    return wrap
+
+
+@_timed("load")
+def load(ctx: TaskContext, batch: Batch) -> BatchState:
+    """Decode each file, pad it to the group's shape (edge pixels) and store it."""
+    n = len(batch.items)
+    state = BatchState(batch.key, (True,) * n, (None,) * n, ((),) * n)
+    work = WorkStore(ctx.store)
+    rows, which, notes = [], [], list(state.notes)
+    height, width = batch.padded_shape
+    for pos, item in enumerate(batch.items):
+        try:
+            loaded = load_image(os.path.join(ctx.src, item.path), ctx.max_pixels)
+        except ImageReadError as exc:
+            state = state.fail(pos, str(exc))
+            continue
+        h, w = loaded.pixels.shape[:2]
+        if (h, w) != (item.height, item.width):
+            state = state.fail(pos, f"image is {w}x{h} but its header said {item.width}x{item.height}")
+            continue
+        rows.append(np.pad(loaded.pixels, ((0, height - h), (0, width - w), (0, 0)), mode="edge"))
+        which.append(pos)
+        notes[pos] = loaded.notes
+    if rows:
+        work.write_rows(batch, "rgb", ctx.prefix, np.stack(rows), which)
+    return replace(state, notes=tuple(notes))
+
+
+def _stage(name: str, source: str, target: str, run: Callable[[TaskContext, np.ndarray], np.ndarray]) -> Any:
+    """A task that maps the ok rows of ``source`` to ``target`` in one call, isolating failures."""
+
+    @_timed(name)
+    def task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+        which = state.ok_positions()
+        if not which:
+            return state
+        work = WorkStore(ctx.store)
+        rows = work.read_rows(batch, source, ctx.prefix, which)
+        try:
+            out = run(ctx, rows)
+        except Exception:  # one bad image must not sink the batch: retry image by image
+            out_rows, kept = [], []
+            for row, pos in zip(rows, which, strict=True):
+                try:
+                    out_rows.append(run(ctx, row[None])[0])
+                    kept.append(pos)
+                except Exception as exc:
+                    state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
+            if not kept:
+                return state
+            out, which = np.stack(out_rows), kept
+        work.write_rows(batch, target, ctx.prefix, out, which)
+        return state
+
+    task.__name__ = name
+    return task
+
+
+encode = _stage("vae", "rgb", "latent", lambda ctx, x: ctx.codec.encode_latents(x, ctx.runtime))
+transform = _stage("transform", "latent", "coefficients", lambda ctx, x: ctx.codec.transform(x))
+quantize = _stage("quantize", "coefficients", "symbols", lambda ctx, x: ctx.codec.quantize_coefficients(x))
+
+
+@_timed("entropy")
+def entropy(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    """Code each image's symbols into a stream; the batch's streams go to the work store."""
+    work = WorkStore(ctx.store)
+    which = state.ok_positions()
+    streams = [b""] * len(batch.items)
+    if which:
+        symbols = work.read_rows(batch, "symbols", ctx.prefix, which)
+        sizes = [(batch.items[p].height, batch.items[p].width) for p in which]
+        for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes, ctx.runtime), strict=True):
+            streams[pos] = stream
+    work.write_streams(batch.key, streams)
+    return replace(state, nbytes=tuple(len(s) for s in streams))
+
+
+def write(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
+    """Mark the batch done (durably, last) and return its small marker."""
+    work = WorkStore(ctx.store)
+    start = time.time()
+    if not ctx.keep_intermediates:
+        work.drop_rows(batch, ctx.prefix)
+    spans = [*state.spans, ("write", start, time.time(), os.getpid())]
+    marker = {
+        "key": batch.key,
+        "items": [
+            {
+                "index": item.index,
+                "path": item.path,
+                "ok": ok,
+                "reason": reason,
+                "notes": list(notes),
+                "nbytes": nbytes,
+                "shape": [item.height, item.width],
+            }
+            for item, ok, reason, notes, nbytes in zip(
+                batch.items, state.ok, state.reasons, state.notes, state.nbytes, strict=True
+            )
+        ],
+        "spans": [list(s) for s in spans],
+    }
+    work.mark_done(batch.key, marker)
+    return marker
+
+
+STAGE_TASKS = (encode, transform, quantize, entropy)
+
+
+def run_batch(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
+    """Every stage of one batch in this process: what the in-process executor runs."""
+    state = load(ctx, batch)
+    for task in STAGE_TASKS:
+        state = task(ctx, batch, state)
+    return write(ctx, batch, state)
+
+
+def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]:
+    """The marker of a batch whose tasks could not run: every image failed with ``reason``."""
+    n = len(batch.items)
+    state = BatchState(batch.key, (False,) * n, (reason,) * n, ((),) * n, (0,) * n)
+    WorkStore(ctx.store).write_streams(batch.key, [])
+    return write(ctx, batch, state)

@@ -1,0 +1,106 @@
+"""The work store: zarr arrays that hold each stage's output between tasks, per shape group.
+
+Layout under ``STORE/_work``: ``g{n}/rgb`` (uint8, rows x H x W x 3), ``g{n}/latent`` and
+``g{n}/coefficients`` (float32, rows x C x h x w), ``g{n}/symbols`` (int32), one image per
+chunk (big images per tile); ``streams/{batch}`` (uint8, the batch's streams back to back);
+``done/{batch}.json``, each batch's marker, written last and atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from vaeflow.dataset.plan import Batch, Plan
+
+WORK_DIR = "_work"
+STAGE_ARRAYS = ("rgb", "latent", "coefficients", "symbols")
+TILE = 1024
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (1, *(min(s, TILE) for s in shape[1:]))
+
+
+class WorkStore:
+    def __init__(self, store: Path | str) -> None:
+        self.root = Path(store) / WORK_DIR
+
+    def create(self, plan: Plan) -> None:
+        """Create every group's arrays (kept as they are when they already exist)."""
+        group = zarr.open_group(self.root, mode="a")
+        channels = plan.groups[0].latent_shape[0] if plan.groups else 0
+        for g in plan.groups:
+            shapes = {
+                "rgb": ((g.size, *g.padded_shape, 3), "uint8"),
+                "latent": ((g.size, *g.latent_shape), "float32"),
+                "coefficients": ((g.size, *g.latent_shape), "float32"),
+                "symbols": ((g.size, *g.latent_shape), "int32"),
+            }
+            for name, (shape, dtype) in shapes.items():
+                path = f"{plan.key_prefix}g{g.index}/{name}"
+                existing = group.get(path)
+                if isinstance(existing, zarr.Array) and existing.shape == shape:
+                    continue
+                chunks = (1, channels, *(min(s, TILE) for s in shape[2:])) if name != "rgb" else _chunks(shape)
+                group.create_array(path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)
+        (self.root / "done").mkdir(parents=True, exist_ok=True)
+
+    def array(self, batch: Batch, name: str, prefix: str) -> zarr.Array:
+        return zarr.open_array(self.root / f"{prefix}g{batch.group}" / name, mode="r+")
+
+    def write_rows(self, batch: Batch, name: str, prefix: str, rows: np.ndarray, which: list[int]) -> None:
+        """Write ``rows`` into the batch's rows ``which`` (positions within the batch)."""
+        arr = self.array(batch, name, prefix)
+        for row, pos in zip(rows, which, strict=True):
+            arr[batch.start + pos] = row
+
+    def read_rows(self, batch: Batch, name: str, prefix: str, which: list[int]) -> np.ndarray:
+        arr = self.array(batch, name, prefix)
+        return np.stack([arr[batch.start + pos] for pos in which])
+
+    def write_streams(self, key: str, streams: list[bytes]) -> None:
+        data = np.frombuffer(b"".join(streams), np.uint8)
+        arr = zarr.create_array(
+            self.root / "streams" / key, shape=data.shape, chunks=(max(1, data.size),), dtype="uint8",
+            compressors=None, fill_value=0, overwrite=True,
+        )  # fmt: skip
+        if data.size:
+            arr[:] = data
+
+    def read_streams(self, key: str) -> bytes:
+        path = self.root / "streams" / key
+        arr = zarr.open_array(path, mode="r")
+        return np.asarray(arr[:]).tobytes() if arr.shape[0] else b""
+
+    def mark_done(self, key: str, meta: dict[str, Any]) -> None:
+        """Write the batch's marker atomically: the last step of a batch."""
+        path = self.root / "done" / f"{key}.json"
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("w") as fh:
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+
+    def done(self, key: str) -> dict[str, Any] | None:
+        path = self.root / "done" / f"{key}.json"
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def drop_rows(self, batch: Batch, prefix: str) -> None:
+        """Delete the batch's chunks of every stage array (the marker keeps what matters)."""
+        for name in STAGE_ARRAYS:
+            for pos in range(len(batch.items)):
+                shutil.rmtree(self.root / f"{prefix}g{batch.group}" / name / "c" / str(batch.start + pos), True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
