@@ -13,6 +13,7 @@ from vaeflow.errors import PipelineError
 from vaeflow.models import RuntimeOptions
 from vaeflow.pipeline import Codec, Pipeline, StageTimer, check_model
 from vaeflow.presets import load_pipeline
+from vaeflow.ratecontrol import Target, compress_to_target
 from vaeflow.stages.quantize import Quantize
 from vaeflow.stages.vae import VAE
 
@@ -62,14 +63,23 @@ def compress(
     pipeline: PipelineLike = None,
     runtime: RuntimeOptions | None = None,
     timer: StageTimer | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
 ) -> bytes:
     """Compress one HxWx3 uint8 image to a vaeflow stream.
 
     ``pipeline`` is a preset name (default ``"default"``) or a ``Pipeline``; ``model``
-    and ``quality`` (1..100), when given, override the preset's.
+    and ``quality`` (1..100), when given, override the preset's. ``target_bpp`` or
+    ``target_psnr`` instead search the quantizer step for that rate (within 2%) or
+    quality (within 0.1 dB); ``info`` then reports the target and what was achieved.
     """
     rgb = as_rgb(image)
     codec = resolve_codec(model, quality, pipeline)
+    if target_bpp is not None or target_psnr is not None:
+        if (target_bpp is not None and target_psnr is not None) or quality is not None:
+            raise ValueError("give one of quality, target_bpp or target_psnr")
+        target = Target("bpp", target_bpp) if target_bpp is not None else Target("psnr", float(target_psnr or 0))
+        return compress_to_target(rgb, codec, target, runtime)[0]
     return codec.run(rgb[None], "ans", runtime, timer)[0]  # type: ignore[no-any-return]
 
 
@@ -142,4 +152,9 @@ def info(data: bytes) -> dict[str, Any]:
         "n_bytes": len(data),
         "header_bytes": len(data) - len(payload),
         "bpp": 8.0 * len(data) / pixels,
+        **(
+            {"target": {"kind": header.target[0], "value": header.target[1], "achieved": header.target[2]}}
+            if header.target
+            else {}
+        ),
     }

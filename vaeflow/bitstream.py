@@ -21,6 +21,8 @@ FINGERPRINT_BYTES = 8
 MAX_HEADER_BYTES = 1024
 DEFAULT_MAX_PIXELS = 1 << 28
 FLAG_WEIGHTED = 1
+FLAG_TARGET = 2
+TARGET_KINDS = ("bpp", "psnr")
 MAX_LATENT_CHANNELS = 1024
 MAX_DOWNSAMPLE = 64
 
@@ -42,6 +44,7 @@ class StreamHeader:
     coder: str
     postfilter_sigma: float
     weighted: bool = False
+    target: tuple[str, float, float] | None = None  # rate control: (kind, target, achieved)
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
@@ -63,7 +66,12 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
     body.u8(round(header.rounding * 256))
     body.u8(CODERS.index(header.coder))
     body.u8(round(header.postfilter_sigma * 16))
-    body.u8(FLAG_WEIGHTED if header.weighted else 0)
+    body.u8((FLAG_WEIGHTED if header.weighted else 0) | (FLAG_TARGET if header.target else 0))
+    if header.target:
+        kind, target, achieved = header.target
+        body.u8(TARGET_KINDS.index(kind))
+        body.f32(target)
+        body.f32(achieved)
     body.varint(len(payload))
     head = ByteWriter()
     head.raw(MAGIC)
@@ -131,8 +139,11 @@ def unpack(
     coder = _pick(CODERS, h.u8(), "entropy coder")
     sigma = h.u8() / 16
     flags = h.u8()
-    if flags & ~FLAG_WEIGHTED:
+    if flags & ~(FLAG_WEIGHTED | FLAG_TARGET):
         raise CorruptStreamError(f"stream sets unknown flags {flags:#x}")
+    target = None
+    if flags & FLAG_TARGET:
+        target = (_pick(TARGET_KINDS, h.u8(), "rate-control target"), h.f32(), h.f32())
     payload_len = h.varint()
     h.expect_end()
     if reader.remaining != payload_len + 4:
@@ -158,6 +169,7 @@ def unpack(
         coder,
         sigma,
         bool(flags & FLAG_WEIGHTED),
+        target,
     )
     return header, payload
 

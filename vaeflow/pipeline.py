@@ -87,17 +87,20 @@ class Pipeline:
 
 @dataclass
 class StageTimer:
-    """Seconds spent in each stage, summed over calls."""
+    """Seconds spent in each stage, summed over calls, and each call's span (for traces)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (stage, start, end), epoch seconds
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        wall, start = time.time(), time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            self.spans.append((name, wall, wall + elapsed))
 
 
 @dataclass(frozen=True)
@@ -136,13 +139,17 @@ class Codec:
         return quantize.forward(coeffs, self.steps(coeffs.shape), self.bands(coeffs.shape), rounding)
 
     def entropy_code(
-        self, symbols: np.ndarray, sizes: list[tuple[int, int]], runtime: RuntimeOptions | None = None
+        self,
+        symbols: np.ndarray,
+        sizes: list[tuple[int, int]],
+        runtime: RuntimeOptions | None = None,
+        target: tuple[str, float, float] | None = None,
     ) -> list[bytes]:
         """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
         if not sizes:
             return []
         bands = self.bands(symbols.shape)
-        base = self.header(sizes[0], runtime)
+        base = replace(self.header(sizes[0], runtime), target=target)
         return [
             bitstream.pack(replace(base, height=size[0], width=size[1]), entropy.encode(sym, bands, self.ans))
             for sym, size in zip(symbols, sizes, strict=True)

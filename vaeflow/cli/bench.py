@@ -27,6 +27,12 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_models)
 
+    p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
+    p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
+    p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(run=run_dataset)
+
 
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
     if path is not None:
@@ -48,5 +54,14 @@ def run_models(args: argparse.Namespace) -> int:
 
     result = models.run(args.images, args.models.split(","), args.limit, big=not args.no_big)
     print(models.report(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    from vaeflow.bench import dataset
+
+    result = dataset.run(args.images, args.copies)
+    print(dataset.report(result))
     _write_json(args.json, result)
     return 0

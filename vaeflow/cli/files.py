@@ -37,6 +37,10 @@ def register(commands: Any) -> None:
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
     job.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     job.add_argument("--no-progress", action="store_true")
+    job.add_argument("--report", type=Path, default=None, help="save Dask's performance report (HTML) of the job")
+    p.add_argument("--trace", type=Path, default=None, help="write a Chrome trace-event file of every stage")
+    p.add_argument("--target-bpp", type=float, default=None, help="one image: search the step for this bpp")
+    p.add_argument("--target-psnr", type=float, default=None, help="one image: search the step for this PSNR")
     p.set_defaults(run=run_compress)
 
     p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")
@@ -69,6 +73,7 @@ def run_compress(args: argparse.Namespace) -> int:
         keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels, scheduler=args.scheduler,
         workers=args.workers, threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
         progress=not args.no_progress, runtime=runtime_from(args),
+        performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
     if args.dry_run:
         plan, _ = prepare(args.src, args.dst, args.model, args.quality, args.pipeline, options, not args.no_resume)
@@ -79,19 +84,33 @@ def run_compress(args: argparse.Namespace) -> int:
         resume=not args.no_resume, options=options,
     )  # fmt: skip
     print(report)
+    if args.trace:
+        from vaeflow.reports.trace import write_trace
+
+        print(f"trace of {len(report.spans)} task spans in {write_trace(report.spans, args.trace)}")
     return 0 if report.ok else EXIT_SOME_FAILED
 
 
 def _compress_file(args: argparse.Namespace) -> int:
+    from vaeflow.pipeline import StageTimer
+
     loaded = load_image(args.src, args.max_pixels)
+    timer = StageTimer()
     data = vaeflow.compress(
-        loaded.pixels, model=args.model, quality=args.quality, pipeline=args.pipeline, runtime=runtime_from(args)
-    )
+        loaded.pixels, model=args.model, quality=args.quality, pipeline=args.pipeline, runtime=runtime_from(args),
+        timer=timer, target_bpp=args.target_bpp, target_psnr=args.target_psnr,
+    )  # fmt: skip
     dst = args.dst or args.src.with_suffix(STREAM_SUFFIX)
     dst.write_bytes(data)
     meta = vaeflow.info(data)
     notes = f" ({'; '.join(loaded.notes)})" if loaded.notes else ""
-    print(f"{args.src} -> {dst}: {len(data)} bytes, {meta['bpp']:.3f} bpp{notes}")
+    target = meta.get("target")
+    reached = f", {target['kind']} {target['achieved']:.3f} for target {target['value']:g}" if target else ""
+    print(f"{args.src} -> {dst}: {len(data)} bytes, {meta['bpp']:.3f} bpp{reached}{notes}")
+    if args.trace:
+        from vaeflow.reports.trace import write_trace
+
+        write_trace(timer.spans, args.trace)
     return 0
 
 
@@ -102,7 +121,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         write_png(dst, image)
         print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
         return 0
-    from vaeflow.dataset.decompress import decompress_store, map_on_client
+    from vaeflow.dataset.decompress import decompress_store
 
     if args.dst is None:
         raise ValueError("decompressing a store needs a destination folder")
@@ -111,8 +130,11 @@ def run_decompress(args: argparse.Namespace) -> int:
     else:
         from distributed import Client
 
+        from vaeflow.dataset.graph import client_mapper
+
         with Client(args.scheduler) as client:
-            written = decompress_store(args.src, args.dst, args.names, runtime_from(args), run=map_on_client(client))
+            mapper = client_mapper(client, "decode")
+            written = decompress_store(args.src, args.dst, args.names, runtime_from(args), run=mapper)
     print(f"{args.src} -> {args.dst}: {len(written)} PNG files")
     return 0
 

@@ -10,11 +10,11 @@ import argparse
 import logging
 import sys
 
-from vaeflow.cli import bench, files, models, train
+from vaeflow.cli import bench, evaluate, files, models, train
 from vaeflow.errors import VaeflowError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
-COMMAND_MODULES = (files, models, train, bench)
+COMMAND_MODULES = (files, models, train, bench, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from vaeflow.dataset.reader import open_store
 from vaeflow.errors import VaeflowError
@@ -98,14 +97,3 @@ def decompress_store(
     ]
     mapper = run or (lambda fn, items: map(fn, items))
     return [path for batch in mapper(decode_batch, tasks) for path in batch]
-
-
-def map_on_client(client: Any) -> Callable[[Callable[[DecodeTask], list[str]], list[DecodeTask]], Iterator[list[str]]]:
-    """Run decode tasks on a Dask client, in order."""
-
-    def run(fn: Callable[[DecodeTask], list[str]], items: list[DecodeTask]) -> Iterator[list[str]]:
-        futures = client.map(fn, items, key=[f"decode-{i}-{abs(hash(t.store)) % 10**8}" for i, t in enumerate(items)])
-        for future in futures:
-            yield future.result()
-
-    return run

@@ -17,7 +17,7 @@ from typing import Any
 
 import dask
 from dask.delayed import Delayed, delayed
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, as_completed, performance_report
 
 from vaeflow.dataset import tasks
 from vaeflow.dataset.plan import Batch
@@ -29,27 +29,39 @@ RETRIES = 2
 class DaskExecutor:
     """Runs batches on a ``distributed`` client; lost workers' tasks are recomputed elsewhere."""
 
-    def __init__(self, client: Client, dashboard_link: str | None, threads_per_task: int | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        dashboard_link: str | None,
+        threads_per_task: int | None,
+        performance_report: str | None = None,
+    ) -> None:
         self.client = client
         self.dashboard_link = dashboard_link
         self.threads_per_task = threads_per_task
+        self.performance_report = performance_report
 
     def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[dict[str, Any]], None]) -> None:
         if not batches:
             return
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
         graphs = [batch_graph(ctx, b, token) for b in batches]
-        with _span("vaeflow-compress"):
+        report = (
+            performance_report(filename=self.performance_report)
+            if self.performance_report
+            else contextlib.nullcontext()
+        )
+        with report, _span("vaeflow-compress"):
             futures = self.client.compute(graphs, retries=RETRIES)
-        by_key = {f.key: b for f, b in zip(futures, batches, strict=True)}
-        for future in as_completed(futures):
-            batch = by_key[future.key]
-            try:
-                marker = future.result()
-            except Exception as exc:  # the batch kept failing: record its images, go on
-                marker = tasks.failed_marker(ctx, batch, f"task failed: {type(exc).__name__}: {exc}")
-            on_done(marker)
-            future.release()
+            by_key = {f.key: b for f, b in zip(futures, batches, strict=True)}
+            for future in as_completed(futures):
+                batch = by_key[future.key]
+                try:
+                    marker = future.result()
+                except Exception as exc:  # the batch kept failing: record its images, go on
+                    marker = tasks.failed_marker(ctx, batch, f"task failed: {type(exc).__name__}: {exc}")
+                on_done(marker)
+                future.release()
 
 
 def batch_graph(ctx: TaskContext, batch: Batch, token: str) -> Delayed:
@@ -105,3 +117,16 @@ def cluster_client(client: Client | None, options: Any) -> Iterator[tuple[Client
     finally:
         local.close()
         cluster.close()
+
+
+def client_mapper(client: Client, prefix: str) -> Callable[[Callable[[Any], Any], list[Any]], Iterator[Any]]:
+    """Map a function over items on ``client``, yielding results in order."""
+
+    def run(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        token = hashlib.sha1(f"{prefix}|{os.getpid()}|{id(items)}".encode()).hexdigest()[:8]
+        futures = client.map(fn, items, key=[f"{prefix}-{i}-{token}" for i in range(len(items))], retries=RETRIES)
+        for future in futures:
+            yield future.result()
+            future.release()
+
+    return run

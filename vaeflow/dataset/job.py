@@ -60,6 +60,7 @@ class JobOptions:
     memory_limit: str = "auto"
     progress: bool = True
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    performance_report: str | None = None  # Dask's HTML performance report of the run
 
 
 @dataclass
@@ -246,7 +247,7 @@ def execute(plan: Plan, meta: dict[str, Any], options: JobOptions, executor: Exe
     for marker in markers.values():
         for stage, begin, end, _pid in marker["spans"]:
             report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + end - begin
-        report.spans += marker["spans"]
+        report.spans += [[*span, marker["key"]] for span in marker["spans"]]
     return _report_from_store(report, plan.store, plan)
 
 
@@ -340,6 +341,6 @@ def _executor(options: JobOptions, client: Any) -> Any:
         from vaeflow.dataset.graph import DaskExecutor, cluster_client
 
         with cluster_client(client, options) as (dask_client, link, threads):
-            yield DaskExecutor(dask_client, link, threads)
+            yield DaskExecutor(dask_client, link, threads, options.performance_report)
 
     return chosen()

@@ -1,0 +1,61 @@
+"""``vaeflow eval``: every image through every codec at every setting, into one results document.
+
+Each (image, codec) pair is one task, mapped in this process or on a Dask client; tasks
+read their image from disk and return only figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from vaeflow.imageio import IMAGE_SUFFIXES
+from vaeflow.models import load_model
+from vaeflow.reports import codecs
+from vaeflow.reports.results import codec_entry, document
+
+Mapper = Callable[[Callable[[codecs.RunSpec], dict[str, list[float]]], list[codecs.RunSpec]], Iterable[Any]]
+
+
+def image_paths(folder: Path, limit: int | None = None) -> list[Path]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    return paths
+
+
+def evaluate(
+    folder: Path,
+    qualities: list[int],
+    baselines: list[str],
+    *,
+    model: str = "default",
+    pipeline: str | None = None,
+    baseline_qualities: list[int] | None = None,
+    limit: int | None = None,
+    mapper: Mapper | None = None,
+) -> dict[str, Any]:
+    codecs.check_baselines(baselines)
+    paths = image_paths(folder, limit)
+    model_name = load_model(model).name
+    plan: list[tuple[str, tuple[int, ...]]] = [("vaeflow", tuple(qualities))]
+    plan += [(b, tuple(baseline_qualities or codecs.BASELINE_QUALITIES)) for b in baselines]
+    specs = [codecs.RunSpec(str(p), codec, settings, model, pipeline) for codec, settings in plan for p in paths]
+    results = iter((mapper or _local)(codecs.run, specs))
+    entries = []
+    for codec, settings in plan:
+        per_image = {p.name: next(results) for p in paths}
+        if codec == "vaeflow":
+            name, description = (
+                f"vaeflow ({model_name})",
+                f"vaeflow, model {model_name}, pipeline {pipeline or 'default'}",
+            )
+        else:
+            name, description = codec.upper(), f"Pillow {codec.upper()}, quality setting per point"
+        entries.append(codec_entry(name, description, codec, list(settings), per_image))
+    return document(str(folder), [p.name for p in paths], entries)
+
+
+def _local(fn: Callable[[codecs.RunSpec], Any], items: list[codecs.RunSpec]) -> Iterator[Any]:
+    return map(fn, items)
