@@ -66,6 +66,9 @@ def test_bd_table_and_crossover(small_eval: dict) -> None:
     assert rows[0]["test"].startswith("vaeflow") and rows[0]["anchor"] == "JPEG"
     vf, jpeg = small_eval["codecs"]
     assert crossover_bpp(vf, vf) == pytest.approx(min(vf["results"]["bpp"]))
+    low, high = rows[0]["common_bpp"]
+    cross = crossover_bpp(vf, jpeg)
+    assert cross is None or low <= cross <= high
 
 
 @pytest.mark.parametrize("target", [0.08, 0.15])
