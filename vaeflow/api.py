@@ -13,8 +13,6 @@ from vaeflow.errors import PipelineError
 from vaeflow.models import RuntimeOptions
 from vaeflow.pipeline import Codec, Pipeline, StageTimer, check_model
 from vaeflow.presets import load_pipeline
-from vaeflow.ratecontrol import Target, compress_to_target
-from vaeflow.stages.quantize import Quantize
 from vaeflow.stages.vae import VAE
 
 PipelineLike = str | Pipeline | Codec | None
@@ -33,8 +31,8 @@ def resolve_codec(model: str | None = None, quality: int | None = None, pipeline
     if model is not None:
         codec = replace(codec, vae=VAE(model))
     if quality is not None:
-        codec = replace(codec, quantize=Quantize(quality=quality, rounding=codec.quantize.rounding))
-    return codec
+        codec = replace(codec, quantize=replace(codec.quantize.with_step(1.0), step=None, quality=quality))
+    return codec.calibrated()
 
 
 def as_rgb(image: Any) -> np.ndarray:
@@ -78,8 +76,8 @@ def compress(
     if target_bpp is not None or target_psnr is not None:
         if (target_bpp is not None and target_psnr is not None) or quality is not None:
             raise ValueError("give one of quality, target_bpp or target_psnr")
-        target = Target("bpp", target_bpp) if target_bpp is not None else Target("psnr", float(target_psnr or 0))
-        return compress_to_target(rgb, codec, target, runtime)[0]
+        quantizer = replace(codec.quantize.with_step(1.0), step=None, target_bpp=target_bpp, target_psnr=target_psnr)
+        codec = replace(codec, quantize=quantizer)
     return codec.run(rgb[None], "ans", runtime, timer)[0]  # type: ignore[no-any-return]
 
 
@@ -107,7 +105,8 @@ def compress_batch(
 
 def _open(data: bytes) -> tuple[bitstream.StreamHeader, memoryview, Codec]:
     header, payload = bitstream.unpack(data)
-    return header, payload, Codec.from_header(header)
+    codec, entropy_payload = Codec.from_stream(header, payload)
+    return header, entropy_payload, codec
 
 
 def decompress_latent(data: bytes) -> np.ndarray:

@@ -22,7 +22,8 @@ MAX_HEADER_BYTES = 1024
 DEFAULT_MAX_PIXELS = 1 << 28
 FLAG_WEIGHTED = 1
 FLAG_TARGET = 2
-TARGET_KINDS = ("bpp", "psnr")
+FLAG_RDO = 4
+TARGET_KINDS = ("bpp", "psnr", "latent")
 MAX_LATENT_CHANNELS = 1024
 MAX_DOWNSAMPLE = 64
 
@@ -45,6 +46,7 @@ class StreamHeader:
     postfilter_sigma: float
     weighted: bool = False
     target: tuple[str, float, float] | None = None  # rate control: (kind, target, achieved)
+    rdo: bool = False  # informational: the encoder ran its rate-distortion pass
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
@@ -66,7 +68,8 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
     body.u8(round(header.rounding * 256))
     body.u8(CODERS.index(header.coder))
     body.u8(round(header.postfilter_sigma * 16))
-    body.u8((FLAG_WEIGHTED if header.weighted else 0) | (FLAG_TARGET if header.target else 0))
+    flags = (FLAG_WEIGHTED if header.weighted else 0) | (FLAG_TARGET if header.target else 0)
+    body.u8(flags | (FLAG_RDO if header.rdo else 0))
     if header.target:
         kind, target, achieved = header.target
         body.u8(TARGET_KINDS.index(kind))
@@ -139,7 +142,7 @@ def unpack(
     coder = _pick(CODERS, h.u8(), "entropy coder")
     sigma = h.u8() / 16
     flags = h.u8()
-    if flags & ~(FLAG_WEIGHTED | FLAG_TARGET):
+    if flags & ~(FLAG_WEIGHTED | FLAG_TARGET | FLAG_RDO):
         raise CorruptStreamError(f"stream sets unknown flags {flags:#x}")
     target = None
     if flags & FLAG_TARGET:
@@ -170,6 +173,7 @@ def unpack(
         sigma,
         bool(flags & FLAG_WEIGHTED),
         target,
+        bool(flags & FLAG_RDO),
     )
     return header, payload
 

@@ -9,6 +9,7 @@ decodes it: the inverse is derived, never configured.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from vaeflow.stages.postfilter import PostFilter
 from vaeflow.stages.quantize import Quantize
 from vaeflow.stages.vae import VAE
 from vaeflow.stages.wavelet import Subband, Wavelet
+
+log = logging.getLogger("vaeflow")
 
 STAGE_ORDER = ("postfilter", "vae", "channel", "wavelet", "quantize", "ans")
 
@@ -72,7 +75,7 @@ class Pipeline:
             quantize=self.stage("quantize"),  # type: ignore[arg-type]
             ans=self.stage("ans"),  # type: ignore[arg-type]
             postfilter=self.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
-        )
+        ).calibrated()
 
     def run(self, images: np.ndarray, until: str = "ans", runtime: RuntimeOptions | None = None) -> Any:
         """Run the stages forward up to and including ``until``, and return what it gives.
@@ -113,19 +116,56 @@ class Codec:
     quantize: Quantize
     ans: ANS
     postfilter: PostFilter = field(default_factory=PostFilter)
+    allocation_table: tuple[tuple[int, ...], ...] | None = None  # (C, all bands) int8, decoder allocation
 
     def bands(self, latent_shape: tuple[int, ...]) -> tuple[Subband, ...]:
         return wavelet.subbands(latent_shape[-2], latent_shape[-1], self.wavelet.levels)
 
+    @property
+    def calibration_key(self) -> str:
+        return f"{self.channel.transform}-{self.wavelet.name}-{self.wavelet.levels}"
+
     def steps(self, latent_shape: tuple[int, ...]) -> np.ndarray:
         """(C, n_bands) quantizer steps for latents of ``latent_shape`` (.., C, h, w)."""
         bands = self.bands(latent_shape)
+        if self.quantize.allocation == "decoder":
+            if self.allocation_table is None:
+                raise PipelineError("decoder-aware allocation needs the model's calibration table")
+            names = [b.name for b in wavelet.all_subbands(self.wavelet.levels)]
+            table = np.asarray(self.allocation_table)[:, [names.index(b.name) for b in bands]]
+            ones = {b.name: 1.0 for b in bands}  # calibrated gains already include the wavelet's
+            return quantize.band_steps(bands, ones, self.quantize.base_step, quantize.table_weights(table))
         if self.wavelet.levels:
             gains = wavelet.synthesis_gains(self.wavelet.name, self.wavelet.levels)
         else:
             gains = {bands[0].name: 1.0}
         weights = np.ones((latent_shape[-3], 1))
         return quantize.band_steps(bands, gains, self.quantize.base_step, weights)
+
+    def calibrated(self) -> Codec:
+        """This codec with its allocation table looked up in the registry, when it needs one.
+
+        A model without a calibration for this channel transform and wavelet falls back to
+        uniform steps, with a warning that says how to calibrate it; the stream records
+        which allocation it used, so it always decodes.
+        """
+        if self.quantize.allocation != "decoder" or self.allocation_table is not None:
+            return self
+        from vaeflow.models.registry import Registry
+
+        entry = Registry.load().resolve(self.vae.model)
+        gains = entry.calibration.get(self.calibration_key)
+        if gains is None:
+            log.warning(
+                "model %r has no calibration for %r, so steps are uniform; run `vaeflow models calibrate %s "
+                "--data PHOTOS --channel %s --wavelet %s --levels %d` for decoder-aware steps",
+                entry.name, self.calibration_key, entry.name, self.channel.transform, self.wavelet.name,
+                self.wavelet.levels,
+            )  # fmt: skip
+            return replace(self, quantize=replace(self.quantize, allocation="uniform"))
+        bands = wavelet.all_subbands(self.wavelet.levels)
+        table = quantize.allocation_table(np.asarray(gains), bands, self.wavelet.levels)
+        return replace(self, allocation_table=tuple(tuple(int(v) for v in row) for row in table))
 
     # Forward stages, each batch-wise (leading N axis).
     def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
@@ -135,8 +175,9 @@ class Codec:
         return wavelet.forward(channel.forward(latents, self.channel), self.wavelet)
 
     def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
-        rounding = self.quantize.rounding
-        return quantize.forward(coeffs, self.steps(coeffs.shape), self.bands(coeffs.shape), rounding)
+        rounding, steps, bands = self.quantize.rounding, self.steps(coeffs.shape), self.bands(coeffs.shape)
+        symbols = quantize.forward(coeffs, steps, bands, rounding)
+        return quantize.optimize(coeffs, symbols, steps, bands, rounding) if self.quantize.rdo else symbols
 
     def entropy_code(
         self,
@@ -150,10 +191,17 @@ class Codec:
             return []
         bands = self.bands(symbols.shape)
         base = replace(self.header(sizes[0], runtime), target=target)
+        prefix = self.table_bytes()
         return [
-            bitstream.pack(replace(base, height=size[0], width=size[1]), entropy.encode(sym, bands, self.ans))
+            bitstream.pack(replace(base, height=size[0], width=size[1]), prefix + entropy.encode(sym, bands, self.ans))
             for sym, size in zip(symbols, sizes, strict=True)
         ]
+
+    def table_bytes(self) -> bytes:
+        """The allocation table as the payload carries it (see ``quantize.pack_table``)."""
+        if self.quantize.allocation != "decoder" or self.allocation_table is None:
+            return b""
+        return quantize.pack_table(np.asarray(self.allocation_table))
 
     def run(
         self,
@@ -163,25 +211,35 @@ class Codec:
         timer: StageTimer | None = None,
     ) -> Any:
         timer = timer or StageTimer()
-        sizes = [tuple(images.shape[1:3])] * images.shape[0]
+        sizes = [(images.shape[1], images.shape[2])] * images.shape[0]
         with timer("vae"):
-            x: Any = self.encode_latents(images, runtime)
+            latents = self.encode_latents(images, runtime)
         if until == "vae":
-            return x
+            return latents
         with timer("channel"):
-            x = channel.forward(x, self.channel)
+            mixed = channel.forward(latents, self.channel)
         if until == "channel":
-            return x
+            return mixed
         with timer("wavelet"):
-            x = wavelet.forward(x, self.wavelet)
+            coeffs = wavelet.forward(mixed, self.wavelet)
         if until == "wavelet":
-            return x
+            return coeffs
+        if self.quantize.target is not None:  # rate control: each image searches its own step
+            from vaeflow import ratecontrol
+
+            with timer("quantize"):
+                if until == "quantize":
+                    return np.concatenate(
+                        [ratecontrol.search(self, coeffs[i : i + 1], sizes[i], images[i], runtime).symbols
+                         for i in range(len(sizes))]
+                    )  # fmt: skip
+                return ratecontrol.encode_to_target(self, images, coeffs, runtime)
         with timer("quantize"):
-            x = self.quantize_coefficients(x)
+            symbols = self.quantize_coefficients(coeffs)
         if until == "quantize":
-            return x
+            return symbols
         with timer("ans"):
-            return self.entropy_code(x, sizes, runtime)  # type: ignore[arg-type]
+            return self.entropy_code(symbols, sizes, runtime)
 
     # Inverse stages.
     def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
@@ -217,18 +275,37 @@ class Codec:
             rounding=self.quantize.rounding,
             coder=self.ans.coder,
             postfilter_sigma=self.postfilter.sigma,
+            weighted=self.quantize.allocation == "decoder",
+            rdo=self.quantize.rdo,
         )
 
     @classmethod
     def from_header(cls, header: bitstream.StreamHeader) -> Codec:
+        allocation = "decoder" if header.weighted else "uniform"
         return cls(
             vae=VAE(header.model),
             channel=ChannelTransform(header.channel_transform),
             wavelet=Wavelet(header.wavelet, header.levels),
-            quantize=Quantize(quality=header.quality, step=header.step, rounding=header.rounding),
+            quantize=Quantize(
+                quality=header.quality,
+                step=header.step,
+                rounding=header.rounding,
+                allocation=allocation,
+                rdo=header.rdo,
+            ),
             ans=ANS(header.coder),
             postfilter=PostFilter(header.postfilter_sigma),
         )
+
+    @classmethod
+    def from_stream(cls, header: bitstream.StreamHeader, payload: memoryview) -> tuple[Codec, memoryview]:
+        """The codec that decodes a stream, and the entropy coder's part of its payload."""
+        codec = cls.from_header(header)
+        if not header.weighted:
+            return codec, payload
+        shape = (header.latent_channels, len(wavelet.all_subbands(header.levels)))
+        table, used = quantize.unpack_table(payload, shape)
+        return replace(codec, allocation_table=tuple(tuple(int(v) for v in row) for row in table)), payload[used:]
 
     def pipeline(self) -> Pipeline:
         return Pipeline((self.postfilter, self.vae, self.channel, self.wavelet, self.quantize, self.ans))

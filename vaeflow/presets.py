@@ -5,8 +5,9 @@ A preset has a ``description`` and one table per stage, in any order::
     [vae]        model = "default"
     [channel]    transform = "hadamard"          # or "identity"
     [wavelet]    name = "cdf97", levels = 3      # haar, cdf53, cdf97; 0..6 levels
-    [quantize]   quality = 50, rounding = 0.375  # or step = 0.5 instead of quality
-    [ans]        coder = "laplace"
+    [quantize]   quality = 50, rounding = 0.375  # or step, target_bpp, target_psnr, max_latent_error
+                 allocation = "decoder", rdo = false
+    [ans]        coder = "context"                # or "laplace"
     [postfilter] sigma = 0.0                     # optional blur after decoding
 """
 
@@ -69,7 +70,7 @@ def pipeline_from_dict(data: dict[str, Any], where: str = "pipeline") -> Pipelin
         bad = set(table) - set(allowed)
         if bad:
             raise PipelineError(f"{where}: [{name}] has unknown keys {sorted(bad)}; allowed: {allowed}")
-        if name == "quantize" and "step" in table:
+        if name == "quantize" and "quality" not in table:
             table = {"quality": None, **table}
         stages.append(cls(**table))
     return Pipeline(tuple(stages), str(data.get("description", "")))

@@ -1,84 +1,127 @@
-"""Rate control: find the quantizer step that meets a target bpp or PSNR for one image.
+"""Rate control: the quantizer step that meets a target bpp, PSNR or latent error, per image.
 
-The VAE encoder runs once; a bisection over log(step) then re-quantizes and codes (and,
-for PSNR, decodes) until the result is within 2% of the bpp target or 0.1 dB of the PSNR
-target. The chosen step is written to the stream as an explicit step, with the target and
-the figure achieved.
+The VAE encoder runs once; a bisection over log(step) then re-quantizes and measures:
+the stream's bpp (within 2%), the decoded PSNR (within 0.1 dB, which decodes through
+the VAE at each try), or the largest absolute error of the dequantized latent (the
+largest step keeping it at or below the bound). The chosen step is written to the stream
+as an explicit step, with the target and the figure achieved.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vaeflow import bitstream, metrics
+from vaeflow import metrics
 from vaeflow.models import RuntimeOptions
 from vaeflow.pipeline import Codec
-from vaeflow.stages.quantize import Quantize
 
 BPP_TOLERANCE = 0.02  # relative
 PSNR_TOLERANCE = 0.1  # dB
+STEP_RESOLUTION = 0.02  # relative, for the latent-error bound
 LOG2_STEP_RANGE = (-10.0, 6.0)
 MAX_ITERATIONS = 40
 
 
 @dataclass(frozen=True)
-class Target:
-    kind: str  # "bpp" or "psnr"
-    value: float
-
-    def __post_init__(self) -> None:
-        if self.kind not in bitstream.TARGET_KINDS:
-            raise ValueError(f"unknown target {self.kind!r}; choose one of {bitstream.TARGET_KINDS}")
-        if not (math.isfinite(self.value) and self.value > 0):
-            raise ValueError(f"target {self.kind} must be a positive number, got {self.value!r}")
-
-    def met(self, achieved: float) -> bool:
-        if self.kind == "bpp":
-            return abs(achieved - self.value) <= BPP_TOLERANCE * self.value
-        return abs(achieved - self.value) <= PSNR_TOLERANCE
+class Choice:
+    step: float
+    symbols: np.ndarray  # (1, C, h, w)
+    achieved: float
 
 
-def compress_to_target(
-    image: np.ndarray, codec: Codec, target: Target, runtime: RuntimeOptions | None = None
-) -> tuple[bytes, float]:
-    """The stream closest to ``target`` within tolerance, and the figure it achieves."""
-    size = (image.shape[0], image.shape[1])
-    coeffs = codec.transform(codec.encode_latents(image[None], runtime))
+def _met(kind: str, value: float, achieved: float) -> bool:
+    if kind == "bpp":
+        return abs(achieved - value) <= BPP_TOLERANCE * value
+    if kind == "psnr":
+        return abs(achieved - value) <= PSNR_TOLERANCE
+    return achieved <= value
 
-    def attempt(log2_step: float) -> tuple[bytes, float]:
+
+def search(
+    codec: Codec,
+    coeffs: np.ndarray,
+    size: tuple[int, int],
+    image: np.ndarray | None = None,
+    runtime: RuntimeOptions | None = None,
+) -> Choice:
+    """The step for one image's coefficients (1, C, h, w) that meets ``codec``'s target."""
+    target = codec.quantize.target
+    if target is None:
+        raise ValueError("the codec has no rate-control target")
+    kind, value = target
+    if kind == "psnr" and image is None:
+        raise ValueError("a PSNR target needs the original image")
+    latent = codec.untransform(coeffs) if kind == "latent" else None
+
+    def attempt(log2_step: float) -> Choice:
         step = float(np.float32(2.0**log2_step))  # exactly what the stream can record
-        trial = replace(codec, quantize=Quantize(quality=None, step=step, rounding=codec.quantize.rounding))
+        trial = replace(codec, quantize=codec.quantize.with_step(step))
         symbols = trial.quantize_coefficients(coeffs)
-        stream = trial.entropy_code(symbols, [size], runtime, target=(target.kind, target.value, 0.0))[0]
-        if target.kind == "bpp":
+        if kind == "bpp":
+            stream = trial.entropy_code(symbols, [size], runtime, target=(kind, value, 0.0))[0]
             achieved = metrics.bpp(len(stream), size)
-        else:
+        elif kind == "psnr":
             decoded = trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]
-            achieved = metrics.psnr(image, decoded)
-        final = trial.entropy_code(symbols, [size], runtime, target=(target.kind, target.value, achieved))[0]
-        return final, achieved
+            achieved = metrics.psnr(image, decoded)  # type: ignore[arg-type]
+        else:
+            achieved = float(np.abs(trial.untransform(trial.dequantize(symbols)) - latent).max())
+        return Choice(step, symbols, achieved)
 
-    low, high = LOG2_STEP_RANGE  # small step: high bpp and PSNR; large step: low
-    best = attempt(low)
-    if best[1] < target.value and not target.met(best[1]):
-        raise ValueError(f"target {target.kind} {target.value} is out of reach: the finest step gives {best[1]:.3f}")
-    coarse = attempt(high)
-    if coarse[1] > target.value and not target.met(coarse[1]):
-        raise ValueError(
-            f"target {target.kind} {target.value} is out of reach: the coarsest step gives {coarse[1]:.3f}"
-        )
+    low, high = LOG2_STEP_RANGE  # small step: high bpp and PSNR, low latent error; large step: the reverse
+    fine, coarse = attempt(low), attempt(high)
+    if kind == "latent":
+        if fine.achieved > value:
+            raise ValueError(f"latent error bound {value} is out of reach: the finest step gives {fine.achieved:.4g}")
+        if coarse.achieved <= value:
+            return coarse
+        feasible = fine
+        while high - low > np.log2(1 + STEP_RESOLUTION):
+            trial = attempt((low + high) / 2)
+            if trial.achieved <= value:
+                low, feasible = (low + high) / 2, trial
+            else:
+                high = (low + high) / 2
+        return feasible
+    if fine.achieved < value and not _met(kind, value, fine.achieved):
+        raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")
+    if coarse.achieved > value and not _met(kind, value, coarse.achieved):
+        raise ValueError(f"target {kind} {value} is out of reach: the coarsest step gives {coarse.achieved:.3f}")
+    best = fine
     for _ in range(MAX_ITERATIONS):
-        if target.met(best[1]):
-            return best
+        if _met(kind, value, best.achieved):
+            break
         middle = (low + high) / 2
         candidate = attempt(middle)
-        if candidate[1] > target.value:
+        if candidate.achieved > value:
             low = middle
         else:
             high = middle
-        if abs(candidate[1] - target.value) < abs(best[1] - target.value):
+        if abs(candidate.achieved - value) < abs(best.achieved - value):
             best = candidate
     return best
+
+
+def encode_to_target(
+    codec: Codec, images: np.ndarray, coeffs: np.ndarray, runtime: RuntimeOptions | None = None
+) -> list[bytes]:
+    """One stream per image (with its coefficients), each at the step its own search chose."""
+    streams = []
+    for i, image in enumerate(images):
+        size = (image.shape[0], image.shape[1])
+        choice = search(codec, coeffs[i : i + 1], size, image, runtime)
+        streams += record(codec, choice, size, runtime)
+    return streams
+
+
+def record(codec: Codec, choice: Choice, size: tuple[int, int], runtime: RuntimeOptions | None = None) -> list[bytes]:
+    """The stream of a searched choice, with its target and the figure achieved."""
+    kind, value = codec.quantize.target  # type: ignore[misc]
+    return codec_at(codec, choice.step).entropy_code(
+        choice.symbols, [size], runtime, target=(kind, value, choice.achieved)
+    )
+
+
+def codec_at(codec: Codec, step: float) -> Codec:
+    return replace(codec, quantize=codec.quantize.with_step(step))

@@ -59,8 +59,8 @@ def measure_quality(images: list[tuple[str, np.ndarray]], quality: int, model: s
         shape = bitstream.latent_shape(header)
         bands = codec.bands(shape)
         symbols = codec.decode_symbols(payload, shape)[0]
-        point.ans_bytes += len(payload) - entropy.side_info_bytes(payload, shape[0], bands)
-        point.ideal_bits += entropy.information_bits(symbols, bands)
+        point.ans_bytes += len(payload) - entropy.side_info_bytes(payload, shape[0], bands, codec.ans)
+        point.ideal_bits += entropy.information_bits(symbols, bands, codec.ans)
     return point
 
 

@@ -28,6 +28,15 @@ def register(commands: Any) -> None:
     p.add_argument("--license", default="MIT")
     p.set_defaults(run=run_import)
 
+    p = sub.add_parser("calibrate", help="measure how much each channel and subband matters through the decoder")
+    p.add_argument("name")
+    p.add_argument("--data", type=Path, required=True, help="calibration photos (not the evaluation set)")
+    p.add_argument("--channel", default="hadamard", choices=["hadamard", "identity"])
+    p.add_argument("--wavelet", default="cdf97", choices=["haar", "cdf53", "cdf97"])
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--limit", type=int, default=8, help="number of photos (centre crops)")
+    p.set_defaults(run=run_calibrate)
+
     p = sub.add_parser("add", help="register ONNX encoder and decoder files exported elsewhere")
     p.add_argument("--encoder", type=Path, required=True)
     p.add_argument("--decoder", type=Path, required=True)
@@ -85,4 +94,18 @@ def run_add(args: argparse.Namespace) -> int:
             raise ModelError(f"model file {path} does not exist")
     path = model_registry.register(entry)
     print(f"registered {args.name!r} in {path}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vaeflow.calibrate import calibrate_model
+
+    path, gains = calibrate_model(args.name, args.data, args.channel, args.wavelet, args.levels, args.limit)
+    spread = gains.max() / gains.min()
+    print(
+        f"calibrated {args.name!r} ({args.channel}-{args.wavelet}-{args.levels}): gains span {spread:.1f}x, "
+        f"arithmetic/geometric mean {gains.mean() / np.exp(np.log(gains).mean()):.2f}; written to {path}"
+    )
     return 0

@@ -45,6 +45,7 @@ class BatchState:
     notes: tuple[tuple[str, ...], ...]
     nbytes: tuple[int, ...] = ()
     spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
+    choices: tuple[tuple[float, float] | None, ...] = ()  # rate control: (step, achieved) per image
 
     def ok_positions(self) -> list[int]:
         return [i for i, ok in enumerate(self.ok) if ok]
@@ -140,7 +141,43 @@ def _stage(name: str, source: str, target: str, run: Callable[[TaskContext, np.n
 
 encode = _stage("vae", "rgb", "latent", lambda ctx, x: ctx.codec.encode_latents(x, ctx.runtime))
 transform = _stage("transform", "latent", "coefficients", lambda ctx, x: ctx.codec.transform(x))
-quantize = _stage("quantize", "coefficients", "symbols", lambda ctx, x: ctx.codec.quantize_coefficients(x))
+_fixed_quantize = _stage("quantize", "coefficients", "symbols", lambda ctx, x: ctx.codec.quantize_coefficients(x))
+
+
+def quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    """Quantize at the codec's step, or, under rate control, search each image's own step."""
+    if ctx.codec.quantize.target is None:
+        return _fixed_quantize(ctx, batch, state)
+    return _searched_quantize(ctx, batch, state)
+
+
+@_timed("quantize")
+def _searched_quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    from vaeflow import ratecontrol
+
+    which = state.ok_positions()
+    if not which:
+        return state
+    work = WorkStore(ctx.store)
+    coeffs = work.read_rows(batch, "coefficients", ctx.prefix, which)
+    needs_image = ctx.codec.quantize.target is not None and ctx.codec.quantize.target[0] == "psnr"
+    rgb = work.read_rows(batch, "rgb", ctx.prefix, which) if needs_image else None
+    choices: list[tuple[float, float] | None] = [None] * len(batch.items)
+    rows, kept = [], []
+    for k, pos in enumerate(which):
+        item = batch.items[pos]
+        image = rgb[k, : item.height, : item.width] if rgb is not None else None
+        try:
+            choice = ratecontrol.search(ctx.codec, coeffs[k : k + 1], (item.height, item.width), image, ctx.runtime)
+        except ValueError as exc:
+            state = state.fail(pos, str(exc))
+            continue
+        rows.append(choice.symbols[0])
+        kept.append(pos)
+        choices[pos] = (choice.step, choice.achieved)
+    if rows:
+        work.write_rows(batch, "symbols", ctx.prefix, np.stack(rows), kept)
+    return replace(state, choices=tuple(choices))
 
 
 @_timed("entropy")
@@ -152,8 +189,16 @@ def entropy(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
     if which:
         symbols = work.read_rows(batch, "symbols", ctx.prefix, which)
         sizes = [(batch.items[p].height, batch.items[p].width) for p in which]
-        for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes, ctx.runtime), strict=True):
-            streams[pos] = stream
+        if state.choices:  # rate control: each image at its own step, with its record
+            from vaeflow import ratecontrol
+
+            for k, pos in enumerate(which):
+                step, achieved = state.choices[pos]  # type: ignore[misc]
+                choice = ratecontrol.Choice(step, symbols[k : k + 1], achieved)
+                streams[pos] = ratecontrol.record(ctx.codec, choice, sizes[k], ctx.runtime)[0]
+        else:
+            for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes, ctx.runtime), strict=True):
+                streams[pos] = stream
     work.write_streams(batch.key, streams)
     return replace(state, nbytes=tuple(len(s) for s in streams))
 

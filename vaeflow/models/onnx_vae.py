@@ -165,15 +165,24 @@ class OnnxVAE:
         scale, shift = self._scale()
         return ((raw - shift) * scale).astype(np.float32)
 
-    def decode(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-        """float (N, C, h, w) -> uint8 (N, s*h, s*w, 3), cropped to ``size`` (H, W) if given."""
+    def _decode_raw(self, latents: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+        """The decoder's own output (N, 3, H, W) in its input range, cropped to ``size``."""
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"decode takes latents of shape (N, {self.latent_channels}, h, w), got {latents.shape}")
         scale, shift = self._scale()
         raw = latents.astype(np.float32) / scale + shift
         y = self._run(self.decoder, raw, self.downsample, 1)
-        if size is not None:
-            y = y[:, :, : size[0], : size[1]]
+        return y[:, :, : size[0], : size[1]] if size is not None else y
+
+    def decode_float(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Like ``decode`` but float32 in 0..255, not rounded: for calibration and analysis."""
+        lo, hi = self.entry.input_range
+        y = (self._decode_raw(latents, size) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+        return np.clip(y, 0, 255).transpose(0, 2, 3, 1)
+
+    def decode(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """float (N, C, h, w) -> uint8 (N, s*h, s*w, 3), cropped to ``size`` (H, W) if given."""
+        y = self._decode_raw(latents, size)
         lo, hi = self.entry.input_range
         # (y - lo) * 255 / (hi - lo), rounded half up and clipped, in as few passes as possible
         gain = np.float32(255.0 / (hi - lo))

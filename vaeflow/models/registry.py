@@ -43,7 +43,7 @@ class ModelEntry:
     description: str = ""
     recon_psnr: float | None = None
     recon_ms_ssim: float | None = None
-    band_weights: tuple[tuple[float, ...], ...] | None = None
+    calibration: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -57,7 +57,7 @@ class ModelEntry:
             value = table.get(key, default)
             return tuple(float(v) for v in (value if isinstance(value, list | tuple) else [value]))
 
-        weights = table.get("band_weights")
+        calibration = table.get("calibration", {})
         entry = cls(
             name=name,
             encoder=(base / table["encoder"]).resolve(),
@@ -71,7 +71,7 @@ class ModelEntry:
             description=str(table.get("description", "")),
             recon_psnr=table.get("recon_psnr"),
             recon_ms_ssim=table.get("recon_ms_ssim"),
-            band_weights=tuple(tuple(float(v) for v in row) for row in weights) if weights else None,
+            calibration={k: tuple(tuple(float(v) for v in row) for row in rows) for k, rows in calibration.items()},
             source=base,
         )
         entry.validate()
@@ -101,8 +101,9 @@ class ModelEntry:
             table[key] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
         for key in ("input_range", "latent_scale", "latent_shift"):
             table[key] = list(table[key])
-        if "band_weights" in table:
-            table["band_weights"] = [list(row) for row in table["band_weights"]]
+        table["calibration"] = {k: [list(row) for row in rows] for k, rows in self.calibration.items()}
+        if not table["calibration"]:
+            del table["calibration"]
         return table
 
 
@@ -192,6 +193,11 @@ def dump_toml(data: dict[str, Any]) -> str:
             lines.append("")
     for name, table in data.get("models", {}).items():
         lines.append(f'[models."{name}"]')
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines += [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
         lines.append("")
+        for key, sub in table.items():
+            if isinstance(sub, dict) and sub:
+                lines.append(f'[models."{name}".{key}]')
+                lines += [f'"{k}" = {value(v)}' for k, v in sub.items()]
+                lines.append("")
     return "\n".join(lines)

@@ -93,7 +93,6 @@ def _run_vaeflow(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     from dataclasses import replace
 
     from vaeflow.api import resolve_codec
-    from vaeflow.stages.quantize import Quantize
 
     base = resolve_codec(spec.model, None, spec.pipeline)
     start = time.perf_counter()
@@ -102,7 +101,7 @@ def _run_vaeflow(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     size = (image.shape[0], image.shape[1])
     rows = []
     for quality in spec.settings:
-        codec = replace(base, quantize=Quantize(quality=quality, rounding=base.quantize.rounding))
+        codec = replace(base, quantize=replace(base.quantize, quality=quality, step=None))
         start = time.perf_counter()
         data = codec.entropy_code(codec.quantize_coefficients(coeffs), [size])[0]
         encoded = time.perf_counter()

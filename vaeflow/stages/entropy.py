@@ -15,6 +15,7 @@ codes losslessly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,10 +27,9 @@ from vaeflow.errors import CorruptStreamError, PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.wavelet import Subband
 
-CODERS = ("laplace",)
+CODERS = ("laplace", "context")
 _ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(32)
 _CHUNK_BITS = 15
-_SEARCH_RADIUS = 6
 
 
 @dataclass(frozen=True)
@@ -80,30 +80,66 @@ def model_bits(values: np.ndarray, counts: np.ndarray, index: int) -> float:
     return float(bits)
 
 
+def best_index(bits: Callable[[int], float], guess: int) -> tuple[int, float]:
+    """Minimise ``bits`` over scale indices 1..255: a coarse scan around ``guess``, then a walk.
+
+    Code length is convex in log(scale) except where probabilities hit the coder's floor,
+    so the scan keeps the walk away from that false minimum at tiny scales.
+    """
+    coarse = range(max(1, guess - 36), min(255, guess + 36) + 1, 6)
+    index = min(coarse, key=lambda i: (bits(i), i))
+    best = bits(index)
+    for direction in (-1, 1):
+        while 1 <= index + direction <= 255:
+            trial = bits(index + direction)
+            if trial >= best:
+                break
+            index, best = index + direction, trial
+    return index, best
+
+
 def fit_band(values: np.ndarray) -> int:
     """The scale index that codes ``values`` (already centred) in the fewest bits; 0 if all zero."""
     uniq, counts = np.unique(values, return_counts=True)
     if uniq.size == 1 and uniq[0] == 0:
         return 0
-    mean_abs = float(np.abs(values).mean())
-    guess = index_of(max(mean_abs, 0.05))
-    candidates = range(max(1, guess - _SEARCH_RADIUS), min(255, guess + _SEARCH_RADIUS) + 1)
-    return min(candidates, key=lambda i: (model_bits(uniq, counts, i), i))
+    guess = index_of(max(float(np.abs(values).mean()), 0.05))
+    return best_index(lambda i: model_bits(uniq, counts, i), guess)[0]
+
+
+def zeroth_order_bits(values: np.ndarray) -> float:
+    """Bits of ``values`` under their best single Laplace model (0 if all zero)."""
+    index = fit_band(values)
+    return model_bits(*np.unique(values, return_counts=True), index) if index else 0.0
 
 
 def _band_centre(band: Subband, values: np.ndarray) -> int:
     return int(np.round(np.median(values))) if band.name.startswith("LL") and values.size else 0
 
 
-def _model(index: int) -> constriction.stream.model.QuantizedLaplace:
+def band_model(index: int) -> constriction.stream.model.QuantizedLaplace:
     r = support_of(index)
     return constriction.stream.model.QuantizedLaplace(-r, r, 0.0, scale_of(index))
+
+
+def decode_values(
+    coder: constriction.stream.stack.AnsCoder, model: constriction.stream.model.QuantizedLaplace, r: int, n: int
+) -> np.ndarray:
+    """``n`` symbols of one model, escapes resolved."""
+    values = coder.decode(model, n).astype(np.int64)
+    for pos in np.flatnonzero(np.abs(values) >= r):
+        values[pos] += int(np.sign(values[pos])) * decode_escape(coder)
+    return values
 
 
 def encode(symbols: np.ndarray, bands: tuple[Subband, ...], params: ANS) -> bytes:
     """One image's symbols (C, h, w) int32 -> payload bytes (side information, then ANS words)."""
     if symbols.ndim != 3 or symbols.dtype != np.int32:
         raise ValueError(f"expected int32 symbols of shape (C, h, w), got {symbols.dtype} {symbols.shape}")
+    if params.coder == "context":
+        from vaeflow.stages import context
+
+        return context.encode(symbols, bands)
     side = ByteWriter()
     plan = []
     for c in range(symbols.shape[0]):
@@ -122,13 +158,13 @@ def encode(symbols: np.ndarray, bands: tuple[Subband, ...], params: ANS) -> byte
         r = support_of(index)
         escapes = np.abs(values[np.abs(values) >= r]) - r
         for excess in reversed(escapes.tolist()):
-            _encode_escape(coder, int(excess))
-        coder.encode_reverse(np.clip(values, -r, r).astype(np.int32), _model(index))
+            encode_escape(coder, int(excess))
+        coder.encode_reverse(np.clip(values, -r, r).astype(np.int32), band_model(index))
     words = coder.get_compressed()
     return side.getvalue() + words.astype("<u4").tobytes()
 
 
-def _encode_escape(coder: constriction.stream.stack.AnsCoder, excess: int) -> None:
+def encode_escape(coder: constriction.stream.stack.AnsCoder, excess: int) -> None:
     length = excess.bit_length()
     low_bits = max(length - 1, 0)
     chunks = []
@@ -143,7 +179,7 @@ def _encode_escape(coder: constriction.stream.stack.AnsCoder, excess: int) -> No
     coder.encode_reverse(length, _ESCAPE_LENGTH_MODEL)
 
 
-def _decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
+def decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
     length = int(coder.decode(_ESCAPE_LENGTH_MODEL))
     if length > 31:
         raise CorruptStreamError(f"escape length {length} is out of range")
@@ -170,9 +206,11 @@ def _read_side_info(
     return layout
 
 
-def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...]) -> int:
+def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...], params: ANS) -> int:
     """Bytes of a payload that hold the band models rather than ANS words."""
     reader = ByteReader(payload, "entropy payload")
+    if params.coder == "context":
+        reader.u8()  # the context weights
     _read_side_info(reader, channels, bands)
     return reader.pos
 
@@ -181,6 +219,10 @@ def decode(
     payload: bytes | memoryview, shape: tuple[int, int, int], bands: tuple[Subband, ...], params: ANS
 ) -> np.ndarray:
     """Payload bytes -> int32 symbols of ``shape`` (C, h, w). Damage raises CorruptStreamError."""
+    if params.coder == "context":
+        from vaeflow.stages import context
+
+        return context.decode(payload, shape, bands)
     reader = ByteReader(payload, "entropy payload")
     layout = _read_side_info(reader, shape[0], bands)
     word_bytes = reader.take(reader.remaining)
@@ -194,11 +236,7 @@ def decode(
             if not index:
                 out[c, band.rows, band.cols] = centre
                 continue
-            r = support_of(index)
-            values = coder.decode(_model(index), band.size).astype(np.int64)
-            for pos in np.flatnonzero(np.abs(values) >= r):
-                values[pos] += int(np.sign(values[pos])) * _decode_escape(coder)
-            values += centre
+            values = decode_values(coder, band_model(index), support_of(index), band.size) + centre
             if np.abs(values).max() > 2**31 - 1:
                 raise CorruptStreamError("decoded symbol is out of the int32 range")
             out[c, band.rows, band.cols] = values.reshape(band.rows.stop - band.rows.start, -1)
@@ -211,15 +249,15 @@ def decode(
     return out
 
 
-def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
+def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...], params: ANS | None = None) -> float:
     """Ideal code length in bits of one image's symbols (C, h, w) under the coder's own models."""
+    if params is not None and params.coder == "context":
+        from vaeflow.stages import context
+
+        return context.information_bits(symbols, bands)
     total = 0.0
     for c in range(symbols.shape[0]):
         for band in bands:
             raw = symbols[c, band.rows, band.cols].ravel()
-            values = raw.astype(np.int64) - _band_centre(band, raw)
-            index = fit_band(values)
-            if index:
-                uniq, counts = np.unique(values, return_counts=True)
-                total += model_bits(uniq, counts, index)
+            total += zeroth_order_bits(raw.astype(np.int64) - _band_centre(band, raw))
     return total

@@ -21,7 +21,7 @@ with ``b = 1 / ln(1 + 1/m)``. This needs no side information and beats the bin m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -32,6 +32,9 @@ from vaeflow.stages.wavelet import Subband
 
 MIN_QUALITY, MAX_QUALITY = 1, 100
 MAX_SYMBOL = 2**30
+ALLOCATIONS = ("uniform", "decoder")
+SETTINGS = ("quality", "step", "target_bpp", "target_psnr", "max_latent_error")
+TABLE_UNITS_PER_OCTAVE = 4
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,19 @@ class Quantize(Stage):
     quality: int | None = 50
     step: float | None = None
     rounding: float = 0.375
+    allocation: str = "uniform"  # or "decoder": steps from the model's calibrated band gains
+    rdo: bool = False  # encoder-side: trade magnitudes and whole bands for rate (D + lambda R)
+    target_bpp: float | None = None  # rate control: search the step per image for this rate,
+    target_psnr: float | None = None  # or for this PSNR,
+    max_latent_error: float | None = None  # or for the largest step keeping |latent error| below this
 
     def __post_init__(self) -> None:
-        if (self.quality is None) == (self.step is None):
-            raise PipelineError("give exactly one of quality (1..100) or step (> 0)")
+        given = [k for k in SETTINGS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PipelineError(f"give exactly one of {', '.join(SETTINGS)}; got {', '.join(given) or 'none'}")
+        target = self.target
+        if target is not None and not (math.isfinite(target[1]) and target[1] > 0):
+            raise PipelineError(f"{target[0]} target must be a positive number, got {target[1]!r}")
         if self.quality is not None and (
             not isinstance(self.quality, int) or not MIN_QUALITY <= self.quality <= MAX_QUALITY
         ):
@@ -55,12 +67,29 @@ class Quantize(Stage):
             raise PipelineError(f"step must be a finite number in 1e-6..1e6, got {self.step!r}")
         if not 0.0 < self.rounding <= 0.5:
             raise PipelineError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise PipelineError(f"unknown allocation {self.allocation!r}; choose one of {ALLOCATIONS}")
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """(kind, value) of rate control, or None for a fixed quality or step."""
+        for kind, key in (("bpp", "target_bpp"), ("psnr", "target_psnr"), ("latent", "max_latent_error")):
+            value = getattr(self, key)
+            if value is not None:
+                return kind, float(value)
+        return None
 
     @property
     def base_step(self) -> float:
         if self.step is not None:
             return float(self.step)
-        return quality_to_step(self.quality or MIN_QUALITY)
+        if self.quality is None:
+            raise PipelineError("a rate-controlled quantizer has no fixed step until it has searched one")
+        return quality_to_step(self.quality)
+
+    def with_step(self, step: float) -> Quantize:
+        """The same quantizer at an explicit step (what a rate-controlled stream records)."""
+        return replace(self, quality=None, step=step, target_bpp=None, target_psnr=None, max_latent_error=None)
 
 
 STEP_AT_QUALITY_1 = 5.0
@@ -86,6 +115,60 @@ def band_steps(
     w = np.broadcast_to(np.asarray(channel_weights, np.float64), (channel_weights.shape[0], len(bands)))
     with np.errstate(divide="ignore"):
         return base_step / np.sqrt(g * w)
+
+
+def level_fraction(band: Subband, levels: int) -> float:
+    """The share of all coefficients that a band holds, for a large image."""
+    return 4.0**-levels if band.level == levels and band.name.startswith("LL") else 4.0**-band.level
+
+
+def allocation_table(gains: np.ndarray, bands: tuple[Subband, ...], levels: int) -> np.ndarray:
+    """Calibrated gains (C, n_bands) -> int8 log2 weights in 1/4 octaves, geometric mean 1.
+
+    The mean is weighted by each band's share of coefficients, so that decoder-aware steps
+    keep the average log step of the quality mapping.
+    """
+    fractions = np.array([level_fraction(b, levels) for b in bands])
+    log_gains = np.log2(np.maximum(np.asarray(gains, np.float64), 1e-30))
+    centre = (log_gains * fractions[None, :]).sum() / (fractions.sum() * log_gains.shape[0])
+    return np.clip(np.rint(TABLE_UNITS_PER_OCTAVE * (log_gains - centre)), -127, 127).astype(np.int8)
+
+
+def table_weights(table: np.ndarray) -> np.ndarray:
+    return np.exp2(np.asarray(table, np.float64) / TABLE_UNITS_PER_OCTAVE)
+
+
+def pack_table(table: np.ndarray) -> bytes:
+    """An allocation table for the payload: each channel's row as differences along the bands
+    (first value as is), entropy-coded as one band; a varint gives the coded length."""
+    from vaeflow.binary import ByteWriter
+    from vaeflow.stages import entropy
+    from vaeflow.stages.wavelet import subbands
+
+    t = np.asarray(table, np.int32)
+    deltas = np.concatenate([t[:, :1], np.diff(t, axis=1)], axis=1).reshape(1, 1, -1).astype(np.int32)
+    coded = entropy.encode(deltas, subbands(1, deltas.shape[2], 0), entropy.ANS("laplace"))
+    out = ByteWriter()
+    out.varint(len(coded))
+    out.raw(coded)
+    return out.getvalue()
+
+
+def unpack_table(payload: bytes | memoryview, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(table, bytes used) from the start of a payload; damage raises CorruptStreamError."""
+    from vaeflow.binary import ByteReader
+    from vaeflow.errors import CorruptStreamError
+    from vaeflow.stages import entropy
+    from vaeflow.stages.wavelet import subbands
+
+    reader = ByteReader(payload, "allocation table")
+    coded = reader.take(reader.varint(len(payload)))
+    n = shape[0] * shape[1]
+    deltas = entropy.decode(coded, (1, 1, n), subbands(1, n, 0), entropy.ANS("laplace")).reshape(shape)
+    table = np.cumsum(deltas.astype(np.int64), axis=1)
+    if np.abs(table).max(initial=0) > 127:
+        raise CorruptStreamError("allocation table is out of range")
+    return table, reader.pos
 
 
 def forward(coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
@@ -140,4 +223,60 @@ def inverse(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], 
                 offset = 0.5 if band_round == 0.5 else centroid_offset(mag)
                 value = np.where(mag > 0, (mag - band_round + offset) * step, 0.0)
                 out[n, c, band.rows, band.cols] = np.sign(q) * value
+    return out
+
+
+RDO_LAMBDA = math.log(2) / 6  # high-rate slope of D(R) per bit, in units of step**2
+RDO_PASSES = 2
+
+
+def _laplace_bits(magnitudes: np.ndarray, scale: float) -> np.ndarray:
+    """Bits of each signed value of magnitude k under a discrete Laplace of ``scale``."""
+    k = magnitudes.astype(np.float64)
+    p0 = 1 - math.exp(-0.5 / scale)
+    pk = 0.5 * (np.exp(-np.maximum(k - 0.5, 0) / scale) - np.exp(-(k + 0.5) / scale))
+    return -np.log2(np.maximum(np.where(k == 0, p0, pk), 2.0**-30))
+
+
+def optimize(
+    coeffs: np.ndarray, symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float
+) -> np.ndarray:
+    """Greedy rate-distortion pass over detail bands (encoder only; decoding is unchanged).
+
+    Each nonzero magnitude k is lowered to k - 1 when the error it adds is worth less than
+    the bits it saves, at lambda = ln(2)/6 step^2 per bit, under the band's own Laplace
+    model and the decoder's reconstruction points. A band whose coding costs more than
+    dropping it (all zeros) is dropped.
+    """
+    out = symbols.copy()
+    for n in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            for j, band in enumerate(bands):
+                step = steps[c, j]
+                if band.name.startswith("LL") or not np.isfinite(step):
+                    continue
+                x = np.abs(coeffs[n, c, band.rows, band.cols].astype(np.float64)) / step
+                q = np.abs(out[n, c, band.rows, band.cols]).astype(np.int64)
+                signs = np.sign(out[n, c, band.rows, band.cols])
+                for _ in range(RDO_PASSES):
+                    if not q.any():
+                        break
+                    scale = max(float(q.mean()), 0.02)
+                    offset = centroid_offset(q.astype(np.float64))
+
+                    def recon(k: np.ndarray, offset: float = offset) -> np.ndarray:
+                        return np.where(k > 0, k - rounding + offset, 0.0)
+
+                    lower = np.maximum(q - 1, 0)
+                    added = (x - recon(lower)) ** 2 - (x - recon(q)) ** 2
+                    saved = _laplace_bits(q, scale) - _laplace_bits(lower, scale)
+                    q = np.where((q > 0) & (added < RDO_LAMBDA * saved), lower, q)
+                if q.any():
+                    scale = max(float(q.mean()), 0.02)
+                    offset = centroid_offset(q.astype(np.float64))
+                    kept = ((x - np.where(q > 0, q - rounding + offset, 0.0)) ** 2).sum()
+                    kept += RDO_LAMBDA * _laplace_bits(q, scale).sum()
+                    if (x**2).sum() <= kept:
+                        q[:] = 0
+                out[n, c, band.rows, band.cols] = (signs * q).astype(np.int32)
     return out

@@ -179,6 +179,12 @@ def subbands(h: int, w: int, levels: int) -> tuple[Subband, ...]:
     return tuple(bands)
 
 
+def all_subbands(levels: int) -> tuple[Subband, ...]:
+    """Every subband that ``levels`` levels make (as on a large plane), coarsest first."""
+    size = 4 << levels
+    return subbands(size, size, levels)
+
+
 @lru_cache(maxsize=64)
 def synthesis_gains(name: str, levels: int) -> dict[str, float]:
     """Energy of each subband's synthesis basis function, by band name, away from borders.
