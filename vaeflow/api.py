@@ -29,7 +29,7 @@ def resolve_codec(model: str | None = None, quality: int | None = None, pipeline
     else:
         raise PipelineError(f"pipeline must be a preset name, a Pipeline or None, got {type(pipeline).__name__}")
     if model is not None:
-        codec = replace(codec, vae=VAE(model))
+        codec = replace(codec, vae=VAE(model), allocation_table=None)
     if quality is not None:
         codec = replace(codec, quantize=replace(codec.quantize.with_step(1.0), step=None, quality=quality))
     return codec.calibrated()

@@ -75,7 +75,7 @@ class Pipeline:
             quantize=self.stage("quantize"),  # type: ignore[arg-type]
             ans=self.stage("ans"),  # type: ignore[arg-type]
             postfilter=self.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
-        ).calibrated()
+        )
 
     def run(self, images: np.ndarray, until: str = "ans", runtime: RuntimeOptions | None = None) -> Any:
         """Run the stages forward up to and including ``until``, and return what it gives.
@@ -85,7 +85,7 @@ class Pipeline:
         """
         if until not in STAGE_ORDER:
             raise PipelineError(f"unknown stage {until!r}; choose one of {STAGE_ORDER}")
-        return self.codec().run(images, until, runtime)
+        return self.codec().calibrated().run(images, until, runtime)
 
 
 @dataclass
