@@ -27,6 +27,16 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_models)
 
+    p = sub.add_parser("rd", help="BD-rate of each codec refinement, baselines, latent storage, added time")
+    p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/kodak")
+    p.add_argument("--models", default="default:default",
+                   help="comma-separated MODEL:PRESET pairs, the preset being the refined pipeline, "
+                        "e.g. default:default,taef2:wide-latent")  # fmt: skip
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--baselines", default="jpeg,webp,avif")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(run=run_rd)
+
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
     p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
@@ -63,5 +73,15 @@ def run_dataset(args: argparse.Namespace) -> int:
 
     result = dataset.run(args.images, args.copies)
     print(dataset.report(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def run_rd(args: argparse.Namespace) -> int:
+    from vaeflow.bench import rd
+
+    pairs = [tuple(item.split(":", 1)) if ":" in item else (item, "default") for item in args.models.split(",")]
+    result = rd.run(args.images, pairs, args.limit, [b for b in args.baselines.split(",") if b])  # type: ignore[arg-type]
+    print(rd.report(result))
     _write_json(args.json, result)
     return 0

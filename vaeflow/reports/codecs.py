@@ -65,7 +65,7 @@ class RunSpec:
     codec: str  # "vaeflow" or a baseline name
     settings: tuple[int, ...]
     model: str = "default"
-    pipeline: str | None = None
+    pipeline: Any = None  # a preset name, or a Codec
 
 
 def run(spec: RunSpec) -> dict[str, list[float]]:

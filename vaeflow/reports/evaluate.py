@@ -7,15 +7,25 @@ read their image from disk and return only figures.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vaeflow.imageio import IMAGE_SUFFIXES
 from vaeflow.models import load_model
+from vaeflow.pipeline import Codec
 from vaeflow.reports import codecs
 from vaeflow.reports.results import codec_entry, document
 
 Mapper = Callable[[Callable[[codecs.RunSpec], dict[str, list[float]]], list[codecs.RunSpec]], Iterable[Any]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One vaeflow configuration to evaluate: a label and a preset name or codec."""
+
+    label: str
+    pipeline: str | Codec | None = None
 
 
 def image_paths(folder: Path, limit: int | None = None) -> list[Path]:
@@ -35,22 +45,27 @@ def evaluate(
     baseline_qualities: list[int] | None = None,
     limit: int | None = None,
     mapper: Mapper | None = None,
+    variants: list[Variant] | None = None,
 ) -> dict[str, Any]:
+    """Every image through each vaeflow variant (by default the one ``pipeline``) and each baseline."""
     codecs.check_baselines(baselines)
     paths = image_paths(folder, limit)
     model_name = load_model(model).name
-    plan: list[tuple[str, tuple[int, ...]]] = [("vaeflow", tuple(qualities))]
-    plan += [(b, tuple(baseline_qualities or codecs.BASELINE_QUALITIES)) for b in baselines]
-    specs = [codecs.RunSpec(str(p), codec, settings, model, pipeline) for codec, settings in plan for p in paths]
+    variants = variants or [Variant(f"vaeflow ({model_name})", pipeline)]
+    plan: list[tuple[str, tuple[int, ...], Variant | None]] = [("vaeflow", tuple(qualities), v) for v in variants]
+    plan += [(b, tuple(baseline_qualities or codecs.BASELINE_QUALITIES), None) for b in baselines]
+    specs = [
+        codecs.RunSpec(str(p), codec, settings, model, variant.pipeline if variant else None)
+        for codec, settings, variant in plan
+        for p in paths
+    ]
     results = iter((mapper or _local)(codecs.run, specs))
     entries = []
-    for codec, settings in plan:
+    for codec, settings, variant in plan:
         per_image = {p.name: next(results) for p in paths}
-        if codec == "vaeflow":
-            name, description = (
-                f"vaeflow ({model_name})",
-                f"vaeflow, model {model_name}, pipeline {pipeline or 'default'}",
-            )
+        if variant is not None:
+            shown = variant.pipeline if isinstance(variant.pipeline, str) or variant.pipeline is None else "custom"
+            name, description = variant.label, f"vaeflow, model {model_name}, pipeline {shown or 'default'}"
         else:
             name, description = codec.upper(), f"Pillow {codec.upper()}, quality setting per point"
         entries.append(codec_entry(name, description, codec, list(settings), per_image))

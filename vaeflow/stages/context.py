@@ -143,6 +143,7 @@ def _pack(indices: list[int]) -> int:
 
 CODES = math.prod(len(g) for g in GRIDS)
 MED_FLAG = 0x80
+SEARCH_PASSES = 1
 
 
 def _base(features: tuple[np.ndarray, ...], params: tuple[float, ...]) -> np.ndarray:
@@ -150,7 +151,8 @@ def _base(features: tuple[np.ndarray, ...], params: tuple[float, ...]) -> np.nda
 
 
 def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[int, float]:
-    """Coordinate descent over the parameter grids; returns (code, detail bits)."""
+    """Coordinate descent over the parameter grids (one pass from ``START``, then a check against
+    no context at all); returns (code, detail bits)."""
     detail = [
         (symbols[c, b.rows, b.cols], _features(symbols, c, b, bands))
         for c in range(symbols.shape[0])
@@ -167,7 +169,7 @@ def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[int,
         return cost[code]
 
     current = list(START)
-    for _ in range(2):
+    for _ in range(SEARCH_PASSES):
         for k, grid in enumerate(GRIDS):
             current[k] = min(range(len(grid)), key=lambda v: (evaluate([*current[:k], v, *current[k + 1 :]]), v))
     flat = [0, 0, 0, len(GRIDS[3]) - 1]  # no context: one scale per band, as the zeroth-order coder
