@@ -168,8 +168,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  VAE alone: encode {r['vae_encode_s']:.3f} s, decode {r['vae_decode_s']:.3f} s per image")
         for b in r["baselines"]:
             lines.append(
-                f"  refined vs {b['anchor']:<5}: BD-rate PSNR {b['bd_rate_psnr']:+.1f}%, MS-SSIM {b['bd_rate_ms_ssim']:+.1f}%"
-                f" (common {b['common_bpp'][0]:.3f}..{b['common_bpp'][1]:.3f} bpp)"
+                f"  refined vs {b['anchor']:<5}: BD-rate PSNR {b['bd_rate_psnr']:+.1f}%, "
+                f"MS-SSIM {b['bd_rate_ms_ssim']:+.1f}% (common {b['common_bpp'][0]:.3f}..{b['common_bpp'][1]:.3f} bpp)"
             )
         lines.append(f"  beats JPEG on MS-SSIM at every rate <= 0.5 bpp: {r['beats_jpeg_ms_ssim_below_0_5']}")
         s = r["latent_store"]
