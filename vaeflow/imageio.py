@@ -4,7 +4,8 @@ Conversions are documented here and reported as notes:
 - greyscale, palette, CMYK and YCbCr become RGB;
 - an alpha channel is composited onto white;
 - 16-bit and 32-bit integer images are scaled to 8 bits;
-- EXIF orientation is applied; ICC profiles are ignored (pixels are taken as sRGB);
+- EXIF orientation is applied; ICC profiles are ignored (pixels are taken as sRGB, and
+  the image's notes say so);
 - animated and multi-frame files use their first frame.
 """
 
@@ -78,6 +79,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def _to_rgb(im: Image.Image, notes: list[str]) -> LoadedImage:
+    if im.info.get("icc_profile"):
+        notes.append("ICC profile ignored (pixels taken as sRGB)")
     orientation = im.getexif().get(0x0112, 1)
     if orientation not in (1, None):
         im = ImageOps.exif_transpose(im)

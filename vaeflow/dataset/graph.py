@@ -58,10 +58,29 @@ class DaskExecutor:
                 batch = by_key[future.key]
                 try:
                     marker = future.result()
-                except Exception as exc:  # the batch kept failing: record its images, go on
-                    marker = tasks.failed_marker(ctx, batch, f"task failed: {type(exc).__name__}: {exc}")
+                except OSError:
+                    raise  # the store cannot be written: the job stops, and can be resumed
+                except Exception:  # the batch kept failing, or kept killing workers: try image by image
+                    marker = self._isolate(ctx, batch, token)
                 on_done(marker)
                 future.release()
+
+    def _isolate(self, ctx: TaskContext, batch: Batch, token: str) -> dict[str, Any]:
+        """Code a failing batch one image per task; images that fail alone are recorded as failed."""
+        singles = tasks.single_batches(batch)
+        futures = self.client.compute([batch_graph(ctx, b, token) for b in singles], retries=RETRIES)
+        parts = []
+        for single, future in zip(singles, futures, strict=True):
+            try:
+                parts.append(future.result())
+            except OSError:
+                raise
+            except Exception as exc:
+                reason = f"failed on its own, as a single-image task ({type(exc).__name__}: {exc})"
+                if type(exc).__name__ == "KilledWorker":
+                    reason = f"worker processes kept dying on this image (poison input): {exc}"
+                parts.append(tasks.failed_marker(ctx, single, reason))
+        return tasks.merged_marker(ctx, batch, parts)
 
 
 def batch_graph(ctx: TaskContext, batch: Batch, token: str) -> Delayed:

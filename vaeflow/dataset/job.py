@@ -8,6 +8,7 @@ in which batches finish.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -18,13 +19,26 @@ from vaeflow.api import PipelineLike, resolve_codec
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.plan import Batch, Plan, build_plan, codec_settings
 from vaeflow.dataset.scan import Scan, scan
-from vaeflow.dataset.tasks import TaskContext, run_batch
+from vaeflow.dataset.tasks import TaskContext, failed_marker, merged_marker, run_batch, single_batches
 from vaeflow.dataset.work import WorkStore
 from vaeflow.errors import VaeflowError
 from vaeflow.imageio import DEFAULT_MAX_PIXELS
 from vaeflow.models import RuntimeOptions
 
 Marker = dict[str, Any]
+MAX_ATTEMPTS = 2
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+
+
+class StoreWriteError(VaeflowError):
+    """The store could not be written (disk full, permissions); finished batches are kept."""
+
+
+def write_error(store: Path, exc: OSError) -> StoreWriteError:
+    return StoreWriteError(
+        f"writing {store} failed: {exc}. The batches finished so far are kept: free space or fix "
+        "permissions, then run the same command again to resume."
+    )
 
 
 class Executor(Protocol):
@@ -35,14 +49,31 @@ class Executor(Protocol):
 
 
 class SerialExecutor:
-    """Runs each batch's stages in order, in this process."""
+    """Runs each batch's stages in order, in this process.
+
+    Each batch's attempts are counted on disk. A batch whose runs killed the job
+    ``MAX_ATTEMPTS`` times is then coded image by image, and an image that kills the job
+    ``MAX_ATTEMPTS`` times on its own is recorded as failed (a poison input), so that
+    resuming always makes progress.
+    """
 
     dashboard_link: str | None = None
     threads_per_task: int | None = None
 
     def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None:
+        work = WorkStore(ctx.store)
         for batch in batches:
-            on_done(run_batch(ctx, batch))
+            if work.count_attempt(batch.key) <= MAX_ATTEMPTS:
+                on_done(run_batch(ctx, batch))
+                continue
+            parts = []
+            for single in single_batches(batch):
+                if work.count_attempt(single.key) <= MAX_ATTEMPTS:
+                    parts.append(run_batch(ctx, single))
+                else:
+                    reason = f"the job died {MAX_ATTEMPTS} times while coding this image (poison input)"
+                    parts.append(failed_marker(ctx, single, reason))
+            on_done(merged_marker(ctx, batch, parts))
 
 
 @dataclass(frozen=True)
@@ -126,9 +157,17 @@ def compress_dataset(
     options = options or JobOptions()
     if workers is not None:
         options = JobOptions(**{**options.__dict__, "workers": workers})
-    plan, meta = prepare(Path(src), Path(store), model, quality, pipeline, options, resume)
-    with _executor(options, client) as executor:
-        return execute(plan, meta, options, executor)
+    from vaeflow.dataset.lock import StoreLock
+
+    with StoreLock(Path(store)):
+        plan, meta = prepare(Path(src), Path(store), model, quality, pipeline, options, resume)
+        with _executor(options, client) as executor:
+            try:
+                return execute(plan, meta, options, executor)
+            except OSError as exc:
+                if exc.errno in WRITE_ERRORS:
+                    raise write_error(Path(store), exc) from exc
+                raise
 
 
 def prepare(
@@ -169,7 +208,9 @@ def _existing_store(store: Path, settings: dict[str, Any], options: JobOptions, 
     """The existing store's attributes if it can be resumed or extended; None to start afresh."""
     existing = store_io.read_meta(store)
     if existing is None:
-        if store.exists() and (not store.is_dir() or any(store.iterdir())):
+        from vaeflow.dataset.lock import LOCK_NAME
+
+        if store.exists() and (not store.is_dir() or any(p.name != LOCK_NAME for p in store.iterdir())):
             raise VaeflowError(f"{store} exists and is not a vaeflow store; choose another path")
     elif existing.get("settings") != settings:
         if not options.overwrite:
@@ -197,9 +238,14 @@ def _differences(old: Any, new: Any, prefix: str = "") -> str:
 
 
 def _remove_store(store: Path) -> None:
+    """Empty the store folder, keeping the lock file of the job that is about to refill it."""
     import shutil
 
-    shutil.rmtree(store)
+    from vaeflow.dataset.lock import LOCK_NAME
+
+    for child in store.iterdir():
+        if child.name != LOCK_NAME:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def execute(plan: Plan, meta: dict[str, Any], options: JobOptions, executor: Executor) -> JobReport:
@@ -253,12 +299,7 @@ def execute(plan: Plan, meta: dict[str, Any], options: JobOptions, executor: Exe
 
 def _assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work: WorkStore) -> None:
     """Write streams and index in index order, whatever order the batches finished in."""
-    entries: dict[int, tuple[Marker, int, int]] = {}  # index -> (marker, offset in batch streams, length)
-    for marker in markers.values():
-        offset = 0
-        for item in marker["items"]:
-            entries[item["index"]] = (marker, offset, item["nbytes"])
-            offset += item["nbytes"]
+    entries = {item["index"]: item for marker in markers.values() for item in marker["items"]}
     failed_at_scan = {item.index: (item, reason) for item, reason in plan.failed_at_scan}
     first = meta["rows"]
     count = len(plan.items) + len(plan.failed_at_scan)
@@ -270,15 +311,16 @@ def _assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work
                 item, reason = failed_at_scan[index]
                 yield store_io.Row(item.path, (item.height, item.width), False, reason, b"")
                 continue
-            marker, offset, length = entries[index]
-            if cached[0] != marker["key"]:
-                cached = (marker["key"], work.read_streams(marker["key"]))
-            entry = next(e for e in marker["items"] if e["index"] == index)
+            entry = entries[index]
+            key, offset = entry["stream"]
+            if cached[0] != key:
+                cached = (key, work.read_streams(key))
             note = entry["reason"] if not entry["ok"] else "; ".join(entry["notes"])
             shape = (entry["shape"][0], entry["shape"][1])
-            yield store_io.Row(entry["path"], shape, entry["ok"], note, cached[1][offset : offset + length])
+            data = cached[1][offset : offset + entry["nbytes"]]
+            yield store_io.Row(entry["path"], shape, entry["ok"], note, data)
 
-    new_bytes = sum(length for _, _, length in entries.values())
+    new_bytes = sum(entry["nbytes"] for entry in entries.values())
     total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"])
     store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
 

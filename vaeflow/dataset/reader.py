@@ -11,8 +11,8 @@ import numpy as np
 import zarr
 
 from vaeflow.api import decompress, decompress_latent, info
-from vaeflow.dataset.store import STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
-from vaeflow.errors import CorruptStreamError, VaeflowError
+from vaeflow.dataset.store import STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
+from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
 KINDS = ("image", "latent", "stream")
@@ -52,6 +52,26 @@ class StoreReader:
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise VaeflowError(f"{self.path} has a damaged index: {exc}") from exc
         self._rows = {p: i for i, p in enumerate(self._paths)}
+        self._check_index()
+
+    def _check_index(self) -> None:
+        """Index values come from the file: check them before any of them is used."""
+        n = len(self._paths)
+        problems = []
+        if len(self._notes) != n or self._status.shape != (n,) or self.shapes.shape != (n, 2):
+            problems.append("columns of different lengths")
+        if self._offsets.shape != (n + 1,) or (n >= 0 and self._offsets.size and self._offsets[0] != 0):
+            problems.append("stream offsets do not match the index")
+        elif (np.diff(self._offsets) < 0).any() or self._offsets[-1] > self._data.shape[0]:
+            problems.append("stream offsets run backwards or past the data")
+        if not np.isin(self._status, (STATUS_OK, STATUS_FAILED)).all():
+            problems.append("unknown status codes")
+        if self.shapes.size and (self.shapes < 0).any():
+            problems.append("negative image shapes")
+        if len(self._rows) != n:
+            problems.append("repeated names")
+        if problems:
+            raise VaeflowError(f"{self.path} has a damaged index: {'; '.join(problems)}")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -86,11 +106,17 @@ class StoreReader:
             raise KeyError(f"{name!r} failed when the store was written: {self._notes[row]}")
         return row
 
-    def read_stream(self, name: str) -> bytes:
+    @property
+    def data(self) -> zarr.Array:
+        """The flat array of every stream, back to back."""
+        return self._data
+
+    def stream_range(self, name: str) -> tuple[int, int]:
         row = self._row(name)
-        start, end = self._offsets[row], self._offsets[row + 1]
-        if not 0 <= start <= end <= self._data.shape[0]:
-            raise CorruptStreamError(f"index of {self.path} gives {name!r} bytes {start}..{end}, outside the data")
+        return int(self._offsets[row]), int(self._offsets[row + 1])
+
+    def read_stream(self, name: str) -> bytes:
+        start, end = self.stream_range(name)
         return np.asarray(self._data[start:end]).tobytes()
 
     def read_image(self, name: str) -> np.ndarray:

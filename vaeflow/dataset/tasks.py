@@ -210,24 +210,23 @@ def write(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
     if not ctx.keep_intermediates:
         work.drop_rows(batch, ctx.prefix)
     spans = [*state.spans, ("write", start, time.time(), os.getpid())]
-    marker = {
-        "key": batch.key,
-        "items": [
-            {
-                "index": item.index,
-                "path": item.path,
-                "ok": ok,
-                "reason": reason,
-                "notes": list(notes),
-                "nbytes": nbytes,
-                "shape": [item.height, item.width],
-            }
-            for item, ok, reason, notes, nbytes in zip(
-                batch.items, state.ok, state.reasons, state.notes, state.nbytes, strict=True
-            )
-        ],
-        "spans": [list(s) for s in spans],
-    }
+    offsets = np.concatenate([[0], np.cumsum(state.nbytes, dtype=np.int64)])[:-1]
+    items = [
+        {
+            "index": item.index,
+            "path": item.path,
+            "ok": ok,
+            "reason": reason,
+            "notes": list(notes),
+            "nbytes": nbytes,
+            "shape": [item.height, item.width],
+            "stream": [batch.key, int(offset)],  # where its bytes wait in the work store
+        }
+        for item, ok, reason, notes, nbytes, offset in zip(
+            batch.items, state.ok, state.reasons, state.notes, state.nbytes, offsets, strict=True
+        )
+    ]
+    marker = {"key": batch.key, "items": items, "spans": [list(s) for s in spans]}
     work.mark_done(batch.key, marker)
     return marker
 
@@ -249,3 +248,22 @@ def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]
     state = BatchState(batch.key, (False,) * n, (reason,) * n, ((),) * n, (0,) * n)
     WorkStore(ctx.store).write_streams(batch.key, [])
     return write(ctx, batch, state)
+
+
+def single_batches(batch: Batch) -> list[Batch]:
+    """One batch per image, to find which image keeps failing (a poison input)."""
+    return [
+        replace(batch, key=f"{batch.key}-i{pos}", start=batch.start + pos, items=(item,))
+        for pos, item in enumerate(batch.items)
+    ]
+
+
+def merged_marker(ctx: TaskContext, batch: Batch, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The marker of a batch coded image by image: its images' entries, marked done under its key."""
+    marker = {
+        "key": batch.key,
+        "items": [item for part in parts for item in part["items"]],
+        "spans": [span for part in parts for span in part["spans"]],
+    }
+    WorkStore(ctx.store).mark_done(batch.key, marker)
+    return marker

@@ -89,6 +89,22 @@ class WorkStore:
             os.fsync(fh.fileno())
         tmp.replace(path)
 
+    def count_attempt(self, key: str) -> int:
+        """Record one more attempt at a batch, durably; returns how many there have been."""
+        path = self.root / "attempts" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            count = int(path.read_text()) + 1
+        except (OSError, ValueError):
+            count = 1
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("w") as fh:
+            fh.write(str(count))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        return count
+
     def done(self, key: str) -> dict[str, Any] | None:
         path = self.root / "done" / f"{key}.json"
         try:
