@@ -19,11 +19,9 @@ import vaeflow
 from vaeflow import JobOptions, compress_dataset, open_store
 from vaeflow.errors import VaeflowError
 
+from .helpers import tree_bytes
+
 SIZES = [(64, 96), (64, 96), (70, 100), (72, 99), (130, 90), (33, 41)]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ Conversions are documented here and reported as notes:
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +35,40 @@ class LoadedImage:
     notes: tuple[str, ...] = field(default=())
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+    """Open an image file with vaeflow's pixel limit in force (Pillow's own check follows it).
+
+    Pillow's bomb check reads a module-wide limit when a file is opened, so the limit is set
+    under a lock for the moment of opening; decoding happens after, outside the lock.
+    """
+    with _PILLOW_LIMIT:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageReadError(f"image is over the limit of {max_pixels} pixels ({exc})") from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageReadError(f"not a readable image: {exc}") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    try:
+        check_size(im.size[1], im.size[0], max_pixels)
+        yield im
+    finally:
+        im.close()
+
+
 def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(height, width) from the file header alone."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"not a readable image: {exc}") from exc
-    check_size(height, width, max_pixels)
-    return height, width
+    with open_image(path, max_pixels) as im:
+        return im.size[1], im.size[0]
 
 
 def check_size(height: int, width: int, max_pixels: int) -> None:
@@ -55,23 +83,16 @@ def check_size(height: int, width: int, max_pixels: int) -> None:
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode a file to HxWx3 uint8 RGB, with notes on any conversion made."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                check_size(im.size[1], im.size[0], max_pixels)
-                notes: list[str] = []
-                frames = int(getattr(im, "n_frames", 1))
-                if frames > 1:
-                    notes.append(f"first of {frames} frames")
-                im.load()
-                return _to_rgb(im, notes)
-    except ImageReadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageReadError(f"cannot decode image: {exc}") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"decompression bomb refused: {exc}") from exc
+    with open_image(path, max_pixels) as im:
+        try:
+            notes: list[str] = []
+            frames = int(getattr(im, "n_frames", 1))
+            if frames > 1:
+                notes.append(f"first of {frames} frames")
+            im.load()
+            return _to_rgb(im, notes)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+            raise ImageReadError(f"cannot decode image: {exc}") from exc
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

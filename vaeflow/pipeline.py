@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vaeflow import bitstream
-from vaeflow.errors import ModelError, PipelineError
+from vaeflow.errors import CorruptStreamError, ModelError, PipelineError
 from vaeflow.models import RuntimeOptions, load_model
 from vaeflow.stages import channel, entropy, postfilter, quantize, vae, wavelet
 from vaeflow.stages.base import Stage
@@ -281,6 +281,17 @@ class Codec:
 
     @classmethod
     def from_header(cls, header: bitstream.StreamHeader) -> Codec:
+        """The codec a stream's header describes; settings no codec allows mean a damaged stream."""
+        try:
+            codec = cls._from_header(header)
+            if codec.channel.transform == "hadamard":
+                channel.hadamard_matrix(header.latent_channels)
+        except PipelineError as exc:
+            raise CorruptStreamError(f"stream header holds impossible settings: {exc}") from exc
+        return codec
+
+    @classmethod
+    def _from_header(cls, header: bitstream.StreamHeader) -> Codec:
         allocation = "decoder" if header.weighted else "uniform"
         return cls(
             vae=VAE(header.model),
@@ -314,6 +325,11 @@ class Codec:
 def check_model(header: bitstream.StreamHeader, runtime: RuntimeOptions | None = None) -> None:
     """Refuse a stream whose model is not the registry's model of that name."""
     model = load_model(header.model, runtime)
+    if (model.latent_channels, model.downsample) != (header.latent_channels, header.downsample):
+        raise CorruptStreamError(
+            f"stream claims {header.latent_channels} latent channels at downsample {header.downsample}; "
+            f"model {model.name!r} has {model.latent_channels} at {model.downsample}"
+        )
     if model.fingerprint_bytes != header.fingerprint:
         raise ModelError(
             f"stream was made with model {header.model!r} (decoder fingerprint {header.fingerprint.hex()}), "

@@ -55,6 +55,10 @@ def register(commands: Any) -> None:
     p.add_argument("src", type=Path)
     p.set_defaults(run=run_info)
 
+    p = commands.add_parser("verify", help="check every stream's checksums in a store, without decoding")
+    p.add_argument("store", type=Path)
+    p.set_defaults(run=run_verify)
+
     p = commands.add_parser("ls", help="list a store's images with their sizes")
     p.add_argument("store", type=Path)
     p.add_argument("--failed", action="store_true", help="list the failed images with their reasons")
@@ -158,3 +162,11 @@ def run_ls(args: argparse.Namespace) -> int:
         h, w = meta["shape"]
         print(f"{name}\t{w}x{h}\t{meta['n_bytes']}\t{meta['bpp']:.4f}")
     return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from vaeflow.dataset.verify import verify_store
+
+    report = verify_store(args.store)
+    print(report)
+    return 0 if report.ok else EXIT_SOME_FAILED

@@ -66,13 +66,15 @@ class DaskExecutor:
                 future.release()
 
     def _isolate(self, ctx: TaskContext, batch: Batch, token: str) -> dict[str, Any]:
-        """Code a failing batch one image per task; images that fail alone are recorded as failed."""
-        singles = tasks.single_batches(batch)
-        futures = self.client.compute([batch_graph(ctx, b, token) for b in singles], retries=RETRIES)
+        """Code a failing batch one image at a time; images that fail alone are recorded as failed.
+
+        One at a time, because a dying worker also counts against the tasks queued on it: run
+        together, innocent images would share the blame of a poison one.
+        """
         parts = []
-        for single, future in zip(singles, futures, strict=True):
+        for single in tasks.single_batches(batch):
             try:
-                parts.append(future.result())
+                parts.append(self.client.compute(batch_graph(ctx, single, token), retries=RETRIES).result())
             except OSError:
                 raise
             except Exception as exc:

@@ -68,7 +68,10 @@ class SerialExecutor:
                 continue
             parts = []
             for single in single_batches(batch):
-                if work.count_attempt(single.key) <= MAX_ATTEMPTS:
+                done = work.done(single.key)
+                if done is not None:
+                    parts.append(done)
+                elif work.count_attempt(single.key) <= MAX_ATTEMPTS:
                     parts.append(run_batch(ctx, single))
                 else:
                     reason = f"the job died {MAX_ATTEMPTS} times while coding this image (poison input)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,17 @@ class Failure:
     reason: str
 
 
+@contextmanager
+def damage(path: Path, what: str) -> Iterator[None]:
+    """Turn whatever zarr or numpy raise on damaged files into one clear ``VaeflowError``."""
+    try:
+        yield
+    except VaeflowError:
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        raise VaeflowError(f"{path} has a damaged {what}: {type(exc).__name__}: {exc}") from exc
+
+
 class StoreReader:
     """A vaeflow store opened for reading; the index is loaded, the streams read on demand."""
 
@@ -33,14 +45,14 @@ class StoreReader:
         self.path = Path(path)
         try:
             self._root = zarr.open_consolidated(self.path, mode="r")
-        except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        except (FileNotFoundError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError) as exc:
             raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
         meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
         self.meta = meta
         self.runtime = runtime
-        try:
+        with damage(self.path, "index"):
             index = subgroup(self._root, "index")
             self._paths = read_text_column(index, "path")
             self._notes = read_text_column(index, "note")
@@ -49,8 +61,6 @@ class StoreReader:
             self._bpp = read(index, "bpp")
             self._offsets = read(self._root, "streams/offsets").astype(np.int64)
             self._data = array(self._root, "streams/data")
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            raise VaeflowError(f"{self.path} has a damaged index: {exc}") from exc
         self._rows = {p: i for i, p in enumerate(self._paths)}
         self._check_index()
 
@@ -95,8 +105,9 @@ class StoreReader:
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
-        group = subgroup(self._root, "skipped")
-        return list(zip(read_text_column(group, "path"), read_text_column(group, "reason"), strict=True))
+        with damage(self.path, "list of skipped files"):
+            group = subgroup(self._root, "skipped")
+            return list(zip(read_text_column(group, "path"), read_text_column(group, "reason"), strict=True))
 
     def _row(self, name: str) -> int:
         row = self._rows.get(name)
@@ -117,7 +128,8 @@ class StoreReader:
 
     def read_stream(self, name: str) -> bytes:
         start, end = self.stream_range(name)
-        return np.asarray(self._data[start:end]).tobytes()
+        with damage(self.path, f"stream data of {name!r}"):
+            return np.asarray(self._data[start:end]).tobytes()
 
     def read_image(self, name: str) -> np.ndarray:
         return decompress(self.read_stream(name), runtime=self.runtime)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 STORE_FORMAT = "vaeflow-store"
 STORE_VERSION = 1
@@ -113,9 +114,10 @@ def write_index(
         data = array(root, "streams/data")
         data.resize((new_total,))
     else:
+        # zstd cannot shrink the streams, but it keeps a partly filled last chunk small on disk
         data = root.create_array(
-            "streams/data", shape=(new_total,), chunks=(DATA_CHUNK,), dtype="uint8", compressors=None,
-            fill_value=0, overwrite=True,
+            "streams/data", shape=(new_total,), chunks=(DATA_CHUNK,), dtype="uint8",
+            compressors=ZstdCodec(level=1), fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
     buffer, position = bytearray(), total

@@ -6,6 +6,7 @@ A failure of one image becomes its status row; the rest of the batch goes on.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ def _timed(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., Ba
     """Record the task's wall-clock span (for traces and the job summary) in its state."""
 
     def wrap(fn: Callable[..., BatchState]) -> Callable[..., BatchState]:
+        @functools.wraps(fn)  # keeps the module-level name, so tasks pickle by reference
         def run(ctx: TaskContext, batch: Batch, *state: BatchState) -> BatchState:
             spans: list[tuple[str, float, float, int]] = []
             with _span(spans, stage):
@@ -76,8 +78,6 @@ def _timed(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., Ba
             previous = state[0].spans if state else ()
             return replace(out, spans=previous + tuple(spans))
 
-        run.__name__ = fn.__name__
-        run.__doc__ = fn.__doc__
         return run
 
     return wrap
@@ -109,8 +109,14 @@ def load(ctx: TaskContext, batch: Batch) -> BatchState:
     return replace(state, notes=tuple(notes))
 
 
-def _stage(name: str, source: str, target: str, run: Callable[[TaskContext, np.ndarray], np.ndarray]) -> Any:
-    """A task that maps the ok rows of ``source`` to ``target`` in one call, isolating failures."""
+def _stage(
+    attribute: str, name: str, source: str, target: str, run: Callable[[TaskContext, np.ndarray], np.ndarray]
+) -> Any:
+    """A task that maps the ok rows of ``source`` to ``target`` in one call, isolating failures.
+
+    ``name`` labels its Dask keys; ``attribute`` is the module name it is bound to, so that
+    it pickles by reference (workers then run their own module's code and globals).
+    """
 
     @_timed(name)
     def task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
@@ -135,13 +141,25 @@ def _stage(name: str, source: str, target: str, run: Callable[[TaskContext, np.n
         work.write_rows(batch, target, ctx.prefix, out, which)
         return state
 
-    task.__name__ = name
+    task.__name__, task.__qualname__ = name, attribute
     return task
 
 
-encode = _stage("vae", "rgb", "latent", lambda ctx, x: ctx.codec.encode_latents(x, ctx.runtime))
-transform = _stage("transform", "latent", "coefficients", lambda ctx, x: ctx.codec.transform(x))
-_fixed_quantize = _stage("quantize", "coefficients", "symbols", lambda ctx, x: ctx.codec.quantize_coefficients(x))
+def _encode_latents(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
+    return ctx.codec.encode_latents(x, ctx.runtime)
+
+
+def _transform(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
+    return ctx.codec.transform(x)
+
+
+def _quantize(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
+    return ctx.codec.quantize_coefficients(x)
+
+
+encode = _stage("encode", "vae", "rgb", "latent", _encode_latents)
+transform = _stage("transform", "transform", "latent", "coefficients", _transform)
+_fixed_quantize = _stage("_fixed_quantize", "quantize", "coefficients", "symbols", _quantize)
 
 
 def quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from vaeflow import bitstream
-from vaeflow.dataset.reader import open_store
-from vaeflow.errors import CorruptStreamError
+from vaeflow.dataset.reader import damage, open_store
+from vaeflow.errors import VaeflowError
 
 WINDOW = 64 << 20  # bytes of stream data read at a time
 
@@ -47,15 +47,17 @@ def verify_store(path: str | Path) -> VerifyReport:
     rows.sort(key=lambda r: r[1])
     window_start, window = 0, b""
     for name, begin, end in rows:
-        if end > window_start + len(window):
-            window_start = begin
-            window = np.asarray(store.data[begin : max(end, min(begin + WINDOW, store.data.shape[0]))]).tobytes()
-            report.bytes_read += len(window)
-        data = window[begin - window_start : end - window_start]
-        try:
-            bitstream.unpack(data)
-        except CorruptStreamError as exc:
-            report.damaged.append((name, str(exc)))
         report.checked += 1
+        try:
+            if end > window_start + len(window):
+                window_start, window = begin, b""
+                with damage(store.path, "stream data"):
+                    window = np.asarray(
+                        store.data[begin : max(end, min(begin + WINDOW, store.data.shape[0]))]
+                    ).tobytes()
+                report.bytes_read += len(window)
+            bitstream.unpack(window[begin - window_start : end - window_start])
+        except VaeflowError as exc:
+            report.damaged.append((name, str(exc)))
     report.seconds = time.perf_counter() - start
     return report
