@@ -37,6 +37,15 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_rd)
 
+    p = sub.add_parser("chaos", help="images lost under worker kills, fuzzing, verify speed")
+    p.add_argument("images", type=Path, help="folder of source photos, e.g. ../shared/data/photos")
+    p.add_argument("--count", type=int, default=60, help="images in the killed job")
+    p.add_argument("--decompress-runs", type=int, default=200_000)
+    p.add_argument("--store-runs", type=int, default=20_000)
+    p.add_argument("--verify-mb", type=int, default=256)
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(run=run_chaos)
+
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
     p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
@@ -83,5 +92,14 @@ def run_rd(args: argparse.Namespace) -> int:
     pairs = [tuple(item.split(":", 1)) if ":" in item else (item, "default") for item in args.models.split(",")]
     result = rd.run(args.images, pairs, args.limit, [b for b in args.baselines.split(",") if b])  # type: ignore[arg-type]
     print(rd.report(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    from vaeflow.bench import chaos
+
+    result = chaos.run(args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb)
+    print(chaos.report(result))
     _write_json(args.json, result)
     return 0
