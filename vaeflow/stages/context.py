@@ -144,28 +144,43 @@ def _pack(indices: list[int]) -> int:
 CODES = math.prod(len(g) for g in GRIDS)
 MED_FLAG = 0x80
 SEARCH_PASSES = 1
+SEARCH_ROW_STEP = 2
 
 
 def _base(features: tuple[np.ndarray, ...], params: tuple[float, ...]) -> np.ndarray:
     return params[0] * features[0] + params[1] * features[1] + params[2] * features[2] + params[3]
 
 
-def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[int, float]:
+def _detail(
+    symbols: np.ndarray, bands: tuple[Subband, ...], step: int
+) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    """(values, features) of each nonzero detail band, every ``step``-th row of tall bands."""
+    out = []
+    for c in range(symbols.shape[0]):
+        for b in bands:
+            values = symbols[c, b.rows, b.cols]
+            if b.name.startswith("LL") or not values.any():
+                continue
+            rows = slice(None, None, step if values.shape[0] >= 8 else 1)
+            out.append((values[rows], tuple(f[rows] for f in _features(symbols, c, b, bands))))
+    return out
+
+
+def _detail_bits(detail: list[tuple[np.ndarray, tuple[np.ndarray, ...]]], code: int) -> float:
+    params = _unpack(code)
+    return sum(_fit_alpha(v, _base(f, params))[1] for v, f in detail)
+
+
+def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> int:
     """Coordinate descent over the parameter grids (one pass from ``START``, then a check against
-    no context at all); returns (code, detail bits)."""
-    detail = [
-        (symbols[c, b.rows, b.cols], _features(symbols, c, b, bands))
-        for c in range(symbols.shape[0])
-        for b in bands
-        if not b.name.startswith("LL") and symbols[c, b.rows, b.cols].any()
-    ]
+    no context at all), judged on every other row of the taller bands."""
+    detail = _detail(symbols, bands, SEARCH_ROW_STEP)
     cost: dict[int, float] = {}
 
     def evaluate(indices: list[int]) -> float:
         code = _pack(indices)
         if code not in cost:
-            params = _unpack(code)
-            cost[code] = sum(_fit_alpha(v, _base(f, params))[1] for v, f in detail)
+            cost[code] = _detail_bits(detail, code)
         return cost[code]
 
     current = list(START)
@@ -173,8 +188,7 @@ def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[int,
         for k, grid in enumerate(GRIDS):
             current[k] = min(range(len(grid)), key=lambda v: (evaluate([*current[:k], v, *current[k + 1 :]]), v))
     flat = [0, 0, 0, len(GRIDS[3]) - 1]  # no context: one scale per band, as the zeroth-order coder
-    best = min((current, flat), key=evaluate)
-    return _pack(best), evaluate(best)
+    return _pack(min((current, flat), key=evaluate))
 
 
 def _ll_bits(symbols: np.ndarray, bands: tuple[Subband, ...], med: bool) -> float:
@@ -195,7 +209,7 @@ def _ll_coded(values: np.ndarray, centre: int, med: bool) -> np.ndarray:
 
 
 def encode(symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
-    code, _ = choose_params(symbols, bands)
+    code = choose_params(symbols, bands)
     params = _unpack(code)
     med = _ll_bits(symbols, bands, True) < _ll_bits(symbols, bands, False)
     side = ByteWriter()
@@ -289,5 +303,5 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
 
 def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
     """Ideal code length of the symbols under the context models the encoder would choose."""
-    _, detail_bits = choose_params(symbols, bands)
+    detail_bits = _detail_bits(_detail(symbols, bands, 1), choose_params(symbols, bands))
     return detail_bits + min(_ll_bits(symbols, bands, True), _ll_bits(symbols, bands, False))

@@ -86,7 +86,7 @@ def best_index(bits: Callable[[int], float], guess: int) -> tuple[int, float]:
     Code length is convex in log(scale) except where probabilities hit the coder's floor,
     so the scan keeps the walk away from that false minimum at tiny scales.
     """
-    coarse = range(max(1, guess - 24), min(255, guess + 24) + 1, 8)
+    coarse = range(max(1, guess - 12), min(255, guess + 12) + 1, 6)
     index = min(coarse, key=lambda i: (bits(i), i))
     best = bits(index)
     for direction in (-1, 1):
