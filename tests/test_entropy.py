@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -19,6 +19,8 @@ from vaeflow.stages.wavelet import Wavelet
     ),
     levels=st.integers(0, 3),
 )
+@example(symbols=np.array([[[-9] + [2**31 - 1] * 23]], np.int32), levels=0)  # centred excess of 2**31 + 8
+@example(symbols=np.array([[[-(2**31) + 1, 2**31 - 1, 0]]], np.int32), levels=0)
 def test_any_int32_symbols_round_trip(symbols: np.ndarray, levels: int) -> None:
     bands = wavelet.subbands(symbols.shape[1], symbols.shape[2], levels)
     payload = entropy.encode(symbols, bands, ANS())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -32,6 +32,8 @@ CONTEXT = ANS("context")
     ),
     levels=st.integers(0, 3),
 )
+@example(symbols=np.array([[[-9] + [2**31 - 1] * 23]], np.int32), levels=0)
+@example(symbols=np.array([[[-(2**31) + 1, 2**31 - 1], [2**31 - 1, -(2**31) + 1]]], np.int32), levels=1)
 def test_context_coder_round_trips_any_int32(symbols: np.ndarray, levels: int) -> None:
     bands = wavelet.subbands(symbols.shape[1], symbols.shape[2], levels)
     payload = entropy.encode(symbols, bands, CONTEXT)

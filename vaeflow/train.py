@@ -148,11 +148,12 @@ def latent_statistics(encode: Any, photos: list[np.ndarray]) -> tuple[np.ndarray
     return mean, std
 
 
-def export_model(workdir: str, data_dir: str, out_dir: str, name: str) -> Path:
+def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir: str | None = None) -> Path:
     """Write ``out_dir/name/{encoder,decoder}.onnx`` and register them in ``out_dir/models.toml``.
 
     The registry's latent shift and scale make each latent channel zero-mean, unit-variance
-    over the training photos.
+    over the training photos. With ``eval_dir`` (never the training photos), the entry also
+    records the reconstruction PSNR and MS-SSIM measured there.
     """
     import torch
 
@@ -181,4 +182,24 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str) -> Path:
         license="MIT",
         description=f"vaeflow's own f8c4 autoencoder, {int(state['step'])} steps on 30 photos",
     )
-    return register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
+    registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
+    if eval_dir is not None:
+        from dataclasses import replace
+
+        from vaeflow.models.onnx_vae import OnnxVAE
+
+        figures = reconstruction_of(OnnxVAE(entry), load_photos(eval_dir))
+        entry = replace(entry, recon_psnr=round(figures[0], 3), recon_ms_ssim=round(figures[1], 4))
+        registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
+    return registry
+
+
+def reconstruction_of(model: Any, images: list[np.ndarray]) -> tuple[float, float]:
+    """Mean PSNR and MS-SSIM of encode -> decode without quantization."""
+    from vaeflow import metrics
+
+    pairs = [(im, model.decode(model.encode(im[None]), im.shape[:2])[0]) for im in images]
+    return (
+        float(np.mean([metrics.psnr(a, b) for a, b in pairs])),
+        float(np.mean([metrics.ms_ssim(a, b) for a, b in pairs])),
+    )

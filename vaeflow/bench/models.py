@@ -65,6 +65,25 @@ def time_model(name: str, images: list[np.ndarray], repeats: int = 7) -> dict[st
     }
 
 
+def reconstruction(name: str, images: list[np.ndarray]) -> dict[str, float]:
+    """Encode then decode, no quantization: mean PSNR and MS-SSIM, seconds per image each way."""
+    from vaeflow import metrics
+
+    model = vaeflow.load_model(name)
+    psnr, ms_ssim, encode, decode = [], [], [], []
+    for image in images:
+        start = time.perf_counter()
+        latent = model.encode(image[None])
+        middle = time.perf_counter()
+        decoded = model.decode(latent, image.shape[:2])[0]
+        encode.append(middle - start)
+        decode.append(time.perf_counter() - middle)
+        psnr.append(metrics.psnr(image, decoded))
+        ms_ssim.append(metrics.ms_ssim(image, decoded))
+    return {"psnr": float(np.mean(psnr)), "ms_ssim": float(np.mean(ms_ssim)),
+            "encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}  # fmt: skip
+
+
 def big_image(seed_image: np.ndarray, shape: tuple[int, int] = BIG_SHAPE) -> np.ndarray:
     reps = (-(-shape[0] // seed_image.shape[0]), -(-shape[1] // seed_image.shape[1]), 1)
     return np.ascontiguousarray(np.tile(seed_image, reps)[: shape[0], : shape[1]])
@@ -98,9 +117,10 @@ def _child_peak(name: str, tile: int, seed_path: str) -> dict[str, Any]:
 
 def run(folder: Path, models: list[str], limit: int = 4, big: bool = True) -> dict[str, Any]:
     images = [im for _, im in load_folder(folder, limit)]
-    out: dict[str, Any] = {"images": len(images), "timing": {}, "memory_24mp": []}
+    out: dict[str, Any] = {"images": len(images), "timing": {}, "memory_24mp": [], "reconstruction": {}}
     for name in models:
         out["timing"][name] = time_model(name, images)
+        out["reconstruction"][name] = reconstruction(name, [im for _, im in load_folder(folder)])
     if big:
         seed = sorted(p for p in folder.iterdir() if p.suffix == ".png")[0]
         untiled = max(BIG_SHAPE) + 8
@@ -116,6 +136,12 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<12} {t['encode_s_per_mp']:>8.3f} {t['bare_encode_s_per_mp']:>8.3f} {t['encode_overhead']:>6.3f}   "
             f"{t['decode_s_per_mp']:>8.3f} {t['bare_decode_s_per_mp']:>8.3f} {t['decode_overhead']:>6.3f}"
+        )
+    lines += ["", "reconstruction (encode -> decode, no quantization), all images of the folder:"]
+    for name, r in result["reconstruction"].items():
+        lines.append(
+            f"  {name:<10} PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}, "
+            f"encode {r['encode_s']:.3f} s, decode {r['decode_s']:.3f} s per image (median)"
         )
     if result["memory_24mp"]:
         lines += [

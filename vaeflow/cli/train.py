@@ -23,6 +23,7 @@ def register(commands: Any) -> None:
     p.add_argument("--data", required=True, help="photos for the latent statistics")
     p.add_argument("--out", default="models", help="the repository's models/ folder")
     p.add_argument("--name", default="f8c4-v1")
+    p.add_argument("--eval", default=None, help="evaluation images for the recorded reconstruction figures")
     p.set_defaults(run=run_export)
 
 
@@ -39,5 +40,5 @@ def run_train(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from vaeflow.train import export_model
 
-    print(f"registered in {export_model(args.workdir, args.data, args.out, args.name)}")
+    print(f"registered in {export_model(args.workdir, args.data, args.out, args.name, args.eval)}")
     return 0

@@ -8,8 +8,8 @@ bands then share one ANS stream of 32-bit words, so the per-image overhead is a 
 
 Each band's model covers ``[-R, R]`` with ``R`` set by its scale. A symbol at or beyond
 the range is coded as ``±R`` followed by an escape: the bit length of ``|q| - R`` with a
-uniform model over 0..31, then the bits below the leading one, so every int32 symbol
-codes losslessly.
+uniform model over 0..32, then the bits below the leading one, so every int32 symbol
+codes losslessly (values are centred, so an excess can reach 2^32 - 1).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vaeflow.stages.base import Stage
 from vaeflow.stages.wavelet import Subband
 
 CODERS = ("laplace", "context")
-_ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(32)
+_ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(33)  # bit lengths 0..32
 _CHUNK_BITS = 15
 
 
@@ -181,7 +181,7 @@ def encode_escape(coder: constriction.stream.stack.AnsCoder, excess: int) -> Non
 
 def decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
     length = int(coder.decode(_ESCAPE_LENGTH_MODEL))
-    if length > 31:
+    if length > 32:
         raise CorruptStreamError(f"escape length {length} is out of range")
     low_bits = max(length - 1, 0)
     sizes = []
