@@ -86,7 +86,8 @@ def calibrate_model(
     from vaeflow.stages.channel import ChannelTransform
     from vaeflow.stages.wavelet import Wavelet
 
-    codec = replace(resolve_codec(name, 50), channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
+    plain = resolve_codec(name, 50, "plain")
+    codec = replace(plain, channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
     paths = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not paths:
         raise ValueError(f"no calibration images in {data_dir}")

@@ -34,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 250
+    init: str | None = None  # weights to start a new phase from (e.g. the shipped weights.pt)
 
 
 def load_photos(data_dir: str) -> list[np.ndarray]:
@@ -87,6 +88,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dec.load_state_dict(state["decoder"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+    elif cfg.init:  # a new phase from earlier weights: fresh optimizer and schedule
+        state = torch.load(cfg.init, weights_only=True)
+        enc.load_state_dict({k: v.float() for k, v in state["encoder"].items()})
+        dec.load_state_dict({k: v.float() for k, v in state["decoder"].items()})
     photos = load_photos(cfg.data_dir)
     (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
@@ -168,6 +173,12 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
     target = Path(out_dir) / name
     export(enc, target / "encoder.onnx", 3, "image", "latent")
     export(dec, target / "decoder.onnx", LATENT_CHANNELS, "latent", "image")
+    # fp16 weights (no optimizer state) let a later session start a new phase with --init
+    half = {part: {k: v.half() for k, v in m.state_dict().items()} for part, m in (("encoder", enc), ("decoder", dec))}
+    torch.save({**half, "steps_trained": int(state["step"])}, target / "weights.pt")
+    log = Path(workdir) / "log.tsv"
+    if log.exists():
+        (target / "train-log.tsv").write_text(log.read_text())
     with torch.no_grad():
         mean, std = latent_statistics(lambda x: enc(torch.from_numpy(x)).numpy(), load_photos(data_dir))
     entry = ModelEntry(

@@ -17,6 +17,8 @@ def register(commands: Any) -> None:
     p.add_argument("--minutes", type=float, default=9.0, help="stop and checkpoint after this long")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--init", default=None, help="start a new phase from these weights (e.g. models/f8c4-v1/weights.pt)")
     p.set_defaults(run=run_train)
     p = sub.add_parser("export", help="write ONNX files and register them as the shipped default")
     p.add_argument("--workdir", required=True)
