@@ -40,14 +40,15 @@ def make_images(folder: Path, out: Path, count: int, size: tuple[int, int] = (38
 
 
 def killed_job(src: Path, store: Path, seed: int = 0) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from vaeflow.dataset.graph import local_cluster
     from vaeflow.dataset.job import JobOptions, compress_dataset
 
     rng = random.Random(seed)
     kills = []
     done = threading.Event()
-    with LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with local_cluster(3, dashboard_address=":0") as cluster, Client(cluster) as client:
 
         def killer() -> None:
             while not done.wait(rng.uniform(0.5, 2.0)):

@@ -2,10 +2,12 @@
 
 In one run, on a folder of images (30 photos of about 1.3 MP in the shared set):
 - bare: ``compress()`` on each image in one process, all cores to ONNX Runtime (baseline);
-- the job on a local cluster of 1 worker process (all cores) and of 2 (one core each);
-- the job on 4 copies of the folder (4x the images), to see whether memory stays flat.
-Reported: images/s, the 2-worker/1-worker scaling, job wall time against the bare sum
-(the Dask and zarr overhead), and each worker's peak RSS.
+- the job on a local cluster of 1 worker process with all cores (its overhead over the
+  baseline), of 1 worker on one core, and of 2 workers on one core each (the scaling);
+- the job on 4 copies of the folder (4x the images, one image per batch as in the
+  2-worker run), to see whether memory stays flat.
+Reported: images/s, the scaling, the job's wall time against the bare loop (the Dask and
+zarr overhead), and each worker's peak RSS.
 """
 
 from __future__ import annotations
@@ -37,62 +39,68 @@ def bare(folder: Path) -> dict[str, Any]:
     return {"images": len(paths), "wall_s": time.perf_counter() - start, "bytes": total}
 
 
-def job(folder: Path, workers: int, store: Path) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
+def job(folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8) -> dict[str, Any]:
+    from distributed import Client
 
-    cores = os.cpu_count() or 1
-    with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
-        runtime = vaeflow.RuntimeOptions(threads=max(1, cores // workers))
+    from vaeflow.dataset.graph import local_cluster
+
+    with local_cluster(workers, dashboard_address=":0") as cluster, Client(cluster) as client:
+        runtime = vaeflow.RuntimeOptions(threads=onnx_threads)
         client.run(lambda: vaeflow.load_model("default", runtime))  # warm the workers alike
         start = time.perf_counter()
-        report = compress_dataset(folder, store, client=client, options=JobOptions(progress=False, runtime=runtime))
+        options = JobOptions(progress=False, runtime=runtime, batch_size=batch_size)
+        report = compress_dataset(folder, store, client=client, options=options)
         wall = time.perf_counter() - start
         peaks = sorted(client.run(_peak_rss_mb).values())
     shutil.rmtree(store)
     return {
         "workers": workers,
+        "onnx_threads": onnx_threads,
         "images": report.stored,
         "wall_s": wall,
         "bytes": report.bytes_out,
         "peak_rss_mb": peaks,
+        "stage_seconds": report.stage_seconds,
     }
 
 
 def run(folder: Path, copies: int = 4) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
+        cores = os.cpu_count() or 1
         baseline = bare(folder)
-        one = job(folder, 1, tmp_path / "one.zarr")
-        two = job(folder, 2, tmp_path / "two.zarr")
+        whole = job(folder, 1, tmp_path / "whole.zarr", cores)
+        one = job(folder, 1, tmp_path / "one.zarr", 1, batch_size=1)
+        two = job(folder, 2, tmp_path / "two.zarr", 1, batch_size=1)
         grown = tmp_path / "grown"
         for i in range(copies):
             shutil.copytree(folder, grown / f"copy{i}")
-        big = job(grown, 2, tmp_path / "big.zarr")
-    return {"bare": baseline, "one_worker": one, "two_workers": two, "grown": big, "copies": copies}
+        big = job(grown, 2, tmp_path / "big.zarr", 1, batch_size=1)
+    return {"bare": baseline, "one_worker_all_cores": whole, "one_worker": one, "two_workers": two, "grown": big,
+            "copies": copies}  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
-    b, one, two, big = result["bare"], result["one_worker"], result["two_workers"], result["grown"]
+    b, whole, one, two = result["bare"], result["one_worker_all_cores"], result["one_worker"], result["two_workers"]
+    big = result["grown"]
 
     def rate(r: dict[str, Any]) -> float:
         return float(r["images"] / r["wall_s"])
 
+    def peaks(r: dict[str, Any]) -> str:
+        return ", ".join(f"{p:.0f}" for p in r["peak_rss_mb"]) + " MB"
+
     lines = [
         f"vaeflow bench dataset: {b['images']} images",
-        f"  bare compress() loop, 1 process: {b['wall_s']:.1f} s, {rate(b):.2f} images/s (baseline)",
-        f"  job, 1 worker:  {one['wall_s']:.1f} s, {rate(one):.2f} images/s, peak RSS per worker "
-        f"{', '.join(f'{p:.0f}' for p in one['peak_rss_mb'])} MB",
-        f"  job, 2 workers: {two['wall_s']:.1f} s, {rate(two):.2f} images/s, peak RSS per worker "
-        f"{', '.join(f'{p:.0f}' for p in two['peak_rss_mb'])} MB",
-        f"  scaling 2 workers / 1 worker: {rate(two) / rate(one):.2f}x",
-        f"  overhead, job with 1 worker / bare loop: {one['wall_s'] / b['wall_s']:.3f} "
-        f"({100 * (one['wall_s'] / b['wall_s'] - 1):+.1f}%); 2 workers / bare: {two['wall_s'] / b['wall_s']:.3f}",
-        f"  same bytes as the bare loop: {one['bytes'] == b['bytes'] == two['bytes']}",
-        f"  {result['copies']}x the images ({big['images']}), 2 workers: {rate(big):.2f} images/s, peak RSS per worker "
-        f"{', '.join(f'{p:.0f}' for p in big['peak_rss_mb'])} MB (vs "
-        f"{', '.join(f'{p:.0f}' for p in two['peak_rss_mb'])} MB for {two['images']})",
+        f"  bare compress() loop, 1 process, all cores: {b['wall_s']:.1f} s, {rate(b):.2f} images/s (baseline)",
+        f"  job, 1 worker, all cores:   {whole['wall_s']:.1f} s, {rate(whole):.2f} images/s, peak RSS {peaks(whole)}",
+        f"  job, 1 worker on 1 core:    {one['wall_s']:.1f} s, {rate(one):.2f} images/s, peak RSS {peaks(one)}",
+        f"  job, 2 workers, 1 core each: {two['wall_s']:.1f} s, {rate(two):.2f} images/s, peak RSS {peaks(two)}",
+        f"  scaling 2 workers / 1 worker (one core each): {rate(two) / rate(one):.2f}x",
+        f"  overhead, job (1 worker, all cores) / bare loop: {whole['wall_s'] / b['wall_s']:.3f} "
+        f"({100 * (whole['wall_s'] / b['wall_s'] - 1):+.1f}%); 2 workers / bare: {two['wall_s'] / b['wall_s']:.3f}",
+        f"  same bytes as the bare loop: {whole['bytes'] == one['bytes'] == b['bytes'] == two['bytes']}",
+        f"  {result['copies']}x the images ({big['images']}), 2 workers: {rate(big):.2f} images/s, peak RSS "
+        f"{peaks(big)} (against {peaks(two)} for {two['images']})",
     ]
     return "\n".join(lines)

@@ -145,6 +145,7 @@ CODES = math.prod(len(g) for g in GRIDS)
 MED_FLAG = 0x80
 SEARCH_PASSES = 1
 SEARCH_ROW_STEP = 2
+FINALISTS = 3
 
 
 def _base(features: tuple[np.ndarray, ...], params: tuple[float, ...]) -> np.ndarray:
@@ -166,29 +167,42 @@ def _detail(
     return out
 
 
-def _detail_bits(detail: list[tuple[np.ndarray, tuple[np.ndarray, ...]]], code: int) -> float:
+def _detail_bits(detail: list[tuple[np.ndarray, tuple[np.ndarray, ...]]], code: int, exact: bool = True) -> float:
+    """Bits of the detail bands under ``code``: with each band's best alpha, or, for ranking
+    parameters quickly, with alpha at a single discrete-aware moment estimate."""
     params = _unpack(code)
-    return sum(_fit_alpha(v, _base(f, params))[1] for v, f in detail)
+    if exact:
+        return sum(_fit_alpha(v, _base(f, params))[1] for v, f in detail)
+    total = 0.0
+    for values, features in detail:
+        base = _base(features, params)
+        alpha = max(float(np.mean(np.abs(values) / base)), 0.05 / float(np.mean(base)))
+        total += _bits(values, entropy.scale_of(entropy.index_of(alpha)) * base)
+    return total
 
 
 def choose_params(symbols: np.ndarray, bands: tuple[Subband, ...]) -> int:
-    """Coordinate descent over the parameter grids (one pass from ``START``, then a check against
-    no context at all), judged on every other row of the taller bands."""
+    """Coordinate descent over the parameter grids (one pass from ``START``) ranked with quick
+    alpha estimates, then the best few and no context at all compared exactly; judged on
+    every other row of the taller bands."""
     detail = _detail(symbols, bands, SEARCH_ROW_STEP)
     cost: dict[int, float] = {}
 
     def evaluate(indices: list[int]) -> float:
         code = _pack(indices)
         if code not in cost:
-            cost[code] = _detail_bits(detail, code)
+            cost[code] = _detail_bits(detail, code, exact=False)
         return cost[code]
 
     current = list(START)
     for _ in range(SEARCH_PASSES):
         for k, grid in enumerate(GRIDS):
             current[k] = min(range(len(grid)), key=lambda v: (evaluate([*current[:k], v, *current[k + 1 :]]), v))
-    flat = [0, 0, 0, len(GRIDS[3]) - 1]  # no context: one scale per band, as the zeroth-order coder
-    return _pack(min((current, flat), key=evaluate))
+    flat = _pack([0, 0, 0, len(GRIDS[3]) - 1])  # no context: one scale per band, as the zeroth-order coder
+    evaluate([0, 0, 0, len(GRIDS[3]) - 1])
+    finalists = sorted(cost, key=cost.__getitem__)[:FINALISTS]
+    finalists += [flat] if flat not in finalists else []
+    return min(finalists, key=lambda code: (_detail_bits(detail, code), code))
 
 
 def _ll_bits(symbols: np.ndarray, bands: tuple[Subband, ...], med: bool) -> float:
