@@ -197,20 +197,10 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
     if eval_dir is not None:
         from dataclasses import replace
 
+        from vaeflow.bench.models import reconstruction
         from vaeflow.models.onnx_vae import OnnxVAE
 
-        figures = reconstruction_of(OnnxVAE(entry), load_photos(eval_dir))
-        entry = replace(entry, recon_psnr=round(figures[0], 3), recon_ms_ssim=round(figures[1], 4))
+        figures = reconstruction(OnnxVAE(entry), load_photos(eval_dir))
+        entry = replace(entry, recon_psnr=round(figures["psnr"], 3), recon_ms_ssim=round(figures["ms_ssim"], 4))
         registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
     return registry
-
-
-def reconstruction_of(model: Any, images: list[np.ndarray]) -> tuple[float, float]:
-    """Mean PSNR and MS-SSIM of encode -> decode without quantization."""
-    from vaeflow import metrics
-
-    pairs = [(im, model.decode(model.encode(im[None]), im.shape[:2])[0]) for im in images]
-    return (
-        float(np.mean([metrics.psnr(a, b) for a, b in pairs])),
-        float(np.mean([metrics.ms_ssim(a, b) for a, b in pairs])),
-    )

@@ -20,7 +20,7 @@ from vaeflow.api import resolve_codec
 from vaeflow.bdrate import bd_rate, rate_at
 from vaeflow.bench import legacy
 from vaeflow.imageio import IMAGE_SUFFIXES, read_rgb
-from vaeflow.pipeline import StageTimer
+from vaeflow.pipeline import Codec, StageTimer
 from vaeflow.stages import entropy
 
 LEGACY_LEVELS = (6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -54,8 +54,8 @@ def measure_quality(images: list[tuple[str, np.ndarray]], quality: int, model: s
         point.bpp.append(metrics.bpp(len(data), image.shape))
         point.psnr.append(metrics.psnr(image, decoded))
         point.ms_ssim.append(metrics.ms_ssim(image, decoded))
-        header, payload = bitstream.unpack(data)
-        codec = resolve_codec(model, quality)
+        header, stream_payload = bitstream.unpack(data)
+        codec, payload = Codec.from_stream(header, stream_payload)
         shape = bitstream.latent_shape(header)
         bands = codec.bands(shape)
         symbols = codec.decode_symbols(payload, shape)[0]
@@ -66,7 +66,7 @@ def measure_quality(images: list[tuple[str, np.ndarray]], quality: int, model: s
 
 def measure_legacy(images: list[tuple[str, np.ndarray]], model: str) -> list[tuple[int, float, float]]:
     """(levels, mean bpp, mean PSNR) of the earlier design on the same latents."""
-    codec = resolve_codec(model, 50)
+    codec = resolve_codec(model, 50, "plain")
     sums = {n: [0.0, 0.0] for n in LEGACY_LEVELS}
     for _, image in images:
         coeffs = codec.transform(codec.encode_latents(image[None]))

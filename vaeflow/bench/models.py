@@ -65,11 +65,14 @@ def time_model(name: str, images: list[np.ndarray], repeats: int = 7) -> dict[st
     }
 
 
-def reconstruction(name: str, images: list[np.ndarray]) -> dict[str, float]:
-    """Encode then decode, no quantization: mean PSNR and MS-SSIM, seconds per image each way."""
+def reconstruction(model: str | Any, images: list[np.ndarray]) -> dict[str, float]:
+    """Encode then decode, no quantization: mean PSNR and MS-SSIM, seconds per image each way.
+
+    ``model`` is a registered name or a loaded model.
+    """
     from vaeflow import metrics
 
-    model = vaeflow.load_model(name)
+    model = vaeflow.load_model(model) if isinstance(model, str) else model
     psnr, ms_ssim, encode, decode = [], [], [], []
     for image in images:
         start = time.perf_counter()

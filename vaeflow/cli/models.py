@@ -26,6 +26,7 @@ def register(commands: Any) -> None:
     p.add_argument("--decoder", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--license", default="MIT")
+    p.add_argument("--eval", type=Path, default=None, help="images to measure and record the reconstruction on")
     p.set_defaults(run=run_import)
 
     p = sub.add_parser("calibrate", help="measure how much each channel and subband matters through the decoder")
@@ -73,6 +74,17 @@ def run_import(args: argparse.Namespace) -> int:
         raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[train]' ({exc})") from exc
     path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license)
     print(f"registered {args.name!r} in {path}")
+    if args.eval is not None:
+        from dataclasses import replace
+
+        from vaeflow.bench.codec import load_folder
+        from vaeflow.bench.models import reconstruction
+
+        entry = Registry.load().resolve(args.name)
+        figures = reconstruction(args.name, [image for _, image in load_folder(args.eval)])
+        recorded = replace(entry, recon_psnr=round(figures["psnr"], 3), recon_ms_ssim=round(figures["ms_ssim"], 4))
+        model_registry.register(recorded, path)
+        print(f"reconstruction on {args.eval}: PSNR {figures['psnr']:.2f} dB, MS-SSIM {figures['ms_ssim']:.4f}")
     return 0
 
 
