@@ -267,25 +267,16 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
     if code >= CODES:
         raise CorruptStreamError(f"context parameter code {code} is out of range")
     params = _unpack(code)
-    layout = []
-    for c in range(shape[0]):
-        for band in bands:
-            index = reader.u8()
-            centre = reader.svarint(2**31 - 1) if band.name.startswith("LL") else 0
-            layout.append((c, band, index, centre))
-    words = reader.take(reader.remaining)
-    if len(words) % 4:
-        raise CorruptStreamError("entropy payload is not a whole number of 32-bit words")
+    layout = entropy.read_side_info(reader, shape[0], bands)
     plane = np.zeros(shape, np.int64)
-    try:
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, "<u4").astype(np.uint32))
+    with entropy.ans_decoder(reader) as coder:
         for c, band, index, centre in layout:
             region = plane[c, band.rows, band.cols]
             if band.name.startswith("LL"):
                 residuals = np.zeros(region.shape, np.int64)
                 if index:
                     residuals = entropy.decode_values(
-                        coder, entropy.band_model(index), entropy.support_of(index), band.size
+                        coder, entropy.support_of(index), entropy.band_model(index), band.size
                     ).reshape(region.shape)
                 values = med_reconstruct(residuals, centre) if med else residuals + centre
                 if np.abs(values).max(initial=0) > 2**31 - 1:
@@ -300,16 +291,7 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
             for r in range(region.shape[0]):
                 up = _up_activity(region[r - 1]) if r else np.zeros(region.shape[1])
                 scales = alpha * (fixed[r] + params[2] * up + params[3])
-                row = coder.decode(_FAMILY, np.zeros(region.shape[1]), scales).astype(np.int64)
-                for pos in np.flatnonzero(np.abs(row) >= SUPPORT):
-                    row[pos] += int(np.sign(row[pos])) * entropy.decode_escape(coder)
-                region[r] = row
-        if not coder.is_empty():
-            raise CorruptStreamError("entropy payload has undecoded data left over")
-    except CorruptStreamError:
-        raise
-    except (ValueError, RuntimeError, OverflowError) as exc:
-        raise CorruptStreamError(f"entropy payload does not decode: {exc}") from exc
+                region[r] = entropy.decode_values(coder, SUPPORT, _FAMILY, np.zeros(region.shape[1]), scales)
     if np.abs(plane).max(initial=0) > 2**31 - 1:
         raise CorruptStreamError("decoded symbol is out of the int32 range")
     return plane.astype(np.int32)

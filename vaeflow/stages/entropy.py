@@ -15,9 +15,10 @@ codes losslessly (values are centred, so an excess can reach 2^32 - 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import constriction
 import numpy as np
@@ -122,14 +123,30 @@ def band_model(index: int) -> constriction.stream.model.QuantizedLaplace:
     return constriction.stream.model.QuantizedLaplace(-r, r, 0.0, scale_of(index))
 
 
-def decode_values(
-    coder: constriction.stream.stack.AnsCoder, model: constriction.stream.model.QuantizedLaplace, r: int, n: int
-) -> np.ndarray:
-    """``n`` symbols of one model, escapes resolved."""
-    values = coder.decode(model, n).astype(np.int64)
+def decode_values(coder: constriction.stream.stack.AnsCoder, r: int, *model: Any) -> np.ndarray:
+    """Symbols of one model (``coder.decode(*model)``) with range ``[-r, r]``, escapes resolved."""
+    values = coder.decode(*model).astype(np.int64)
     for pos in np.flatnonzero(np.abs(values) >= r):
         values[pos] += int(np.sign(values[pos])) * decode_escape(coder)
     return values
+
+
+@contextmanager
+def ans_decoder(reader: ByteReader) -> Iterator[constriction.stream.stack.AnsCoder]:
+    """An ANS decoder over the rest of ``reader``. Decoding errors, and words left over when the
+    caller is done, raise CorruptStreamError."""
+    word_bytes = reader.take(reader.remaining)
+    if len(word_bytes) % 4:
+        raise CorruptStreamError("entropy payload is not a whole number of 32-bit words")
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(word_bytes, "<u4").astype(np.uint32))
+        yield coder
+        if not coder.is_empty():
+            raise CorruptStreamError("entropy payload has undecoded data left over")
+    except CorruptStreamError:
+        raise
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise CorruptStreamError(f"entropy payload does not decode: {exc}") from exc
 
 
 def encode(symbols: np.ndarray, bands: tuple[Subband, ...], params: ANS) -> bytes:
@@ -194,7 +211,7 @@ def decode_escape(coder: constriction.stream.stack.AnsCoder) -> int:
     return (1 << (length - 1)) | value if length else 0
 
 
-def _read_side_info(
+def read_side_info(
     reader: ByteReader, channels: int, bands: tuple[Subband, ...]
 ) -> list[tuple[int, Subband, int, int]]:
     layout = []
@@ -211,7 +228,7 @@ def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Sub
     reader = ByteReader(payload, "entropy payload")
     if params.coder == "context":
         reader.u8()  # the context weights
-    _read_side_info(reader, channels, bands)
+    read_side_info(reader, channels, bands)
     return reader.pos
 
 
@@ -224,28 +241,17 @@ def decode(
 
         return context.decode(payload, shape, bands)
     reader = ByteReader(payload, "entropy payload")
-    layout = _read_side_info(reader, shape[0], bands)
-    word_bytes = reader.take(reader.remaining)
-    if len(word_bytes) % 4:
-        raise CorruptStreamError("entropy payload is not a whole number of 32-bit words")
-    words = np.frombuffer(word_bytes, dtype="<u4").astype(np.uint32)
+    layout = read_side_info(reader, shape[0], bands)
     out = np.zeros(shape, np.int32)
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
+    with ans_decoder(reader) as coder:
         for c, band, index, centre in layout:
             if not index:
                 out[c, band.rows, band.cols] = centre
                 continue
-            values = decode_values(coder, band_model(index), support_of(index), band.size) + centre
+            values = decode_values(coder, support_of(index), band_model(index), band.size) + centre
             if np.abs(values).max() > 2**31 - 1:
                 raise CorruptStreamError("decoded symbol is out of the int32 range")
             out[c, band.rows, band.cols] = values.reshape(band.rows.stop - band.rows.start, -1)
-        if not coder.is_empty():
-            raise CorruptStreamError("entropy payload has undecoded data left over")
-    except CorruptStreamError:
-        raise
-    except (ValueError, RuntimeError, OverflowError) as exc:
-        raise CorruptStreamError(f"entropy payload does not decode: {exc}") from exc
     return out
 
 
