@@ -143,15 +143,26 @@ def test_presets_load_by_name_and_unknown_lists_them(kodak: list[np.ndarray]) ->
         vaeflow.compress(image, pipeline="nope")
 
 
-def test_latent_store_preserves_decoded_quality(kodak: list[np.ndarray]) -> None:
+def test_latent_store_takes_the_largest_step_within_its_psnr_drop(kodak: list[np.ndarray]) -> None:
+    from dataclasses import replace
+
+    from vaeflow.api import resolve_codec
+
     model = vaeflow.load_model("default")
-    drops = []
-    for image in kodak:
-        reference = metrics.psnr(image, model.decode(model.encode(image[None]))[0])
-        drops.append(
-            reference - metrics.psnr(image, vaeflow.decompress(vaeflow.compress(image, pipeline="latent-store")))
-        )
-    assert np.mean(drops) <= 0.1, drops
+    codec = resolve_codec(None, None, "latent-store")
+    limit, bound = codec.quantize.max_psnr_drop, codec.quantize.max_latent_error
+    assert limit is not None and bound is not None
+    for image in kodak[:3]:
+        exact = model.encode(image[None])
+        reference = metrics.psnr(image, model.decode(exact)[0])
+        data = vaeflow.compress(image, pipeline="latent-store")
+        assert reference - metrics.psnr(image, vaeflow.decompress(data)) <= limit
+        assert np.abs(vaeflow.decompress_latent(data) - exact[0]).max() <= bound + 1e-6
+        # a step 10% coarser breaks the drop limit or the bound: the search did not stop short
+        step = vaeflow.info(data)["pipeline"]["quantize"]["step"]
+        coarser = vaeflow.compress(image, pipeline=replace(codec, quantize=codec.quantize.with_step(step * 1.1)))
+        drop = reference - metrics.psnr(image, vaeflow.decompress(coarser))
+        assert drop > limit or np.abs(vaeflow.decompress_latent(coarser) - exact[0]).max() > bound
 
 
 def test_postfilter_is_off_by_default_and_recorded_when_on(kodak: list[np.ndarray]) -> None:

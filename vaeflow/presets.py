@@ -5,7 +5,7 @@ A preset has a ``description`` and one table per stage, in any order::
     [vae]        model = "default"
     [channel]    transform = "hadamard"          # or "identity"
     [wavelet]    name = "cdf97", levels = 3      # haar, cdf53, cdf97; 0..6 levels
-    [quantize]   quality = 50, rounding = 0.375  # or step, target_bpp, target_psnr, max_latent_error
+    [quantize]   quality = 50, rounding = 0.375  # or step, target_bpp, target_psnr, max_latent_error (+ max_psnr_drop)
                  allocation = "decoder", rdo = false
     [ans]        coder = "context"                # or "laplace"
     [postfilter] sigma = 0.0                     # optional blur after decoding

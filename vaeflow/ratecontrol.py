@@ -3,12 +3,14 @@
 The VAE encoder runs once; a bisection over log(step) then re-quantizes and measures:
 the stream's bpp (within 2%), the decoded PSNR (within 0.1 dB, which decodes through
 the VAE at each try), or the largest absolute error of the dequantized latent (the
-largest step keeping it at or below the bound). The chosen step is written to the stream
-as an explicit step, with the target and the figure achieved.
+largest step keeping it at or below the bound; with ``max_psnr_drop``, also keeping the
+decoded PSNR within that many dB of decoding the exact latent). The chosen step is written
+to the stream as an explicit step, with the target and the figure achieved.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,20 +53,23 @@ def search(
     if target is None:
         raise ValueError("the codec has no rate-control target")
     kind, value = target
-    if kind == "psnr" and image is None:
-        raise ValueError("a PSNR target needs the original image")
+    if codec.quantize.searches_with_image and image is None:
+        raise ValueError(f"a {kind} target with a PSNR condition needs the original image")
     latent = codec.untransform(coeffs) if kind == "latent" else None
+
+    def decoded_psnr(trial: Codec, symbols: np.ndarray) -> float:
+        decoded = trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]
+        return metrics.psnr(image, decoded)  # type: ignore[arg-type]
 
     def attempt(log2_step: float) -> Choice:
         step = float(np.float32(2.0**log2_step))  # exactly what the stream can record
-        trial = replace(codec, quantize=codec.quantize.with_step(step))
+        trial = codec_at(codec, step)
         symbols = trial.quantize_coefficients(coeffs)
         if kind == "bpp":
             stream = trial.entropy_code(symbols, [size], runtime, target=(kind, value, 0.0))[0]
             achieved = metrics.bpp(len(stream), size)
         elif kind == "psnr":
-            decoded = trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]
-            achieved = metrics.psnr(image, decoded)  # type: ignore[arg-type]
+            achieved = decoded_psnr(trial, symbols)
         else:
             achieved = float(np.abs(trial.untransform(trial.dequantize(symbols)) - latent).max())
         return Choice(step, symbols, achieved)
@@ -74,16 +79,32 @@ def search(
     if kind == "latent":
         if fine.achieved > value:
             raise ValueError(f"latent error bound {value} is out of reach: the finest step gives {fine.achieved:.4g}")
-        if coarse.achieved <= value:
-            return coarse
-        feasible = fine
-        while high - low > np.log2(1 + STEP_RESOLUTION):
-            trial = attempt((low + high) / 2)
-            if trial.achieved <= value:
-                low, feasible = (low + high) / 2, trial
-            else:
-                high = (low + high) / 2
-        return feasible
+        bounded = coarse if coarse.achieved <= value else _largest(attempt, lambda c: c.achieved <= value, fine, high)
+        limit = codec.quantize.max_psnr_drop
+        if limit is None:
+            return bounded
+        exact = metrics.psnr(image, codec.decode_images(latent, size, runtime)[0])  # type: ignore[arg-type]
+
+        def drop(c: Choice) -> float:
+            return exact - decoded_psnr(codec_at(codec, c.step), c.symbols)
+
+        def within_both(c: Choice) -> bool:
+            return c.achieved <= value and drop(c) <= limit
+
+        top, first = float(np.log2(bounded.step)), drop(bounded)
+        if first <= limit:
+            return bounded
+        # The drop grows about as the step squared: try just below that guess, then further down.
+        guess = top + 0.5 * float(np.log2(limit / max(first, 1e-9))) - 0.05
+        upper = top
+        for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
+            feasible = attempt(below)
+            if within_both(feasible):
+                return _largest(attempt, within_both, feasible, upper)
+            upper = below
+        raise ValueError(
+            f"PSNR drop limit {limit} dB is out of reach: a step 16 times finer than the first guess misses it"
+        )
     if fine.achieved < value and not _met(kind, value, fine.achieved):
         raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")
     if coarse.achieved > value and not _met(kind, value, coarse.achieved):
@@ -101,6 +122,19 @@ def search(
         if abs(candidate.achieved - value) < abs(best.achieved - value):
             best = candidate
     return best
+
+
+def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], feasible: Choice, high: float) -> Choice:
+    """The largest step (within STEP_RESOLUTION) that ``ok`` accepts, between ``feasible`` and 2**high."""
+    low = float(np.log2(feasible.step))
+    while high - low > np.log2(1 + STEP_RESOLUTION):
+        middle = (low + high) / 2
+        trial = attempt(middle)
+        if ok(trial):
+            low, feasible = middle, trial
+        else:
+            high = middle
+    return feasible
 
 
 def encode_to_target(

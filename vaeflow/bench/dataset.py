@@ -4,6 +4,8 @@ In one run, on a folder of images (30 photos of about 1.3 MP in the shared set):
 - bare: ``compress()`` on each image in one process, all cores to ONNX Runtime (baseline);
 - the job on a local cluster of 1 worker process with all cores (its overhead over the
   baseline), of 1 worker on one core, and of 2 workers on one core each (the scaling);
+- the hardware's own ceiling for that scaling: the bare loop on one core in one process,
+  against two such processes side by side, each on half the images;
 - the job on 4 copies of the folder (4x the images, one image per batch as in the
   2-worker run), to see whether memory stays flat.
 Reported: images/s, the scaling, the job's wall time against the bare loop (the Dask and
@@ -17,6 +19,8 @@ import resource
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,35 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare(folder: Path) -> dict[str, Any]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    vaeflow.compress(read_rgb(paths[0]))  # load the model before timing
+def _image_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _bare_loop(paths: list[Path], threads: int | None = None) -> dict[str, Any]:
+    runtime = vaeflow.RuntimeOptions(threads=threads) if threads else None
+    vaeflow.compress(read_rgb(paths[0]), runtime=runtime)  # load the model before timing
     start = time.perf_counter()
     total = 0
     for path in paths:
-        total += len(vaeflow.compress(read_rgb(path)))
+        total += len(vaeflow.compress(read_rgb(path), runtime=runtime))
     return {"images": len(paths), "wall_s": time.perf_counter() - start, "bytes": total}
+
+
+def bare(folder: Path) -> dict[str, Any]:
+    return _bare_loop(_image_paths(folder))
+
+
+def hardware_scaling(folder: Path) -> dict[str, float]:
+    """images/s of two one-core bare loops side by side over one: what 2 processes can gain here."""
+    paths = _image_paths(folder)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        single = pool.submit(_bare_loop, paths, 1).result()
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        halves = [pool.submit(_bare_loop, paths[i::2], 1) for i in range(2)]
+        pair = [h.result() for h in halves]
+    one_rate = single["images"] / single["wall_s"]
+    two_rate = len(paths) / max(r["wall_s"] for r in pair)
+    return {"one_process_images_per_s": one_rate, "two_processes_images_per_s": two_rate, "ratio": two_rate / one_rate}
 
 
 def job(folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8) -> dict[str, Any]:
@@ -72,12 +97,13 @@ def run(folder: Path, copies: int = 4) -> dict[str, Any]:
         whole = job(folder, 1, tmp_path / "whole.zarr", cores)
         one = job(folder, 1, tmp_path / "one.zarr", 1, batch_size=1)
         two = job(folder, 2, tmp_path / "two.zarr", 1, batch_size=1)
+        ceiling = hardware_scaling(folder)
         grown = tmp_path / "grown"
         for i in range(copies):
             shutil.copytree(folder, grown / f"copy{i}")
         big = job(grown, 2, tmp_path / "big.zarr", 1, batch_size=1)
     return {"bare": baseline, "one_worker_all_cores": whole, "one_worker": one, "two_workers": two, "grown": big,
-            "copies": copies}  # fmt: skip
+            "copies": copies, "hardware_scaling": ceiling}  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
@@ -96,7 +122,8 @@ def report(result: dict[str, Any]) -> str:
         f"  job, 1 worker, all cores:   {whole['wall_s']:.1f} s, {rate(whole):.2f} images/s, peak RSS {peaks(whole)}",
         f"  job, 1 worker on 1 core:    {one['wall_s']:.1f} s, {rate(one):.2f} images/s, peak RSS {peaks(one)}",
         f"  job, 2 workers, 1 core each: {two['wall_s']:.1f} s, {rate(two):.2f} images/s, peak RSS {peaks(two)}",
-        f"  scaling 2 workers / 1 worker (one core each): {rate(two) / rate(one):.2f}x",
+        f"  scaling 2 workers / 1 worker (one core each): {rate(two) / rate(one):.2f}x; two bare one-core "
+        f"processes / one: {result['hardware_scaling']['ratio']:.2f}x (what these cores allow)",
         f"  overhead, job (1 worker, all cores) / bare loop: {whole['wall_s'] / b['wall_s']:.3f} "
         f"({100 * (whole['wall_s'] / b['wall_s'] - 1):+.1f}%); 2 workers / bare: {two['wall_s'] / b['wall_s']:.3f}",
         f"  same bytes as the bare loop: {whole['bytes'] == one['bytes'] == b['bytes'] == two['bytes']}",

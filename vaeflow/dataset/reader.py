@@ -160,14 +160,17 @@ class StoreReader:
         ok = self._status == STATUS_OK
         pixels = self.shapes[:, 0].astype(np.float64) * self.shapes[:, 1]
         stored = int(self._offsets[-1])
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # figures from an untrusted index
+            mean_bpp = float(self._bpp[ok].mean()) if ok.any() else float("nan")
+            overall_bpp = float(8.0 * stored / pixels[ok].sum()) if ok.any() else float("nan")
         return {
             "path": str(self.path),
             "images": int(ok.sum()),
             "failed": int((~ok).sum()),
             "skipped": len(self.skipped),
             "bytes": stored,
-            "mean_bpp": float(self._bpp[ok].mean()) if ok.any() else float("nan"),
-            "overall_bpp": float(8.0 * stored / pixels[ok].sum()) if ok.any() else float("nan"),
+            "mean_bpp": mean_bpp,
+            "overall_bpp": overall_bpp,
             "pixels": int(pixels[ok].sum()),
             "settings": self.meta.get("settings"),
             "vaeflow_version": self.meta.get("vaeflow_version"),

@@ -178,7 +178,7 @@ def _searched_quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> Bat
         return state
     work = WorkStore(ctx.store)
     coeffs = work.read_rows(batch, "coefficients", ctx.prefix, which)
-    needs_image = ctx.codec.quantize.target is not None and ctx.codec.quantize.target[0] == "psnr"
+    needs_image = ctx.codec.quantize.searches_with_image
     rgb = work.read_rows(batch, "rgb", ctx.prefix, which) if needs_image else None
     choices: list[tuple[float, float] | None] = [None] * len(batch.items)
     rows, kept = [], []

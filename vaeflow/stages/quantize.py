@@ -50,7 +50,8 @@ class Quantize(Stage):
     rdo: bool = False  # encoder-side: trade magnitudes and whole bands for rate (D + lambda R)
     target_bpp: float | None = None  # rate control: search the step per image for this rate,
     target_psnr: float | None = None  # or for this PSNR,
-    max_latent_error: float | None = None  # or for the largest step keeping |latent error| below this
+    max_latent_error: float | None = None  # or for the largest step keeping |latent error| below this,
+    max_psnr_drop: float | None = None  # and, with it, the decoded PSNR within this of the exact latent's
 
     def __post_init__(self) -> None:
         given = [k for k in SETTINGS if getattr(self, k) is not None]
@@ -67,6 +68,12 @@ class Quantize(Stage):
             raise PipelineError(f"step must be a finite number in 1e-6..1e6, got {self.step!r}")
         if not 0.0 < self.rounding <= 0.5:
             raise PipelineError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
+        if self.max_psnr_drop is not None and (
+            self.max_latent_error is None or not (math.isfinite(self.max_psnr_drop) and self.max_psnr_drop > 0)
+        ):
+            raise PipelineError(
+                f"max_psnr_drop must be a positive number given with max_latent_error, got {self.max_psnr_drop!r}"
+            )
         if self.allocation not in ALLOCATIONS:
             raise PipelineError(f"unknown allocation {self.allocation!r}; choose one of {ALLOCATIONS}")
 
@@ -89,7 +96,14 @@ class Quantize(Stage):
 
     def with_step(self, step: float) -> Quantize:
         """The same quantizer at an explicit step (what a rate-controlled stream records)."""
-        return replace(self, quality=None, step=step, target_bpp=None, target_psnr=None, max_latent_error=None)
+        return replace(
+            self, quality=None, step=step, target_bpp=None, target_psnr=None, max_latent_error=None, max_psnr_drop=None
+        )
+
+    @property
+    def searches_with_image(self) -> bool:
+        """Whether rate control decodes trials and compares them with the original image."""
+        return self.target_psnr is not None or self.max_psnr_drop is not None
 
 
 STEP_AT_QUALITY_1 = 5.0
