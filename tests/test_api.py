@@ -156,7 +156,7 @@ def test_latent_store_takes_the_largest_step_within_its_psnr_drop(kodak: list[np
         exact = model.encode(image[None])
         reference = metrics.psnr(image, model.decode(exact)[0])
         data = vaeflow.compress(image, pipeline="latent-store")
-        assert reference - metrics.psnr(image, vaeflow.decompress(data)) <= limit
+        assert reference - metrics.psnr(image, vaeflow.decompress(data)) <= limit + 1e-3  # float round trip
         assert np.abs(vaeflow.decompress_latent(data) - exact[0]).max() <= bound + 1e-6
         # a step 10% coarser breaks the drop limit or the bound: the search did not stop short
         step = vaeflow.info(data)["pipeline"]["quantize"]["step"]

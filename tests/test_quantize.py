@@ -37,6 +37,8 @@ def test_quality_mapping_is_documented_and_monotonic() -> None:
         {"rounding": 0.7},
         {"max_psnr_drop": 0.1},  # only beside a latent error bound
         {"quality": None, "max_latent_error": 0.5, "max_psnr_drop": -1.0},
+        {"quality": None, "max_latent_error": "0.5"},
+        {"quality": None, "step": True},
     ],
 )
 def test_bad_parameters_name_the_range(kwargs: dict) -> None:

@@ -31,7 +31,7 @@ def resolve_codec(model: str | None = None, quality: int | None = None, pipeline
     if model is not None:
         codec = replace(codec, vae=VAE(model), allocation_table=None)
     if quality is not None:
-        codec = replace(codec, quantize=replace(codec.quantize.with_step(1.0), step=None, quality=quality))
+        codec = replace(codec, quantize=codec.quantize.with_quality(quality))
     return codec.calibrated()
 
 

@@ -10,6 +10,7 @@ to the stream as an explicit step, with the target and the figure achieved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -21,7 +22,7 @@ from vaeflow.pipeline import Codec
 
 BPP_TOLERANCE = 0.02  # relative
 PSNR_TOLERANCE = 0.1  # dB
-STEP_RESOLUTION = 0.02  # relative, for the latent-error bound
+STEP_RESOLUTION = 0.02  # relative, for the largest step within a latent bound or PSNR drop
 LOG2_STEP_RANGE = (-10.0, 6.0)
 MAX_ITERATIONS = 40
 
@@ -54,12 +55,11 @@ def search(
         raise ValueError("the codec has no rate-control target")
     kind, value = target
     if codec.quantize.searches_with_image and image is None:
-        raise ValueError(f"a {kind} target with a PSNR condition needs the original image")
+        raise ValueError("target_psnr and max_psnr_drop need the original image")
     latent = codec.untransform(coeffs) if kind == "latent" else None
 
-    def decoded_psnr(trial: Codec, symbols: np.ndarray) -> float:
-        decoded = trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]
-        return metrics.psnr(image, decoded)  # type: ignore[arg-type]
+    def decoded(trial: Codec, symbols: np.ndarray) -> np.ndarray:
+        return trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]  # type: ignore[no-any-return]
 
     def attempt(log2_step: float) -> Choice:
         step = float(np.float32(2.0**log2_step))  # exactly what the stream can record
@@ -69,7 +69,7 @@ def search(
             stream = trial.entropy_code(symbols, [size], runtime, target=(kind, value, 0.0))[0]
             achieved = metrics.bpp(len(stream), size)
         elif kind == "psnr":
-            achieved = decoded_psnr(trial, symbols)
+            achieved = metrics.psnr(image, decoded(trial, symbols))  # type: ignore[arg-type]
         else:
             achieved = float(np.abs(trial.untransform(trial.dequantize(symbols)) - latent).max())
         return Choice(step, symbols, achieved)
@@ -83,10 +83,14 @@ def search(
         limit = codec.quantize.max_psnr_drop
         if limit is None:
             return bounded
-        exact = metrics.psnr(image, codec.decode_images(latent, size, runtime)[0])  # type: ignore[arg-type]
+        exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])  # type: ignore[arg-type]
 
         def drop(c: Choice) -> float:
-            return exact - decoded_psnr(codec_at(codec, c.step), c.symbols)
+            """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
+            mse = metrics.mse(image, decoded(codec_at(codec, c.step), c.symbols))  # type: ignore[arg-type]
+            if exact_mse == 0.0:
+                return 0.0 if mse == 0.0 else math.inf
+            return 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
 
         def within_both(c: Choice) -> bool:
             return c.achieved <= value and drop(c) <= limit
@@ -95,15 +99,19 @@ def search(
         if first <= limit:
             return bounded
         # The drop grows about as the step squared: try just below that guess, then further down.
-        guess = top + 0.5 * float(np.log2(limit / max(first, 1e-9))) - 0.05
+        guess = top + 0.5 * math.log2(limit / first) - 0.05 if math.isfinite(first) else top - 0.5
         upper = top
         for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
+            if below <= low:
+                break
             feasible = attempt(below)
             if within_both(feasible):
                 return _largest(attempt, within_both, feasible, upper)
             upper = below
+        if within_both(fine):
+            return _largest(attempt, within_both, fine, upper)
         raise ValueError(
-            f"PSNR drop limit {limit} dB is out of reach: a step 16 times finer than the first guess misses it"
+            f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {drop(fine):.3f} dB"
         )
     if fine.achieved < value and not _met(kind, value, fine.achieved):
         raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")

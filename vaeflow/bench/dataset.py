@@ -37,9 +37,11 @@ def _image_paths(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _bare_loop(paths: list[Path], threads: int | None = None) -> dict[str, Any]:
+def _bare_loop(paths: list[Path], threads: int | None = None, barrier: Any = None) -> dict[str, Any]:
     runtime = vaeflow.RuntimeOptions(threads=threads) if threads else None
     vaeflow.compress(read_rgb(paths[0]), runtime=runtime)  # load the model before timing
+    if barrier is not None:  # processes side by side start timing together
+        barrier.wait()
     start = time.perf_counter()
     total = 0
     for path in paths:
@@ -54,10 +56,12 @@ def bare(folder: Path) -> dict[str, Any]:
 def hardware_scaling(folder: Path) -> dict[str, float]:
     """images/s of two one-core bare loops side by side over one: what 2 processes can gain here."""
     paths = _image_paths(folder)
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+    spawn = get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
         single = pool.submit(_bare_loop, paths, 1).result()
-    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        halves = [pool.submit(_bare_loop, paths[i::2], 1) for i in range(2)]
+    with spawn.Manager() as manager, ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        barrier = manager.Barrier(2)
+        halves = [pool.submit(_bare_loop, paths[i::2], 1, barrier) for i in range(2)]
         pair = [h.result() for h in halves]
     one_rate = single["images"] / single["wall_s"]
     two_rate = len(paths) / max(r["wall_s"] for r in pair)

@@ -101,7 +101,7 @@ def _run_vaeflow(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     size = (image.shape[0], image.shape[1])
     rows = []
     for quality in spec.settings:
-        codec = replace(base, quantize=replace(base.quantize, quality=quality, step=None))
+        codec = replace(base, quantize=base.quantize.with_quality(quality))
         start = time.perf_counter()
         data = codec.entropy_code(codec.quantize_coefficients(coeffs), [size])[0]
         encoded = time.perf_counter()

@@ -54,6 +54,10 @@ class Quantize(Stage):
     max_psnr_drop: float | None = None  # and, with it, the decoded PSNR within this of the exact latent's
 
     def __post_init__(self) -> None:
+        for key in (*SETTINGS[1:], "rounding", "max_psnr_drop"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise PipelineError(f"{key} must be a number, got {value!r}")
         given = [k for k in SETTINGS if getattr(self, k) is not None]
         if len(given) != 1:
             raise PipelineError(f"give exactly one of {', '.join(SETTINGS)}; got {', '.join(given) or 'none'}")
@@ -68,12 +72,11 @@ class Quantize(Stage):
             raise PipelineError(f"step must be a finite number in 1e-6..1e6, got {self.step!r}")
         if not 0.0 < self.rounding <= 0.5:
             raise PipelineError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
-        if self.max_psnr_drop is not None and (
-            self.max_latent_error is None or not (math.isfinite(self.max_psnr_drop) and self.max_psnr_drop > 0)
-        ):
-            raise PipelineError(
-                f"max_psnr_drop must be a positive number given with max_latent_error, got {self.max_psnr_drop!r}"
-            )
+        if self.max_psnr_drop is not None:
+            if self.max_latent_error is None:
+                raise PipelineError("max_psnr_drop works beside max_latent_error; give both")
+            if not (math.isfinite(self.max_psnr_drop) and self.max_psnr_drop > 0):
+                raise PipelineError(f"max_psnr_drop must be a positive number of dB, got {self.max_psnr_drop!r}")
         if self.allocation not in ALLOCATIONS:
             raise PipelineError(f"unknown allocation {self.allocation!r}; choose one of {ALLOCATIONS}")
 
@@ -99,6 +102,10 @@ class Quantize(Stage):
         return replace(
             self, quality=None, step=step, target_bpp=None, target_psnr=None, max_latent_error=None, max_psnr_drop=None
         )
+
+    def with_quality(self, quality: int) -> Quantize:
+        """The same quantizer at a fixed quality, without rate control."""
+        return replace(self.with_step(1.0), quality=quality, step=None)
 
     @property
     def searches_with_image(self) -> bool:
