@@ -153,6 +153,19 @@ def latent_statistics(encode: Any, photos: list[np.ndarray]) -> tuple[np.ndarray
     return mean, std
 
 
+def _earlier_phases(workdir: Path) -> tuple[int, list[str]]:
+    """Steps trained before this phase (from the ``--init`` weights) and their log lines."""
+    import torch
+
+    config = workdir / "config.json"
+    init = json.loads(config.read_text()).get("init") if config.exists() else None
+    if not init or not Path(init).exists():
+        return 0, []
+    prior = int(torch.load(init, weights_only=True).get("steps_trained", 0))
+    log = Path(init).parent / "train-log.tsv"
+    return prior, log.read_text().splitlines() if log.exists() else []
+
+
 def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir: str | None = None) -> Path:
     """Write ``out_dir/name/{encoder,decoder}.onnx`` and register them in ``out_dir/models.toml``.
 
@@ -175,10 +188,14 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
     export(dec, target / "decoder.onnx", LATENT_CHANNELS, "latent", "image")
     # fp16 weights (no optimizer state) let a later session start a new phase with --init
     half = {part: {k: v.half() for k, v in m.state_dict().items()} for part, m in (("encoder", enc), ("decoder", dec))}
-    torch.save({**half, "steps_trained": int(state["step"])}, target / "weights.pt")
+    prior, history = _earlier_phases(Path(workdir))
+    steps = prior + int(state["step"])
+    torch.save({**half, "steps_trained": steps}, target / "weights.pt")
     log = Path(workdir) / "log.tsv"
-    if log.exists():
-        (target / "train-log.tsv").write_text(log.read_text())
+    if log.exists():  # the whole history: earlier phases' log, then this one's with steps counted on
+        lines = [line.split("\t") for line in log.read_text().splitlines() if line]
+        history += [f"{int(row[0]) + prior}\t" + "\t".join(row[1:]) for row in lines]
+        (target / "train-log.tsv").write_text("\n".join(history) + "\n")
     with torch.no_grad():
         mean, std = latent_statistics(lambda x: enc(torch.from_numpy(x)).numpy(), load_photos(data_dir))
     entry = ModelEntry(
@@ -191,7 +208,7 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
         latent_scale=tuple(round(float(1 / s), 6) for s in std),
         latent_shift=tuple(round(float(m), 6) for m in mean),
         license="MIT",
-        description=f"vaeflow's own f8c4 autoencoder, {int(state['step'])} steps on 30 photos",
+        description=f"vaeflow's own f8c4 autoencoder, {steps} steps on 30 photos",
     )
     registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
     if eval_dir is not None:
