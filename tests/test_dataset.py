@@ -231,6 +231,52 @@ def test_add_appends_new_files(source: Path, tmp_path: Path, kodak: list[np.ndar
     assert report.stored == len(GOOD) + 1
 
 
+@pytest.mark.parametrize("crash", ["before the index swap", "between its renames"])
+def test_an_interrupted_add_resumes_without_losing_earlier_rows(
+    crash: str, source: Path, tmp_path: Path, kodak: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from vaeflow.dataset import store as store_io
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    first, clean = tmp_path / "first.zarr", tmp_path / "clean.zarr"
+    compress_dataset(src, first, options=JobOptions(scheduler="sync", progress=False))
+    shutil.copytree(first, clean)
+    Image.fromarray(kodak[0][:50, :60]).save(src / "later.png")
+    add = JobOptions(scheduler="sync", progress=False, add=True)
+    compress_dataset(src, clean, options=add)
+
+    swap = store_io._swap_index
+
+    def crashing_swap(store: Path) -> None:
+        if crash == "between its renames":
+            (store / "index").rename(store / store_io.OLD_INDEX)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_io, "_swap_index", crashing_swap)
+    with pytest.raises(VaeflowError, match="No space left"):
+        compress_dataset(src, first, options=add)
+    monkeypatch.setattr(store_io, "_swap_index", swap)
+    compress_dataset(src, first, options=add)  # the same command again
+    assert tree_bytes(first) == tree_bytes(clean)
+    assert open_store(first).names[-1] == "later.png"
+
+
+def test_dry_run_never_empties_a_store(source: Path, sync_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vaeflow.dataset.job import prepare
+
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(sync_store, store)
+    before = tree_bytes(store)
+    options = JobOptions(scheduler="sync", overwrite=True, progress=False)
+    plan, _ = prepare(source, store, None, 20, None, options, resume=False, dry_run=True)
+    assert len(plan.items) >= len(GOOD) and tree_bytes(store) == before  # planned afresh, nothing removed
+
+
 def test_keep_intermediates_keeps_each_stage(source: Path, tmp_path: Path) -> None:
     import zarr
 

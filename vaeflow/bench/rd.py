@@ -42,9 +42,13 @@ def variants(model: str, refined: str) -> list[Variant]:
     plain = resolve_codec(model, None, "plain")
     best = resolve_codec(model, None, refined)
     allocation = replace(plain, channel=best.channel, quantize=replace(plain.quantize, allocation="decoder"))
+    channels = []  # a preset with other channel mixing: its effect alone, since allocation is calibrated with it
+    if best.channel != plain.channel:
+        channels = [Variant(f"+ {best.channel.transform} channels", replace(plain, channel=best.channel))]
     return [
         Variant("plain", plain),
-        Variant("+ allocation", allocation.calibrated()),
+        *channels,
+        Variant(f"+ allocation ({best.channel.transform} channels)", allocation.calibrated()),
         Variant("+ context", replace(plain, ans=ANS("context"))),
         Variant("+ rdo", replace(plain, quantize=replace(plain.quantize, rdo=True))),
         Variant(f"refined ({refined})", best),

@@ -80,7 +80,9 @@ def run_compress(args: argparse.Namespace) -> int:
         performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
     if args.dry_run:
-        plan, _ = prepare(args.src, args.dst, args.model, args.quality, args.pipeline, options, not args.no_resume)
+        plan, _ = prepare(
+            args.src, args.dst, args.model, args.quality, args.pipeline, options, not args.no_resume, dry_run=True
+        )
         print(plan)
         return 0
     report = compress_dataset(

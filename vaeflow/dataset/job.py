@@ -181,22 +181,26 @@ def prepare(
     pipeline: PipelineLike,
     options: JobOptions,
     resume: bool = True,
+    dry_run: bool = False,
 ) -> tuple[Plan, dict[str, Any]]:
-    """Check settings against any existing store and build the plan; nothing runs yet."""
+    """Check settings against any existing store and build the plan; nothing runs yet.
+
+    With ``dry_run``, a store that the job would replace is left as it is.
+    """
     codec = resolve_codec(model, quality, pipeline)
     name = pipeline if isinstance(pipeline, str) else ("custom" if pipeline is not None else "default")
     settings = codec_settings(codec, name, options.runtime)
-    existing = _existing_store(store, settings, options, resume)
+    existing = _existing_store(store, settings, options, resume, dry_run)
     scanned = scan(src, options.max_pixels)
     if existing is None:
         meta: dict[str, Any] = {"format": store_io.STORE_FORMAT, "version": store_io.STORE_VERSION}
         meta.update(settings=settings, complete=False, generation=0, stored_bytes=0, rows=0)
     elif not existing.get("complete"):
-        meta = existing  # an interrupted run: resume it
+        meta = existing  # an interrupted run: resume it, without the rows stored before an --add
+        known = set(store_io.previous_index(store, int(meta["rows"]))["paths"])
+        scanned = Scan(tuple(i for i in scanned.images if i.path not in known), scanned.skipped)
     elif options.add:
-        from vaeflow.dataset.reader import open_store
-
-        known = set(open_store(store).paths)
+        known = set(store_io.previous_index(store, int(existing["rows"]))["paths"])
         scanned = Scan(tuple(i for i in scanned.images if i.path not in known), scanned.skipped)
         meta = {**existing, "complete": False, "generation": int(existing["generation"]) + 1}
     else:
@@ -207,8 +211,11 @@ def prepare(
     return plan, meta
 
 
-def _existing_store(store: Path, settings: dict[str, Any], options: JobOptions, resume: bool) -> dict[str, Any] | None:
-    """The existing store's attributes if it can be resumed or extended; None to start afresh."""
+def _existing_store(
+    store: Path, settings: dict[str, Any], options: JobOptions, resume: bool, dry_run: bool = False
+) -> dict[str, Any] | None:
+    """The existing store's attributes if it can be resumed or extended; None to start afresh
+    (emptying the store, unless ``dry_run``)."""
     existing = store_io.read_meta(store)
     if existing is None:
         from vaeflow.dataset.lock import LOCK_NAME
@@ -222,13 +229,15 @@ def _existing_store(store: Path, settings: dict[str, Any], options: JobOptions, 
                 f"{store} was written with other settings ({changed}); "
                 "pass --overwrite to replace it, or choose another path"
             )
-        _remove_store(store)
+        if not dry_run:
+            _remove_store(store)
         existing = None
     elif not resume and not existing.get("complete"):
-        _remove_store(store)
+        if not dry_run:
+            _remove_store(store)
         existing = None
-    if options.add and (existing is None or not existing.get("complete")):
-        raise VaeflowError(f"--add needs a finished store at {store}")
+    if options.add and (existing is None or not (existing.get("complete") or existing.get("generation"))):
+        raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
     return existing
 
 
@@ -324,7 +333,7 @@ def _assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work
             yield store_io.Row(entry["path"], shape, entry["ok"], note, data)
 
     new_bytes = sum(entry["nbytes"] for entry in entries.values())
-    total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"])
+    total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], first)
     store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
 
 

@@ -100,15 +100,23 @@ def write_meta(store: Path, meta: dict[str, Any]) -> None:
 
 
 def write_index(
-    store: Path, rows: Iterable[Row], new_bytes: int, skipped: Sequence[tuple[str, str]], total: int = 0
+    store: Path,
+    rows: Iterable[Row],
+    new_bytes: int,
+    skipped: Sequence[tuple[str, str]],
+    total: int = 0,
+    kept_rows: int = 0,
 ) -> int:
-    """Append ``rows`` (in order; ``new_bytes`` of streams in all) after ``total`` stored bytes.
+    """Append ``rows`` (in order; ``new_bytes`` of streams in all) after the first ``kept_rows``
+    rows and ``total`` stored bytes.
 
     Rows may be a generator: streams are written chunk by chunk, so memory stays bounded
-    by the chunk size. Returns the new total of stream bytes.
+    by the chunk size. The new index is built beside the old one and swapped in by
+    renaming folders, so an interrupted append leaves the earlier rows readable and the
+    same call can simply be made again. Returns the new total of stream bytes.
     """
-    root = zarr.open_group(store, mode="a")
-    existing = _existing_index(root, total)
+    root = zarr.open_group(store, mode="a", use_consolidated=False)
+    existing = previous_index(store, kept_rows)
     new_total = total + new_bytes
     if "streams/data" in root and total:
         data = array(root, "streams/data")
@@ -142,13 +150,14 @@ def write_index(
     np.cumsum(all_nbytes, out=offsets[1:])
     pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
     bpp = np.where(all_status == STATUS_OK, 8.0 * all_nbytes / np.maximum(pixels, 1), 0.0).astype(np.float32)
-    index = root.require_group("index")
+    index = root.create_group(NEXT_INDEX, overwrite=True)
     write_text_column(index, "path", paths)
     write_text_column(index, "note", notes)
     _write_array(index, "shape", all_shapes)
     _write_array(index, "nbytes", all_nbytes)
     _write_array(index, "bpp", bpp)
     _write_array(index, "status", all_status)
+    _swap_index(store)
     _write_array(root.require_group("streams"), "offsets", offsets)
     skipped_group = root.require_group("skipped")
     write_text_column(skipped_group, "path", [p for p, _ in skipped])
@@ -156,18 +165,39 @@ def write_index(
     return new_total
 
 
-def _existing_index(root: zarr.Group, total: int) -> dict[str, Any]:
-    if not total or "index" not in root:
-        return {"paths": [], "notes": [], "nbytes": np.zeros(0, np.int64), "shape": np.zeros((0, 2), np.int32),
-                "status": np.zeros(0, np.uint8)}  # fmt: skip
-    index = subgroup(root, "index")
-    return {
+NEXT_INDEX, OLD_INDEX = "index-next", "index-previous"
+
+
+def _swap_index(store: Path) -> None:
+    """``index-next`` becomes ``index``; a crash in between leaves ``index-previous`` to read from."""
+    import shutil
+
+    current, previous = store / "index", store / OLD_INDEX
+    if current.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        current.rename(previous)
+    (store / NEXT_INDEX).rename(current)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def previous_index(store: Path, rows: int) -> dict[str, Any]:
+    """The first ``rows`` rows of the store's index (from the old index if a swap was cut short)."""
+    columns: dict[str, Any] = {"paths": [], "notes": [], "nbytes": np.zeros(0, np.int64),
+                               "shape": np.zeros((0, 2), np.int32), "status": np.zeros(0, np.uint8)}  # fmt: skip
+    if not rows:
+        return columns
+    root = zarr.open_group(store, mode="r", use_consolidated=False)
+    index = subgroup(root, "index" if "index" in root else OLD_INDEX)
+    columns = {
         "paths": read_text_column(index, "path"),
         "notes": read_text_column(index, "note"),
         "nbytes": read(index, "nbytes"),
         "shape": read(index, "shape"),
         "status": read(index, "status"),
     }
+    if any(len(v) < rows for v in columns.values()):
+        raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")
+    return {k: v[:rows] for k, v in columns.items()}
 
 
 def consolidate(store: Path) -> None:
