@@ -76,6 +76,42 @@ def test_modes_are_converted_with_notes(tmp_path: Path, photo: Image.Image, mode
     assert (note is None and not loaded.notes) or any(note in n for n in loaded.notes)
 
 
+def _png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 48-bit RGB PNG (Pillow reads these but cannot write them)."""
+    import struct
+    import zlib
+
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_16_bit_rgb_keeps_its_high_bytes_with_a_note(tmp_path: Path, photo: Image.Image) -> None:
+    deep = np.asarray(photo).astype(np.uint16) * 257 + 100
+    loaded = load_image(_png16(tmp_path / "deep.png", deep))
+    assert "16-bit RGB scaled to 8 bits" in loaded.notes
+    np.testing.assert_array_equal(loaded.pixels, (deep >> 8).astype(np.uint8))
+
+
+def test_formats_outside_the_list_are_refused_whatever_their_extension(tmp_path: Path, photo: Image.Image) -> None:
+    disguised = tmp_path / "icon.png"
+    photo.resize((32, 32)).save(disguised, format="ICO")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        load_image(disguised)
+    eps = tmp_path / "page.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        load_image(eps)
+
+
 def test_palette_transparency_and_icc_and_exif_orientation(tmp_path: Path, photo: Image.Image) -> None:
     palette = photo.convert("P")
     palette.info["transparency"] = 0

@@ -80,6 +80,24 @@ def test_rate_control_hits_bpp(kodak: list[np.ndarray], target: float) -> None:
         assert meta["target"]["kind"] == "bpp" and meta["target"]["achieved"] == pytest.approx(meta["bpp"], rel=1e-6)
 
 
+def test_rate_control_applies_to_every_image_of_a_folder(kodak: list[np.ndarray], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vaeflow.cli.main import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, image in enumerate(kodak[:2]):
+        Image.fromarray(image[:256, :384]).save(src / f"{i}.png")
+    store = tmp_path / "s.zarr"
+    assert main(["compress", str(src), str(store), "--scheduler", "sync", "--no-progress", "--target-bpp", "0.15"]) == 0
+    reader = vaeflow.open_store(store)
+    for i, image in enumerate(kodak[:2]):
+        data = reader.read_stream(f"{i}.png")
+        assert abs(vaeflow.info(data)["bpp"] - 0.15) <= 0.02 * 0.15
+        assert data == vaeflow.compress(image[:256, :384], target_bpp=0.15)
+
+
 def test_rate_control_hits_psnr(kodak: list[np.ndarray]) -> None:
     model = vaeflow.load_model("default")
     for image in kodak[:2]:

@@ -72,13 +72,18 @@ def compress(
     quality (within 0.1 dB); ``info`` then reports the target and what was achieved.
     """
     rgb = as_rgb(image)
-    codec = resolve_codec(model, quality, pipeline)
-    if target_bpp is not None or target_psnr is not None:
-        if (target_bpp is not None and target_psnr is not None) or quality is not None:
-            raise ValueError("give one of quality, target_bpp or target_psnr")
-        quantizer = replace(codec.quantize.with_step(1.0), step=None, target_bpp=target_bpp, target_psnr=target_psnr)
-        codec = replace(codec, quantize=quantizer)
+    codec = with_target(resolve_codec(model, quality, pipeline), quality, target_bpp, target_psnr)
     return codec.run(rgb[None], "ans", runtime, timer)[0]  # type: ignore[no-any-return]
+
+
+def with_target(codec: Codec, quality: int | None, target_bpp: float | None, target_psnr: float | None) -> Codec:
+    """``codec`` under rate control for ``target_bpp`` or ``target_psnr`` (neither: unchanged)."""
+    if target_bpp is None and target_psnr is None:
+        return codec
+    if (target_bpp is not None and target_psnr is not None) or quality is not None:
+        raise ValueError("give one of quality, target_bpp or target_psnr")
+    quantizer = replace(codec.quantize.with_step(1.0), step=None, target_bpp=target_bpp, target_psnr=target_psnr)
+    return replace(codec, quantize=quantizer)
 
 
 def compress_batch(

@@ -3,7 +3,7 @@
 Conversions are documented here and reported as notes:
 - greyscale, palette, CMYK and YCbCr become RGB;
 - an alpha channel is composited onto white;
-- 16-bit and 32-bit integer images are scaled to 8 bits;
+- 16-bit and 32-bit integer images are scaled to 8 bits (16-bit RGB by its high bytes);
 - EXIF orientation is applied; ICC profiles are ignored (pixels are taken as sRGB, and
   the image's notes say so);
 - animated and multi-frame files use their first frame.
@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+# Formats read by content, whatever the extension says; never Pillow's others (EPS, PSD, ...).
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG covers MPO
 DEFAULT_MAX_PIXELS = 256_000_000
 
 
@@ -51,7 +53,7 @@ def open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(path)
+                im = Image.open(path, formats=READ_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageReadError(f"image is over the limit of {max_pixels} pixels ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -89,6 +91,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             frames = int(getattr(im, "n_frames", 1))
             if frames > 1:
                 notes.append(f"first of {frames} frames")
+            if im.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in getattr(im, "tile", ())):
+                notes.append(f"16-bit {im.mode} scaled to 8 bits")  # Pillow keeps each sample's high byte
             im.load()
             return _to_rgb(im, notes)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:

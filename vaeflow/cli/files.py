@@ -68,6 +68,7 @@ def register(commands: Any) -> None:
 def run_compress(args: argparse.Namespace) -> int:
     if args.src.is_file():
         return _compress_file(args)
+    from vaeflow.api import resolve_codec, with_target
     from vaeflow.dataset.job import JobOptions, compress_dataset, prepare
 
     if args.dst is None:
@@ -79,14 +80,16 @@ def run_compress(args: argparse.Namespace) -> int:
         progress=not args.no_progress, runtime=runtime_from(args),
         performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
+    pipeline, quality = args.pipeline, args.quality
+    if args.target_bpp is not None or args.target_psnr is not None:  # the preset, each image's step searched
+        preset = resolve_codec(args.model, None, args.pipeline)
+        pipeline = with_target(preset, quality, args.target_bpp, args.target_psnr)
     if args.dry_run:
-        plan, _ = prepare(
-            args.src, args.dst, args.model, args.quality, args.pipeline, options, not args.no_resume, dry_run=True
-        )
+        plan, _ = prepare(args.src, args.dst, args.model, quality, pipeline, options, not args.no_resume, dry_run=True)
         print(plan)
         return 0
     report = compress_dataset(
-        args.src, args.dst, model=args.model, quality=args.quality, pipeline=args.pipeline,
+        args.src, args.dst, model=args.model, quality=quality, pipeline=pipeline,
         resume=not args.no_resume, options=options,
     )  # fmt: skip
     print(report)
