@@ -87,7 +87,7 @@ def verify_speed(seed_store: Path, target_mb: int, tmp: Path) -> dict[str, float
     )
     big = tmp / "big.zarr"
     store_io.write_index(big, rows, rounds * per_round, [])
-    store_io.write_meta(big, {**reader.meta})
+    store_io.write_meta(big, {**reader.meta, "rows": rounds * len(streams), "stored_bytes": rounds * per_round})
     store_io.consolidate(big)
     report = verify_store(big)
     gigabytes = report.bytes_read / 2**30

@@ -17,6 +17,8 @@ from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
 KINDS = ("image", "latent", "stream")
+MAX_ROWS = 2**31  # images in one store
+MAX_TEXT_BYTES_PER_ROW = 1 << 16  # a path or a note
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,10 @@ def damage(path: Path, what: str) -> Iterator[None]:
         yield
     except VaeflowError:
         raise
-    except (KeyError, ValueError, TypeError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+    except (
+        KeyError, ValueError, TypeError, RuntimeError, OSError, UnicodeDecodeError, IndexError, OverflowError,
+        MemoryError,
+    ) as exc:  # fmt: skip
         raise VaeflowError(f"{path} has a damaged {what}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -54,6 +59,7 @@ class StoreReader:
         self.runtime = runtime
         with damage(self.path, "index"):
             index = subgroup(self._root, "index")
+            self._check_sizes(index)
             self._paths = read_text_column(index, "path")
             self._notes = read_text_column(index, "note")
             self._status = read(index, "status")
@@ -63,6 +69,22 @@ class StoreReader:
             self._data = array(self._root, "streams/data")
         self._rows = {p: i for i, p in enumerate(self._paths)}
         self._check_index()
+
+    def _check_sizes(self, index: zarr.Group) -> None:
+        """Array shapes come from the file too: check them against the row count before reading."""
+        rows = self.meta.get("rows")
+        if not isinstance(rows, int) or not 0 <= rows <= MAX_ROWS:
+            raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
+        expected = {"status": (rows,), "shape": (rows, 2), "bpp": (rows,), "nbytes": (rows,),
+                    "path_offsets": (rows + 1,), "note_offsets": (rows + 1,)}  # fmt: skip
+        for name, shape in expected.items():
+            if array(index, name).shape != shape:
+                raise VaeflowError(f"{self.path} has a damaged index: {name} is not {shape}")
+        for name in ("path_bytes", "note_bytes"):
+            if array(index, name).shape[0] > MAX_TEXT_BYTES_PER_ROW * max(rows, 1):
+                raise VaeflowError(f"{self.path} has a damaged index: {name} is too long for {rows} rows")
+        if array(self._root, "streams/offsets").shape != (rows + 1,):
+            raise VaeflowError(f"{self.path} has a damaged index: stream offsets are not {(rows + 1,)}")
 
     def _check_index(self) -> None:
         """Index values come from the file: check them before any of them is used."""
