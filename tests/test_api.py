@@ -131,6 +131,8 @@ def test_intermediates_are_inspectable(kodak: list[np.ndarray]) -> None:
     symbols = pipeline.run(image, until="quantize")
     assert latent.shape == coeffs.shape == symbols.shape == (1, 4, 8, 12)
     assert symbols.dtype == np.int32
+    np.testing.assert_array_equal(pipeline.run(image[0], until="quantize"), symbols[0])  # one image, one result
+    assert pipeline.run(image[0]) == pipeline.run(image)[0] == vaeflow.compress(image[0])
     with pytest.raises(PipelineError, match="choose one of"):
         pipeline.run(image, until="bogus")
 

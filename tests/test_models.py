@@ -87,10 +87,13 @@ def test_encode_decode_shapes_and_stride_padding(kodak: list[np.ndarray]) -> Non
         model.decode(np.zeros((1, 3, 2, 2), np.float32))
 
 
-def test_reconstruction_of_the_default_model(kodak: list[np.ndarray]) -> None:
+def test_reconstruction_of_the_default_model(kodak_paths: list[Path]) -> None:
+    from vaeflow.imageio import read_rgb
+
     model = vaeflow.load_model("default")
-    psnrs = [metrics.psnr(im, model.decode(model.encode(im[None]))[0]) for im in kodak]
-    assert np.mean(psnrs) > 24.0
+    images = [read_rgb(p) for p in kodak_paths]
+    psnrs = [metrics.psnr(im, model.decode(model.encode(im[None]))[0]) for im in images]
+    assert len(images) == 12 and np.mean(psnrs) >= 26.0  # the floor set for the shipped model, on all of Kodak
 
 
 def test_normalised_latents_have_unit_scale(kodak: list[np.ndarray]) -> None:

@@ -23,7 +23,7 @@ def test_quality_mapping_is_documented_and_monotonic() -> None:
     steps = [quality_to_step(q) for q in range(1, 101)]
     assert all(a > b for a, b in itertools.pairwise(steps))
     assert step_to_quality(quality_to_step(37)) == pytest.approx(37)
-    assert Quantize(quality=None, step=0.3).base_step == 0.3
+    assert Quantize(step=0.3).base_step == 0.3 and Quantize().quality == 50
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_quality_mapping_is_documented_and_monotonic() -> None:
         {"quality": 0},
         {"quality": 101},
         {"quality": 50.5},
-        {"quality": None},
+        {"quality": 50, "step": 0.3},
         {"step": -1.0, "quality": None},
         {"rounding": 0.7},
         {"max_psnr_drop": 0.1},  # only beside a latent error bound

@@ -80,12 +80,19 @@ class Pipeline:
     def run(self, images: np.ndarray, until: str = "ans", runtime: RuntimeOptions | None = None) -> Any:
         """Run the stages forward up to and including ``until``, and return what it gives.
 
-        ``until`` is one of vae (latents), channel, wavelet (coefficients), quantize
-        (symbols) or ans (a list of streams).
+        ``images`` is a batch (N x H x W x 3 uint8) or one image (H x W x 3, H x W), which
+        gives one result. ``until`` is one of vae (latents), channel, wavelet
+        (coefficients), quantize (symbols) or ans (streams).
         """
         if until not in STAGE_ORDER:
             raise PipelineError(f"unknown stage {until!r}; choose one of {STAGE_ORDER}")
-        return self.codec().calibrated().run(images, until, runtime)
+        single = isinstance(images, np.ndarray) and images.ndim in (2, 3)
+        if single:
+            from vaeflow.api import as_rgb
+
+            images = as_rgb(images)[None]
+        out = self.codec().calibrated().run(images, until, runtime)
+        return out[0] if single else out
 
 
 @dataclass

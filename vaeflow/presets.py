@@ -70,7 +70,5 @@ def pipeline_from_dict(data: dict[str, Any], where: str = "pipeline") -> Pipelin
         bad = set(table) - set(allowed)
         if bad:
             raise PipelineError(f"{where}: [{name}] has unknown keys {sorted(bad)}; allowed: {allowed}")
-        if name == "quantize" and "quality" not in table:
-            table = {"quality": None, **table}
         stages.append(cls(**table))
     return Pipeline(tuple(stages), str(data.get("description", "")))

@@ -10,6 +10,7 @@ to the stream as an explicit step, with the target and the figure achieved.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,6 +20,8 @@ import numpy as np
 from vaeflow import metrics
 from vaeflow.models import RuntimeOptions
 from vaeflow.pipeline import Codec
+
+log = logging.getLogger("vaeflow")
 
 BPP_TOLERANCE = 0.02  # relative
 PSNR_TOLERANCE = 0.1  # dB
@@ -129,6 +132,8 @@ def search(
             high = middle
         if abs(candidate.achieved - value) < abs(best.achieved - value):
             best = candidate
+    if not _met(kind, value, best.achieved):  # steps too coarse to land closer: the record says what was reached
+        log.warning("%s target %s met only to %.4g after %d tries", kind, value, best.achieved, MAX_ITERATIONS)
     return best
 
 

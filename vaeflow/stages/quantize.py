@@ -30,7 +30,7 @@ from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.wavelet import Subband
 
-MIN_QUALITY, MAX_QUALITY = 1, 100
+MIN_QUALITY, MAX_QUALITY, DEFAULT_QUALITY = 1, 100, 50
 MAX_SYMBOL = 2**30
 ALLOCATIONS = ("uniform", "decoder")
 SETTINGS = ("quality", "step", "target_bpp", "target_psnr", "max_latent_error")
@@ -43,7 +43,7 @@ class Quantize(Stage):
     input_kind: ClassVar[str] = "coefficients"
     output_kind: ClassVar[str] = "symbols"
 
-    quality: int | None = 50
+    quality: int | None = None  # 50 when no other setting is given
     step: float | None = None
     rounding: float = 0.375
     allocation: str = "uniform"  # or "decoder": steps from the model's calibrated band gains
@@ -59,6 +59,9 @@ class Quantize(Stage):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise PipelineError(f"{key} must be a number, got {value!r}")
         given = [k for k in SETTINGS if getattr(self, k) is not None]
+        if not given:
+            object.__setattr__(self, "quality", DEFAULT_QUALITY)
+            given = ["quality"]
         if len(given) != 1:
             raise PipelineError(f"give exactly one of {', '.join(SETTINGS)}; got {', '.join(given) or 'none'}")
         target = self.target
