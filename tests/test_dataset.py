@@ -117,7 +117,14 @@ def test_latents_and_batches(sync_store: Path) -> None:
     for names, values in store.iter_batches(batch_size=4, kind="latent"):
         seen += names
         assert len(values) == len(names)
+        for name, value in zip(names, values, strict=True):
+            np.testing.assert_array_equal(value, store.read_latent(name))
     assert seen == store.names
+    for names, streams in store.iter_batches(batch_size=3, kind="stream"):
+        assert streams == [store.read_stream(n) for n in names]
+    assert [(n, size, nbytes) for n, size, nbytes, _ in store.entries()] == [
+        (n, tuple(store.info(n)["shape"]), len(store.read_stream(n))) for n in store.names
+    ]
 
 
 def test_distributed_run_is_byte_identical_to_sync(source: Path, sync_store: Path, tmp_path: Path, cluster) -> None:  # type: ignore[no-untyped-def]

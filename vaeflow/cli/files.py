@@ -162,10 +162,8 @@ def run_ls(args: argparse.Namespace) -> int:
         for path, reason in store.skipped:
             print(f"{path}\tskipped: {reason}", file=sys.stderr)
         return 0
-    for name in store.names:
-        meta = store.info(name)
-        h, w = meta["shape"]
-        print(f"{name}\t{w}x{h}\t{meta['n_bytes']}\t{meta['bpp']:.4f}")
+    for name, (h, w), nbytes, bpp in store.entries():
+        print(f"{name}\t{w}x{h}\t{nbytes}\t{bpp:.4f}")
     return 0
 
 

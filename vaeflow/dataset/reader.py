@@ -153,6 +153,24 @@ class StoreReader:
         with damage(self.path, f"stream data of {name!r}"):
             return np.asarray(self._data[start:end]).tobytes()
 
+    def read_streams(self, names: list[str]) -> list[bytes]:
+        """Several streams with one read of the data they span (neighbours in the index are
+        neighbours in the data, so a batch in index order reads little more than it needs)."""
+        rows = [self._row(n) for n in names]
+        if not rows:
+            return []
+        low, high = int(self._offsets[min(rows)]), int(self._offsets[max(rows) + 1])
+        with damage(self.path, "stream data"):
+            span = np.asarray(self._data[low:high]).tobytes()
+        return [span[int(self._offsets[r]) - low : int(self._offsets[r + 1]) - low] for r in rows]
+
+    def entries(self) -> Iterator[tuple[str, tuple[int, int], int, float]]:
+        """(name, (height, width), bytes, bpp) of each stored image, from the index alone."""
+        for row, (path, status) in enumerate(zip(self._paths, self._status, strict=True)):
+            if status == STATUS_OK:
+                size = (int(self.shapes[row, 0]), int(self.shapes[row, 1]))
+                yield path, size, int(self._offsets[row + 1] - self._offsets[row]), float(self._bpp[row])
+
     def read_image(self, name: str) -> np.ndarray:
         return decompress(self.read_stream(name), runtime=self.runtime)
 
@@ -168,11 +186,15 @@ class StoreReader:
         """Yield (names, values) in index order; values are stacked when their shapes agree."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-        reader: Any = {"image": self.read_image, "latent": self.read_latent, "stream": self.read_stream}[kind]
+        decode: Any = {
+            "image": lambda data: decompress(data, runtime=self.runtime),
+            "latent": decompress_latent,
+            "stream": lambda data: data,
+        }[kind]
         names = self.names
         for start in range(0, len(names), batch_size):
             chunk = names[start : start + batch_size]
-            values: list[Any] = [reader(n) for n in chunk]
+            values: list[Any] = [decode(data) for data in self.read_streams(chunk)]
             if kind != "stream" and len({v.shape for v in values}) == 1:
                 yield chunk, np.stack(values)
             else:
