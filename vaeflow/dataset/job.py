@@ -334,6 +334,8 @@ def _assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work
 
     new_bytes = sum(entry["nbytes"] for entry in entries.values())
     total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], first)
+    for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
+        store_io.sync_files(plan.store / part)
     store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
 
 

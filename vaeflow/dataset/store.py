@@ -200,6 +200,18 @@ def previous_index(store: Path, rows: int) -> dict[str, Any]:
     return {k: v[:rows] for k, v in columns.items()}
 
 
+def sync_files(root: Path) -> None:
+    """fsync every file and folder under ``root``, so that what a marker points at survives a power loss."""
+    import os
+
+    for path in [root, *root.rglob("*")]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def consolidate(store: Path) -> None:
     import warnings
 
