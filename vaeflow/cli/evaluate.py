@@ -63,7 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
             where = f"from {cross:.3f} bpp" if cross is not None else "nowhere in the common range"
             text += f"\nvaeflow's MS-SSIM is at least {anchor['name']}'s {where}"
     (args.out / "bd_rate.txt").write_text(text + "\n")
-    report = write_report(doc, args.out / "report.html", args.model, args.crop_image)
+    report = write_report(doc, args.out / "report.html", args.model, args.crop_image, args.pipeline)
     print(text)
     print(f"results: {results_path}; plots: {', '.join(str(p) for p in plots)}; report: {report}")
     return 0

@@ -7,6 +7,7 @@ again when a report needs pictures.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from dataclasses import dataclass
@@ -26,8 +27,14 @@ def check_baselines(names: list[str]) -> None:
     for name in names:
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+        if name == "avif" and not features.check("avif"):
+            with contextlib.suppress(ImportError):
+                import pillow_avif  # noqa: F401  # Pillow before 11.3: AVIF through the plugin
+            if "AVIF" in Image.SAVE:
+                continue
         if not features.check(name if name != "jpeg" else "jpg"):
-            raise ValueError(f"this Pillow cannot write {name.upper()}")
+            hint = " (Pillow 11.3 or later, or pillow-avif-plugin, can)" if name == "avif" else ""
+            raise ValueError(f"this Pillow cannot write {name.upper()}{hint}")
 
 
 def pillow_encode(image: np.ndarray, name: str, quality: int) -> bytes:
@@ -116,12 +123,14 @@ def _decode(data: bytes) -> np.ndarray:
     return decompress(data)
 
 
-def reconstruct(image: np.ndarray, codec: str, setting: int, model: str = "default") -> tuple[np.ndarray, int]:
+def reconstruct(
+    image: np.ndarray, codec: str, setting: int, model: str = "default", pipeline: str | None = None
+) -> tuple[np.ndarray, int]:
     """The decoded image and its size in bytes, for pictures in a report."""
     if codec == "vaeflow":
         from vaeflow.api import compress
 
-        data = compress(image, model=model, quality=setting)
+        data = compress(image, model=model, quality=setting, pipeline=pipeline)
         return _decode(data), len(data)
     data = pillow_encode(image, codec, setting)
     return pillow_decode(data), len(data)

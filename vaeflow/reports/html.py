@@ -34,7 +34,7 @@ def _nearest(entry: dict[str, Any], bpp: float, image: str) -> int:
     return int(np.argmin([abs(b - bpp) for b in series]))
 
 
-def crops_section(doc: dict[str, Any], image_name: str, model: str) -> str:
+def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: str | None = None) -> str:
     """Original, vaeflow at its middle setting, and each baseline at about the same bpp."""
     folder = Path(doc["dataset"]["path"])
     image = read_rgb(folder / image_name)
@@ -48,7 +48,7 @@ def crops_section(doc: dict[str, Any], image_name: str, model: str) -> str:
     for entry in doc["codecs"]:
         index = setting_index if entry is vf else _nearest(entry, target_bpp, image_name)
         setting = int(entry["settings"][index])
-        decoded, n_bytes = codecs.reconstruct(image, entry["codec"], setting, model)
+        decoded, n_bytes = codecs.reconstruct(image, entry["codec"], setting, model, pipeline)
         bpp = 8 * n_bytes / (image.shape[0] * image.shape[1])
         psnr = entry["per_image"][image_name]["psnr-rgb"][index]
         cells.append((f"{entry['name']} q{setting}", decoded[window], f"{bpp:.3f} bpp, {psnr:.2f} dB"))
@@ -104,7 +104,9 @@ font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}figu
 figcaption{font-size:12px;text-align:center}.row{display:flex;flex-wrap:wrap}"""
 
 
-def write_report(doc: dict[str, Any], path: Path, model: str = "default", crop_image: str | None = None) -> Path:
+def write_report(
+    doc: dict[str, Any], path: Path, model: str = "default", crop_image: str | None = None, pipeline: str | None = None
+) -> Path:
     image = crop_image or doc["dataset"]["images"][0]
     body = [
         f"<h1>vaeflow evaluation: {html.escape(doc['dataset']['path'])}</h1>",
@@ -115,7 +117,7 @@ def write_report(doc: dict[str, Any], path: Path, model: str = "default", crop_i
         figure_svg(rd_figure(doc)),
         "<h2>BD-rate</h2>",
         bd_section(doc),
-        crops_section(doc, image, model),
+        crops_section(doc, image, model, pipeline),
         "<h2>Per image, near vaeflow's middle setting</h2>",
         per_image_table(doc),
     ]
