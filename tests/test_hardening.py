@@ -7,7 +7,9 @@ import errno
 import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,6 +233,34 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path:
     (store / LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7, "heartbeat": 0}))
     assert compress_dataset(src, store, options=SYNC).stored == 1
     assert not (store / LOCK_NAME).exists()
+
+
+def _contend(store: Path, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        with StoreLock(store):
+            results.append(os.getpid())
+            time.sleep(2.0)  # hold it while the others try
+    except StoreLockedError:
+        pass
+
+
+def test_of_jobs_racing_for_a_stale_lock_exactly_one_gets_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager:
+        barrier, results = manager.Barrier(4), manager.list()
+        racers = [spawn.Process(target=_contend, args=(store, barrier, results)) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        assert len(results) == 1, list(results)
+    assert not (store / LOCK_NAME).exists() and not list(store.glob(f"{LOCK_NAME}.*"))
 
 
 class _Crash(BaseException):

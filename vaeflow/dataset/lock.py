@@ -45,22 +45,41 @@ class StoreLock:
         self._thread: threading.Thread | None = None
         self._owner = {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def _write(self, exclusive: bool) -> None:
-        record = json.dumps({**self._owner, "heartbeat": time.time()})
-        if exclusive:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    def _record(self) -> str:
+        return json.dumps({**self._owner, "heartbeat": time.time()})
+
+    def _create(self) -> bool:
+        """Create the lock file with its content in one step (a hard link); False if it exists."""
+        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(self._record())
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: create exclusively, then write
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
             with os.fdopen(fd, "w") as fh:
-                fh.write(record)
-            return
+                fh.write(self._record())
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _refresh(self) -> None:
         tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
-        tmp.write_text(record)
+        tmp.write_text(self._record())
         tmp.replace(self.path)
 
-    def _stale(self) -> bool:
+    def _stale(self, raw: bytes) -> bool:
         try:
-            held = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return True  # unreadable or half-written: nobody can be heartbeating it
+            held = json.loads(raw)
+        except ValueError:
+            return True  # unreadable: nobody can be heartbeating it
+        if not isinstance(held, dict):
+            return True
         if held.get("host") == self._owner["host"] and not _alive(int(held.get("pid", -1))):
             return True
         if time.time() - float(held.get("heartbeat", 0)) > STALE_AFTER:
@@ -73,18 +92,39 @@ class StoreLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._write(exclusive=True)
-        except FileExistsError:
-            if self._stale():
-                self._write(exclusive=False)
+        if not self._create():
+            self._take_over()
         self._thread = threading.Thread(target=self._beat, name="vaeflow-lock", daemon=True)
         self._thread.start()
+
+    def _take_over(self) -> None:
+        """Replace a stale lock; of two jobs doing so at once, one gets it and the other is refused."""
+        taken = StoreLockedError(f"{self.path.parent} was just taken by another job")
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        if raw:
+            self._stale(raw)  # raises while its owner lives
+            aside = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                raise taken from None
+            moved = aside.read_bytes()
+            if moved != raw:  # that was another job's fresh lock: give it back
+                with contextlib.suppress(OSError):
+                    os.link(aside, self.path)
+                aside.unlink(missing_ok=True)
+                raise taken
+            aside.unlink(missing_ok=True)
+        if not self._create():
+            raise taken
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):
             with contextlib.suppress(OSError):  # a full disk must not stop the heartbeat; the job reports it
-                self._write(exclusive=False)
+                self._refresh()
 
     def release(self) -> None:
         self._stop.set()
