@@ -236,6 +236,8 @@ def test_add_appends_new_files(source: Path, tmp_path: Path, kodak: list[np.ndar
     assert reader.names[-1] == "later.png" and len(reader.names) == len(GOOD) + 1
     assert reader.read_stream("later.png") == vaeflow.compress(kodak[0][:50, :60])
     assert report.stored == len(GOOD) + 1
+    assert report.bytes_out == len(reader.read_stream("later.png"))  # the summary's figures are this run's
+    assert report.bytes_in == (src / "later.png").stat().st_size
 
 
 @pytest.mark.parametrize("crash", ["before the index swap", "between its renames"])

@@ -192,9 +192,14 @@ def test_hostile_names_in_an_index_are_refused(tmp_path: Path, photo: Image.Imag
         assert not (tmp_path / "evil.png").exists()
 
 
-def test_disk_full_stops_the_job_resumably(
-    kodak_paths: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("code", "where"),
+    [(errno.ENOSPC, "work store"), (errno.EACCES, "work store"), (errno.ENOSPC, "final index")],
+)
+def test_a_full_disk_or_a_permission_error_stops_the_job_resumably(
+    code: int, where: str, kodak_paths: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from vaeflow.dataset import store as store_io
     from vaeflow.dataset import work
 
     src = tmp_path / "src"
@@ -203,36 +208,27 @@ def test_disk_full_stops_the_job_resumably(
         Image.open(p).crop((0, 0, 96, 64)).save(src / p.name)
     clean = tmp_path / "clean.zarr"
     compress_dataset(src, clean, options=JobOptions(scheduler="sync", progress=False, batch_size=1))
-    original = work.WorkStore.write_streams
-    calls = []
+    fault = OSError(code, os.strerror(code))
+    if where == "work store":
+        original, calls = work.WorkStore.write_streams, []
 
-    def full(self: work.WorkStore, key: str, streams: list[bytes]) -> None:
-        calls.append(key)
-        if len(calls) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, key, streams)
+        def failing(self: work.WorkStore, key: str, streams: list[bytes]) -> None:
+            calls.append(key)
+            if len(calls) == 3:
+                raise fault
+            original(self, key, streams)
 
-    monkeypatch.setattr(work.WorkStore, "write_streams", full)
+        monkeypatch.setattr(work.WorkStore, "write_streams", failing)
+    else:
+        monkeypatch.setattr(store_io, "_swap_index", lambda store: (_ for _ in ()).throw(fault))
     store = tmp_path / "s.zarr"
-    with pytest.raises(StoreWriteError, match=r"No space left.*run the same command again to resume"):
+    with pytest.raises(StoreWriteError, match=rf"{os.strerror(code)}.*run the same command again to resume"):
         compress_dataset(src, store, options=JobOptions(scheduler="sync", progress=False, batch_size=1))
     assert not (store / LOCK_NAME).exists()
-    monkeypatch.setattr(work.WorkStore, "write_streams", original)
+    monkeypatch.undo()
     report = compress_dataset(src, store, options=JobOptions(scheduler="sync", progress=False, batch_size=1))
-    assert report.resumed_batches == 2
+    assert report.resumed_batches == (2 if where == "work store" else 4)
     assert tree_bytes(store) == tree_bytes(clean)
-
-
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path: Path, photo: Image.Image) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    photo.save(src / "a.png")
-    store = tmp_path / "s.zarr"
-    with StoreLock(store), pytest.raises(StoreLockedError, match="being written by process"):
-        compress_dataset(src, store, options=SYNC)
-    (store / LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7, "heartbeat": 0}))
-    assert compress_dataset(src, store, options=SYNC).stored == 1
-    assert not (store / LOCK_NAME).exists()
 
 
 def _contend(store: Path, barrier: Any, results: Any) -> None:

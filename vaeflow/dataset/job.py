@@ -160,6 +160,8 @@ def compress_dataset(
     options = options or JobOptions()
     if workers is not None:
         options = JobOptions(**{**options.__dict__, "workers": workers})
+    if client is None and options.scheduler == "sync" and options.performance_report:
+        raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
     from vaeflow.dataset.lock import StoreLock
 
     with StoreLock(Path(store)):
@@ -347,9 +349,10 @@ def _report_from_store(report: JobReport, store: Path, plan: Plan | None = None)
     report.stored, report.failed, report.skipped = summary["images"], summary["failed"], summary["skipped"]
     report.images = report.stored + report.failed
     report.bytes_out, report.pixels = summary["bytes"], summary["pixels"]
-    stored = set(reader.names)
-    if plan is not None:
-        report.bytes_in = sum(i.size_bytes for i in plan.items if i.path in stored)
+    if plan is not None and plan.items:  # bytes in, out and bpp of this run's images (an --add codes only some)
+        planned = {i.path: i.size_bytes for i in plan.items}
+        coded = [(planned[name], nbytes, h * w) for name, (h, w), nbytes, _ in reader.entries() if name in planned]
+        report.bytes_in, report.bytes_out, report.pixels = (sum(c[k] for c in coded) for k in range(3))
     return report
 
 
