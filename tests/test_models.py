@@ -188,3 +188,23 @@ def test_tae_family_imports_from_safetensors(vaeflow_home: Path, tmp_path: Path,
     latent = model.encode(np.full((1, 40, 56, 3), 128, np.uint8))
     assert model.latent_channels == channels and latent.shape == (1, channels, 5, 7)
     assert model.decode(latent).shape == (1, 40, 56, 3)
+
+
+def test_sessions_are_pinned_and_providers_checked(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import onnxruntime as ort
+
+    with caplog.at_level(logging.INFO, logger="vaeflow"):
+        model = vaeflow.load_model("default", RuntimeOptions(threads=1, providers=("auto",)))
+        options = model.encoder.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPU"
+    assert expected in model.encoder.provider and f"on {model.encoder.provider}" in caplog.text
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ModelError, match=r"not available; available: \["):
+            vaeflow.load_model("default", RuntimeOptions(providers=("CUDAExecutionProvider",))).encode(
+                np.zeros((1, 8, 8, 3), np.uint8)
+            )
