@@ -273,6 +273,64 @@ def test_an_interrupted_add_resumes_without_losing_earlier_rows(
     assert open_store(first).names[-1] == "later.png"
 
 
+def test_no_resume_never_throws_away_finished_images(
+    source: Path, tmp_path: Path, kodak: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from vaeflow.dataset import store as store_io
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    store = tmp_path / "s.zarr"
+    compress_dataset(src, store, options=JobOptions(scheduler="sync", progress=False))
+    Image.fromarray(kodak[0][:50, :60]).save(src / "later.png")
+    add = JobOptions(scheduler="sync", progress=False, add=True)
+    monkeypatch.setattr(store_io, "_swap_index", lambda store: (_ for _ in ()).throw(OSError(28, "No space")))
+    with pytest.raises(VaeflowError):
+        compress_dataset(src, store, options=add)
+    monkeypatch.undo()
+    for options, resume in ((add, False), (JobOptions(scheduler="sync", progress=False), False)):
+        with pytest.raises(VaeflowError, match=r"earlier runs|finished store"):
+            compress_dataset(src, store, options=options, resume=resume)
+    assert store_io.previous_index(store, len(GOOD) + 2)["paths"]  # the finished rows are still there
+    compress_dataset(src, store, options=add)
+    assert open_store(store).names[-1] == "later.png"
+
+
+def test_a_store_from_before_a_new_setting_can_still_be_extended(source: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import zarr
+
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    store = tmp_path / "s.zarr"
+    compress_dataset(src, store, options=JobOptions(scheduler="sync", progress=False))
+    root = zarr.open_group(store, mode="a")
+    meta = dict(root.attrs["vaeflow"])
+    del meta["settings"]["codec"]["quantize"]["max_psnr_drop"]  # as written before that option existed
+    root.attrs["vaeflow"] = meta
+    (src / "later.png").write_bytes((src / "img1.png").read_bytes())
+    report = compress_dataset(src, store, options=JobOptions(scheduler="sync", progress=False, add=True))
+    assert report.stored == len(GOOD) + 1
+
+
+def test_a_store_is_readable_once_it_says_it_is_complete(
+    source: Path, sync_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaeflow.dataset import job
+
+    store = tmp_path / "s.zarr"
+    monkeypatch.setattr(job, "_finish", lambda store, options: (_ for _ in ()).throw(OSError(28, "No space")))
+    with pytest.raises(VaeflowError):
+        compress_dataset(source, store, options=JobOptions(scheduler="sync", progress=False))
+    assert open_store(store).names == open_store(sync_store).names  # complete, consolidated, work store left
+    monkeypatch.undo()
+    compress_dataset(source, store, options=JobOptions(scheduler="sync", progress=False))
+    assert tree_bytes(store) == tree_bytes(sync_store)
+
+
 def test_dry_run_never_empties_a_store(source: Path, sync_store: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -77,7 +77,7 @@ def verify_speed(seed_store: Path, target_mb: int, tmp: Path) -> dict[str, float
     """Build a store of about ``target_mb`` MB from a real store's streams, then verify it."""
     reader = vaeflow.open_store(seed_store)
     streams = [reader.read_stream(n) for n in reader.names]
-    shapes = [tuple(int(v) for v in reader.shapes[i]) for i, _ in enumerate(reader.names)]
+    shapes = [size for _, size, _, _ in reader.entries()]
     per_round = sum(len(s) for s in streams)
     rounds = max(1, (target_mb << 20) // per_round)
     rows = (

@@ -39,8 +39,8 @@ def register(commands: Any) -> None:
     job.add_argument("--no-progress", action="store_true")
     job.add_argument("--report", type=Path, default=None, help="save Dask's performance report (HTML) of the job")
     p.add_argument("--trace", type=Path, default=None, help="write a Chrome trace-event file of every stage")
-    p.add_argument("--target-bpp", type=float, default=None, help="one image: search the step for this bpp")
-    p.add_argument("--target-psnr", type=float, default=None, help="one image: search the step for this PSNR")
+    p.add_argument("--target-bpp", type=float, default=None, help="search each image's step for this bpp")
+    p.add_argument("--target-psnr", type=float, default=None, help="search each image's step for this PSNR")
     p.set_defaults(run=run_compress)
 
     p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")

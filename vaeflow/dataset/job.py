@@ -130,7 +130,9 @@ class JobReport:
             f"{self.store}: {self.stored} of {self.images} images stored, {self.failed} failed, "
             f"{self.skipped} other files skipped"
             + (f" ({self.resumed_batches} batches resumed from a previous run)" if self.resumed_batches else ""),
-            f"  bytes in {self.bytes_in:,}, out {self.bytes_out:,}, ratio {ratio:.1f}x, {self.mean_bpp:.3f} bpp",
+            f"  bytes in {self.bytes_in:,}, out {self.bytes_out:,}, ratio {ratio:.1f}x, {self.mean_bpp:.3f} bpp"
+            if self.bytes_out
+            else "  nothing new to code",
             f"  wall time {self.wall_s:.1f} s; slowest stage {slowest}; stage time: {shares or '-'}",
         ]
         if self.failed:
@@ -224,23 +226,38 @@ def _existing_store(
 
         if store.exists() and (not store.is_dir() or any(p.name != LOCK_NAME for p in store.iterdir())):
             raise VaeflowError(f"{store} exists and is not a vaeflow store; choose another path")
-    elif existing.get("settings") != settings:
+        if options.add:
+            raise VaeflowError(f"--add needs a finished store at {store}")
+        return None
+    changed = _differences(_given(existing.get("settings")), _given(settings))
+    earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
+    if options.add and changed:
+        raise VaeflowError(f"--add needs the store's own settings; {store} differs in {changed}")
+    if options.add and not (existing.get("complete") or existing.get("generation")):
+        raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
+    if changed:
         if not options.overwrite:
-            changed = _differences(existing["settings"], settings)
             raise VaeflowError(
                 f"{store} was written with other settings ({changed}); "
                 "pass --overwrite to replace it, or choose another path"
             )
-        if not dry_run:
-            _remove_store(store)
-        existing = None
-    elif not resume and not existing.get("complete"):
-        if not dry_run:
-            _remove_store(store)
-        existing = None
-    if options.add and (existing is None or not (existing.get("complete") or existing.get("generation"))):
-        raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
-    return existing
+    elif resume or existing.get("complete"):
+        return existing
+    elif earlier_rows and not options.overwrite:  # --no-resume on an interrupted --add: finished images too
+        raise VaeflowError(
+            f"{store} holds images from earlier runs; run the same command again to finish the interrupted "
+            "--add, or pass --overwrite with --no-resume to start the whole store over"
+        )
+    if not dry_run:
+        _remove_store(store)
+    return None
+
+
+def _given(settings: Any) -> Any:
+    """Settings without the keys left at None, so that options added later compare equal when unused."""
+    if isinstance(settings, dict):
+        return {k: _given(v) for k, v in settings.items() if v is not None}
+    return settings
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> str:
@@ -266,8 +283,9 @@ def execute(plan: Plan, meta: dict[str, Any], options: JobOptions, executor: Exe
     start = time.perf_counter()
     report = JobReport(plan.store, dashboard_link=executor.dashboard_link)
     if meta.get("complete"):
+        _finish(plan.store, options)  # in case an earlier run stopped between its last steps
         report.wall_s = time.perf_counter() - start
-        return _report_from_store(report, plan.store)
+        return _report_from_store(report, plan.store, plan)
     from vaeflow import __version__
 
     meta = {**meta, "vaeflow_version": __version__}
@@ -300,9 +318,7 @@ def execute(plan: Plan, meta: dict[str, Any], options: JobOptions, executor: Exe
 
         executor.run(ctx, pending, on_done)
     _assemble(plan, meta, markers, work)
-    if not options.keep_intermediates:
-        work.remove()
-    store_io.consolidate(plan.store)
+    _finish(plan.store, options)
     report.wall_s = time.perf_counter() - start
     for marker in markers.values():
         for stage, begin, end, _pid in marker["spans"]:
@@ -338,7 +354,16 @@ def _assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work
     total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], first)
     for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
         store_io.sync_files(plan.store / part)
+    store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
     store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
+    store_io.fsync(plan.store / "zarr.json")
+
+
+def _finish(store: Path, options: JobOptions) -> None:
+    """Drop the work store (unless kept) and consolidate what is left; safe to repeat."""
+    if not options.keep_intermediates:
+        WorkStore(store).remove()
+    store_io.consolidate(store)
 
 
 def _report_from_store(report: JobReport, store: Path, plan: Plan | None = None) -> JobReport:
@@ -349,7 +374,7 @@ def _report_from_store(report: JobReport, store: Path, plan: Plan | None = None)
     report.stored, report.failed, report.skipped = summary["images"], summary["failed"], summary["skipped"]
     report.images = report.stored + report.failed
     report.bytes_out, report.pixels = summary["bytes"], summary["pixels"]
-    if plan is not None and plan.items:  # bytes in, out and bpp of this run's images (an --add codes only some)
+    if plan is not None:  # bytes in, out and bpp of this run's images (an --add codes only some; a rerun none)
         planned = {i.path: i.size_bytes for i in plan.items}
         coded = [(planned[name], nbytes, h * w) for name, (h, w), nbytes, _ in reader.entries() if name in planned]
         report.bytes_in, report.bytes_out, report.pixels = (sum(c[k] for c in coded) for k in range(3))

@@ -3,7 +3,8 @@
 ``STORE/.vaeflow.lock`` holds the owner's host, pid and a heartbeat time refreshed every
 few seconds while the job runs. Another job is refused while the owner lives; the lock is
 taken over when its process is gone (same host) or its heartbeat is older than
-``STALE_AFTER`` seconds (any host).
+``STALE_AFTER`` seconds (any host). The lock file is created with its content in one step,
+and takeovers pass one at a time through ``.vaeflow.lock.breaker``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from vaeflow.errors import VaeflowError
 LOCK_NAME = ".vaeflow.lock"
 HEARTBEAT_EVERY = 5.0
 STALE_AFTER = 60.0
+EMPTY_STALE_AFTER = 10.0  # an empty lock file older than this was left by a crash
+BREAKER_STALE_AFTER = 30.0
 
 
 class StoreLockedError(VaeflowError):
@@ -74,15 +77,23 @@ class StoreLock:
         tmp.replace(self.path)
 
     def _stale(self, raw: bytes) -> bool:
+        """Whether the lock whose content is ``raw`` may be taken over; raises while its owner lives."""
+        if not raw:  # being written (file systems without hard links), or left so by a crash
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return True
+            if age > EMPTY_STALE_AFTER:
+                return True
+            raise StoreLockedError(f"{self.path.parent} is being locked by another job")
         try:
             held = json.loads(raw)
-        except ValueError:
+            pid, heartbeat = int(held.get("pid", -1)), float(held.get("heartbeat", 0))
+        except (ValueError, TypeError, AttributeError):
             return True  # unreadable: nobody can be heartbeating it
-        if not isinstance(held, dict):
+        if held.get("host") == self._owner["host"] and not _alive(pid):
             return True
-        if held.get("host") == self._owner["host"] and not _alive(int(held.get("pid", -1))):
-            return True
-        if time.time() - float(held.get("heartbeat", 0)) > STALE_AFTER:
+        if time.time() - heartbeat > STALE_AFTER:
             return True
         raise StoreLockedError(
             f"{self.path.parent} is being written by process {held.get('pid')} on {held.get('host')}; "
@@ -98,28 +109,36 @@ class StoreLock:
         self._thread.start()
 
     def _take_over(self) -> None:
-        """Replace a stale lock; of two jobs doing so at once, one gets it and the other is refused."""
-        taken = StoreLockedError(f"{self.path.parent} was just taken by another job")
+        """Replace a stale lock. Takeovers go one at a time through a breaker file, and the lock is
+        judged again under it, so of jobs racing for a stale lock exactly one gets it."""
+        breaker = self.path.with_name(f"{LOCK_NAME}.breaker")
+        if not self._claim(breaker):
+            raise StoreLockedError(f"{self.path.parent} is being taken over by another job")
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            raw = b""
-        if raw:
-            self._stale(raw)  # raises while its owner lives
-            aside = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
             try:
-                os.rename(self.path, aside)
+                raw = self.path.read_bytes()
             except FileNotFoundError:
-                raise taken from None
-            moved = aside.read_bytes()
-            if moved != raw:  # that was another job's fresh lock: give it back
-                with contextlib.suppress(OSError):
-                    os.link(aside, self.path)
-                aside.unlink(missing_ok=True)
-                raise taken
-            aside.unlink(missing_ok=True)
-        if not self._create():
-            raise taken
+                raw = b"{}"  # released meanwhile: free to take
+            self._stale(raw)
+            self._refresh()  # an atomic replace: the lock path never disappears
+        finally:
+            breaker.unlink(missing_ok=True)
+
+    @staticmethod
+    def _claim(breaker: Path) -> bool:
+        for _ in range(2):
+            try:
+                os.close(os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return True
+            except FileExistsError:
+                try:
+                    age = time.time() - breaker.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age <= BREAKER_STALE_AFTER:
+                    return False
+                breaker.unlink(missing_ok=True)  # left by a job that died while taking over
+        return False
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_EVERY):

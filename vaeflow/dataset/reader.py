@@ -55,6 +55,11 @@ class StoreReader:
         meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
+        if meta.get("complete") is not True:
+            raise VaeflowError(
+                f"{self.path} is not a finished vaeflow store: a job is writing it or was interrupted "
+                "(run the same command again to finish it)"
+            )
         self.meta = meta
         self.runtime = runtime
         with damage(self.path, "index"):

@@ -22,6 +22,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from vaeflow.errors import VaeflowError
+
 STORE_FORMAT = "vaeflow-store"
 STORE_VERSION = 1
 DATA_CHUNK = 4 << 20
@@ -178,6 +180,8 @@ def _swap_index(store: Path) -> None:
         current.rename(previous)
     (store / NEXT_INDEX).rename(current)
     shutil.rmtree(previous, ignore_errors=True)
+    sync_files(current)
+    fsync(store)  # the renames themselves
 
 
 def previous_index(store: Path, rows: int) -> dict[str, Any]:
@@ -187,6 +191,8 @@ def previous_index(store: Path, rows: int) -> dict[str, Any]:
     if not rows:
         return columns
     root = zarr.open_group(store, mode="r", use_consolidated=False)
+    if "index" not in root and OLD_INDEX not in root:
+        raise VaeflowError(f"{store} records {rows} rows but has no index: the store is damaged")
     index = subgroup(root, "index" if "index" in root else OLD_INDEX)
     columns = {
         "paths": read_text_column(index, "path"),
@@ -201,15 +207,26 @@ def previous_index(store: Path, rows: int) -> dict[str, Any]:
 
 
 def sync_files(root: Path) -> None:
-    """fsync every file and folder under ``root``, so that what a marker points at survives a power loss."""
+    """fsync ``root`` and every file and folder under it, so that what a marker points at survives
+    a power loss."""
+    for path in [root, *root.rglob("*")]:
+        fsync(path)
+
+
+def fsync(path: Path) -> None:
+    """fsync one file or folder (a folder: its entries); file systems that cannot fsync a folder
+    (EINVAL) are let off."""
+    import errno
     import os
 
-    for path in [root, *root.rglob("*")]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (exc.errno == errno.EINVAL and path.is_dir()):
+            raise
+    finally:
+        os.close(fd)
 
 
 def consolidate(store: Path) -> None:

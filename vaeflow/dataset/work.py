@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from vaeflow.dataset.plan import Batch, Plan
-from vaeflow.dataset.store import sync_files
+from vaeflow.dataset.store import fsync, sync_files
 
 WORK_DIR = "_work"
 STAGE_ARRAYS = ("rgb", "latent", "coefficients", "symbols")
@@ -91,6 +91,7 @@ class WorkStore:
         if data.size:
             arr[:] = data
         sync_files(self.root / "streams" / key)  # before the batch's marker says they are there
+        fsync(self.root / "streams")
 
     def read_streams(self, key: str) -> bytes:
         path = self.root / "streams" / key
@@ -106,11 +107,7 @@ class WorkStore:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
-        folder = os.open(path.parent, os.O_RDONLY)  # the rename itself, too
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        fsync(path.parent)  # the rename itself, too
 
     def count_attempt(self, key: str) -> int:
         """Record one more attempt at a batch, durably; returns how many there have been."""
