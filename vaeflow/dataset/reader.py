@@ -36,7 +36,7 @@ def damage(path: Path, what: str) -> Iterator[None]:
         raise
     except (
         KeyError, ValueError, TypeError, RuntimeError, OSError, UnicodeDecodeError, IndexError, OverflowError,
-        MemoryError,
+        MemoryError, AttributeError,
     ) as exc:  # fmt: skip
         raise VaeflowError(f"{path} has a damaged {what}: {type(exc).__name__}: {exc}") from exc
 
@@ -50,7 +50,9 @@ class StoreReader:
         self.path = Path(path)
         try:
             self._root = zarr.open_consolidated(self.path, mode="r")
-        except (FileNotFoundError, ValueError, KeyError, TypeError, zarr.errors.GroupNotFoundError) as exc:
+        except (
+            FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError
+        ) as exc:  # fmt: skip  # zarr raises all of these on damaged metadata
             raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
         meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:

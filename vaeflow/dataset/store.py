@@ -90,8 +90,8 @@ def read_meta(store: Path) -> dict[str, Any] | None:
     """The store's vaeflow attributes, or None if ``store`` holds no vaeflow store."""
     try:
         group = zarr.open_group(store, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return None
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # no store, or metadata too damaged to be one
     meta = group.attrs.get("vaeflow")
     return dict(meta) if isinstance(meta, dict) else None
 
