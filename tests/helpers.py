@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path: two stores are byte-identical when these are equal."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def image_folder(root: Path, images: list[np.ndarray], height: int, width: int) -> Path:
+    """``root/src`` holding ``0.png``, ``1.png``, ... : the top-left height x width of each image."""
+    from PIL import Image
+
+    src = root / "src"
+    src.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[:height, :width]).save(src / f"{i}.png")
+    return src

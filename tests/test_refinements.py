@@ -167,12 +167,9 @@ def test_refined_codec_beats_the_plain_one_on_real_images(kodak: list[np.ndarray
 
 
 def test_dataset_job_with_a_rate_controlled_preset_matches_compress(kodak: list[np.ndarray], tmp_path: Path) -> None:
-    from PIL import Image
+    from .helpers import image_folder
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, image in enumerate(kodak[:2]):
-        Image.fromarray(image[:96, :128]).save(src / f"{i}.png")
+    src = image_folder(tmp_path, kodak[:2], 96, 128)
     store = tmp_path / "s.zarr"
     vaeflow.compress_dataset(
         src, store, pipeline="latent-store", options=vaeflow.JobOptions(scheduler="sync", progress=False)

@@ -81,14 +81,11 @@ def test_rate_control_hits_bpp(kodak: list[np.ndarray], target: float) -> None:
 
 
 def test_rate_control_applies_to_every_image_of_a_folder(kodak: list[np.ndarray], tmp_path: Path) -> None:
-    from PIL import Image
-
     from vaeflow.cli.main import main
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, image in enumerate(kodak[:2]):
-        Image.fromarray(image[:256, :384]).save(src / f"{i}.png")
+    from .helpers import image_folder
+
+    src = image_folder(tmp_path, kodak[:2], 256, 384)
     store = tmp_path / "s.zarr"
     assert main(["compress", str(src), str(store), "--scheduler", "sync", "--no-progress", "--target-bpp", "0.15"]) == 0
     reader = vaeflow.open_store(store)
