@@ -20,8 +20,8 @@ def test_bpp() -> None:
     assert metrics.bpp(1000, (512, 768, 3)) == pytest.approx(8000 / (512 * 768))
 
 
-def test_ssim_matches_scikit_image(kodak: list[np.ndarray]) -> None:
-    a = kodak[0]
+def test_ssim_matches_scikit_image(photos: list[np.ndarray]) -> None:
+    a = photos[0]
     b = np.clip(a.astype(int) + np.random.default_rng(0).integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
     ours = metrics.ssim(a, b)
     reference = structural_similarity(
@@ -42,8 +42,8 @@ def test_ms_ssim_of_flat_images_is_the_luminance_term() -> None:
     assert metrics.ms_ssim(a, a) == pytest.approx(1.0)
 
 
-def test_ms_ssim_falls_with_distortion(kodak: list[np.ndarray]) -> None:
-    a = kodak[0]
+def test_ms_ssim_falls_with_distortion(photos: list[np.ndarray]) -> None:
+    a = photos[0]
     rng = np.random.default_rng(0)
     values = []
     for noise in (2, 8, 32):

@@ -1,40 +1,45 @@
 """vaeflow: compress image datasets through a learned latent codec, as a Dask dataflow into zarr."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-from vaeflow.api import compress, compress_batch, decompress, decompress_latent, info
-from vaeflow.dataset.job import JobOptions, JobReport, compress_dataset
+from vaeflow.codec.api import compress, compress_batch, decompress, decompress_latent, info, resolve_codec
+from vaeflow.codec.codec import Codec
+from vaeflow.codec.presets import load_pipeline
+from vaeflow.dataset.job import ClusterOptions, JobOptions, JobReport, compress_dataset
 from vaeflow.dataset.reader import StoreReader, open_store
-from vaeflow.errors import CorruptStreamError, ModelError, PipelineError, VaeflowError
-from vaeflow.models import RuntimeOptions, load_model
-from vaeflow.pipeline import Codec, Pipeline
-from vaeflow.presets import load_pipeline
-from vaeflow.stages.channel import ChannelTransform, Hadamard
-from vaeflow.stages.entropy import ANS
-from vaeflow.stages.postfilter import PostFilter
-from vaeflow.stages.quantize import Quantize
-from vaeflow.stages.vae import VAE
-from vaeflow.stages.wavelet import Wavelet
+from vaeflow.errors import CorruptStreamError, ImageReadError, ModelError, PipelineError, VaeflowError
+from vaeflow.models import ModelRef, RuntimeOptions, load_model
+from vaeflow.resources import vaeflow_version
+from vaeflow.stages import (
+    VAE,
+    ChannelTransform,
+    Entropy,
+    Hadamard,
+    Pipeline,
+    PostFilter,
+    Quantize,
+    RateTarget,
+    Wavelet,
+)
 
-try:
-    __version__ = version("vaeflow")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
+__version__ = vaeflow_version()
 
 __all__ = [
-    "ANS",
     "VAE",
     "ChannelTransform",
+    "ClusterOptions",
     "Codec",
     "CorruptStreamError",
+    "Entropy",
     "Hadamard",
+    "ImageReadError",
     "JobOptions",
     "JobReport",
     "ModelError",
+    "ModelRef",
     "Pipeline",
     "PipelineError",
     "PostFilter",
     "Quantize",
+    "RateTarget",
     "RuntimeOptions",
     "StoreReader",
     "VaeflowError",
@@ -49,4 +54,5 @@ __all__ = [
     "load_model",
     "load_pipeline",
     "open_store",
+    "resolve_codec",
 ]

@@ -15,3 +15,7 @@ class ModelError(VaeflowError):
 
 class PipelineError(VaeflowError):
     """A pipeline whose stages do not fit together, or an unknown preset or parameter."""
+
+
+class ImageReadError(VaeflowError):
+    """An image file that cannot be read or converted; the message says why."""

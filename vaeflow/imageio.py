@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vaeflow.errors import ImageReadError, VaeflowError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
 # Formats read by content, whatever the extension says; never Pillow's others (EPS, PSD, ...).
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG covers MPO
-DEFAULT_MAX_PIXELS = 256_000_000
+DEFAULT_MAX_PIXELS = 256_000_000  # per image file read (decompression bombs)
 
-
-class ImageReadError(ValueError):
-    """An image file that cannot be read or converted; the message says why."""
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageReadError", "LoadedImage", "as_rgb", "list_images",
+           "load_image", "read_header", "read_rgb", "write_png"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,38 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> LoadedImage:
         notes.append(f"{mode} converted to RGB")
     rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return LoadedImage(np.ascontiguousarray(rgb), tuple(notes))
+
+
+def list_images(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted by name; the first ``limit`` of them.
+
+    For whole datasets (recursive, with every other entry reported), a job scans the folder instead.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VaeflowError(f"{folder} is not a folder of images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not paths:
+        raise VaeflowError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def as_rgb(image: object) -> np.ndarray:
+    """Check and convert one image array to HxWx3 uint8; HxW and HxWx1 greyscale become RGB."""
+    accepted = "accepted: a uint8 array of shape (H, W, 3), (H, W) or (H, W, 1) with H, W >= 1"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}; {accepted}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image has dtype {image.dtype}; {accepted} (scale floats to 0..255 and cast first)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image has shape {image.shape}; {accepted}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty, shape {image.shape}; {accepted}")
+    return np.ascontiguousarray(image)
 
 
 def write_png(path: str | Path, pixels: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -48,7 +49,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ssim_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term at one scale (11-tap Gaussian, sigma 1.5)."""
-    from scipy.ndimage import gaussian_filter
 
     def blur(x: np.ndarray) -> np.ndarray:
         return gaussian_filter(x, sigma=(1.5, 1.5, 0), truncate=3.5, mode="reflect")

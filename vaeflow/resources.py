@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -13,6 +14,13 @@ def data_dir(packaged: str, source: str, marker: str) -> Path:
         if (candidate / marker).exists():
             return candidate
     return _PACKAGE / packaged
+
+
+def vaeflow_version() -> str:
+    try:
+        return version("vaeflow")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
 
 
 def shipped_models_dir() -> Path:

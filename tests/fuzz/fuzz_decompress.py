@@ -10,12 +10,15 @@ belongs in tests/fuzz/corpus/ as a regression case.
 
 import contextlib
 import sys
+from pathlib import Path
 
 import atheris
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for benchmarks.fuzz
+
 with atheris.instrument_imports():
     import vaeflow
-    from vaeflow.bench.fuzz import recompute_crcs
+    from benchmarks.fuzz import recompute_crcs
 
 
 def test_one_input(data: bytes) -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import atheris
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for benchmarks.fuzz
+
 with atheris.instrument_imports():
     import vaeflow
-    from vaeflow.bench.fuzz import build_seed_store, store_target
+    from benchmarks.fuzz import build_seed_store, store_target
 
 ROOT = Path(tempfile.mkdtemp())
 SEED = build_seed_store(ROOT)

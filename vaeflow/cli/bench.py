@@ -1,4 +1,4 @@
-"""vaeflow bench codec | models: benchmarks that print figures."""
+"""vaeflow bench ...: benchmarks that print figures against same-run baselines (from a source checkout)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from vaeflow.cli.tools import checkout_module
 
 
 def register(commands: Any) -> None:
@@ -59,8 +61,7 @@ def _write_json(path: Path | None, result: dict[str, Any]) -> None:
 
 
 def run_codec(args: argparse.Namespace) -> int:
-    from vaeflow.bench import codec
-
+    codec = checkout_module("benchmarks", "codec", "dev")
     qualities = [int(q) for q in args.qualities.split(",")]
     result = codec.run(args.images, qualities, args.model, args.limit)
     print(codec.report(result))
@@ -69,8 +70,7 @@ def run_codec(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from vaeflow.bench import models
-
+    models = checkout_module("benchmarks", "models", "dev")
     result = models.run(args.images, args.models.split(","), args.limit, big=not args.no_big)
     print(models.report(result))
     _write_json(args.json, result)
@@ -78,8 +78,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_dataset(args: argparse.Namespace) -> int:
-    from vaeflow.bench import dataset
-
+    dataset = checkout_module("benchmarks", "dataset", "dev")
     result = dataset.run(args.images, args.copies)
     print(dataset.report(result))
     _write_json(args.json, result)
@@ -87,8 +86,7 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 
 def run_rd(args: argparse.Namespace) -> int:
-    from vaeflow.bench import rd
-
+    rd = checkout_module("benchmarks", "rd", "dev")
     pairs = [tuple(item.split(":", 1)) if ":" in item else (item, "default") for item in args.models.split(",")]
     result = rd.run(args.images, pairs, args.limit, [b for b in args.baselines.split(",") if b])  # type: ignore[arg-type]
     print(rd.report(result))
@@ -97,8 +95,7 @@ def run_rd(args: argparse.Namespace) -> int:
 
 
 def run_chaos(args: argparse.Namespace) -> int:
-    from vaeflow.bench import chaos
-
+    chaos = checkout_module("benchmarks", "chaos", "dev")
     result = chaos.run(args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb)
     print(chaos.report(result))
     _write_json(args.json, result)

@@ -6,6 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vaeflow.dataset.job import ClusterOptions
+from vaeflow.reports import results
+from vaeflow.reports.evaluate import evaluate
+from vaeflow.reports.html import write_report
+from vaeflow.reports.plots import save_rd_plot
+from vaeflow.reports.tables import bd_table, crossover_bpp, format_bd_table
+
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
@@ -29,12 +36,6 @@ def register(commands: Any) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from vaeflow.reports import results
-    from vaeflow.reports.evaluate import evaluate
-    from vaeflow.reports.html import write_report
-    from vaeflow.reports.plots import save_rd_plot
-    from vaeflow.reports.tables import bd_table, crossover_bpp, format_bd_table
-
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     if args.reuse:
@@ -46,11 +47,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.scheduler == "sync":
             doc = evaluate(args.src, args.qualities, baselines, **kwargs)  # type: ignore[arg-type]
         else:
-            from vaeflow.dataset.graph import client_mapper, cluster_client
-            from vaeflow.dataset.job import JobOptions
+            from vaeflow.dataset.distributed import client_mapper, cluster_client  # Dask only when asked for
 
-            options = JobOptions(scheduler=args.scheduler, workers=args.workers)
-            with cluster_client(None, options) as (client, _, _):
+            with cluster_client(None, ClusterOptions(scheduler=args.scheduler, workers=args.workers)) as (client, _, _):
                 doc = evaluate(args.src, args.qualities, baselines, mapper=client_mapper(client, "eval"), **kwargs)  # type: ignore[arg-type]
         results.save(doc, results_path)
     plots = save_rd_plot(doc, args.out)

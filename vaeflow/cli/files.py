@@ -10,7 +10,13 @@ from typing import Any
 
 import vaeflow
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
+from vaeflow.codec.api import rate_target, resolve_codec
+from vaeflow.dataset.decompress import decompress_store
+from vaeflow.dataset.job import ClusterOptions, JobOptions, compress_dataset, plan_job
+from vaeflow.dataset.verify import verify_store
 from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
+from vaeflow.reports.trace import write_trace
+from vaeflow.timing import StageTimer
 
 STREAM_SUFFIX = ".vfl"
 EXIT_SOME_FAILED = 3
@@ -68,41 +74,33 @@ def register(commands: Any) -> None:
 def run_compress(args: argparse.Namespace) -> int:
     if args.src.is_file():
         return _compress_file(args)
-    from vaeflow.api import resolve_codec, with_target
-    from vaeflow.dataset.job import JobOptions, compress_dataset, prepare
-
     if args.dst is None:
         raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
     options = JobOptions(
         batch_size=args.batch_size, overwrite=args.overwrite, add=args.add,
-        keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels, scheduler=args.scheduler,
-        workers=args.workers, threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+        keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels,
         progress=not args.no_progress, runtime=runtime_from(args),
-        performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
-    pipeline, quality = args.pipeline, args.quality
-    if args.target_bpp is not None or args.target_psnr is not None:  # the preset, each image's step searched
-        preset = resolve_codec(args.model, None, args.pipeline)
-        pipeline = with_target(preset, quality, args.target_bpp, args.target_psnr)
+    cluster = ClusterOptions(
+        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit, performance_report=str(args.report) if args.report else None,
+    )  # fmt: skip
+    target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
     if args.dry_run:
-        plan, _ = prepare(args.src, args.dst, args.model, quality, pipeline, options, not args.no_resume, dry_run=True)
-        print(plan)
+        codec = resolve_codec(args.model, args.quality, args.pipeline, target)
+        print(plan_job(args.src, args.dst, codec, args.pipeline or "default", options, not args.no_resume))
         return 0
     report = compress_dataset(
-        args.src, args.dst, model=args.model, quality=quality, pipeline=pipeline,
-        resume=not args.no_resume, options=options,
+        args.src, args.dst, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,
+        resume=not args.no_resume, options=options, cluster=cluster,
     )  # fmt: skip
     print(report)
     if args.trace:
-        from vaeflow.reports.trace import write_trace
-
         print(f"trace of {len(report.spans)} task spans in {write_trace(report.spans, args.trace)}")
     return 0 if report.ok else EXIT_SOME_FAILED
 
 
 def _compress_file(args: argparse.Namespace) -> int:
-    from vaeflow.pipeline import StageTimer
-
     loaded = load_image(args.src, args.max_pixels)
     timer = StageTimer()
     data = vaeflow.compress(
@@ -117,8 +115,6 @@ def _compress_file(args: argparse.Namespace) -> int:
     reached = f", {target['kind']} {target['achieved']:.3f} for target {target['value']:g}" if target else ""
     print(f"{args.src} -> {dst}: {len(data)} bytes, {meta['bpp']:.3f} bpp{reached}{notes}")
     if args.trace:
-        from vaeflow.reports.trace import write_trace
-
         write_trace(timer.spans, args.trace)
     return 0
 
@@ -130,16 +126,14 @@ def run_decompress(args: argparse.Namespace) -> int:
         write_png(dst, image)
         print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
         return 0
-    from vaeflow.dataset.decompress import decompress_store
-
     if args.dst is None:
         raise ValueError("decompressing a store needs a destination folder")
     if args.scheduler == "sync":
         written = decompress_store(args.src, args.dst, args.names, runtime_from(args))
     else:
-        from distributed import Client
+        from distributed import Client  # Dask only when decoding on a cluster
 
-        from vaeflow.dataset.graph import client_mapper
+        from vaeflow.dataset.distributed import client_mapper  # Dask, as above
 
         with Client(args.scheduler) as client:
             mapper = client_mapper(client, "decode")
@@ -168,8 +162,6 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from vaeflow.dataset.verify import verify_store
-
     report = verify_store(args.store)
     print(report)
     return 0 if report.ok else EXIT_SOME_FAILED

@@ -12,16 +12,15 @@ import sys
 
 from vaeflow.cli import bench, evaluate, files, models, train
 from vaeflow.errors import VaeflowError
+from vaeflow.resources import vaeflow_version
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 COMMAND_MODULES = (files, models, train, bench, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vaeflow import __version__
-
     parser = argparse.ArgumentParser(prog="vaeflow", description="Learned latent codec for image datasets.")
-    parser.add_argument("--version", action="version", version=f"vaeflow {__version__}")
+    parser.add_argument("--version", action="version", version=f"vaeflow {vaeflow_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, providers)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from vaeflow.codec.calibrate import calibrate_model
 from vaeflow.errors import ModelError
+from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import registry as model_registry
+from vaeflow.models.quality import reconstruction
 from vaeflow.models.registry import ModelEntry, Registry, home_dir
 
 
@@ -69,19 +75,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     try:
-        from vaeflow.nets.tae import import_tae
+        from vaeflow.convert.tae import import_tae  # torch, only for converting weights
     except ImportError as exc:
-        raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[train]' ({exc})") from exc
+        raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[convert]' ({exc})") from exc
     path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license)
     print(f"registered {args.name!r} in {path}")
     if args.eval is not None:
-        from dataclasses import replace
-
-        from vaeflow.bench.codec import load_folder
-        from vaeflow.bench.models import reconstruction
-
         entry = Registry.load().resolve(args.name)
-        figures = reconstruction(args.name, [image for _, image in load_folder(args.eval)])
+        figures = reconstruction(args.name, [read_rgb(p) for p in list_images(args.eval)])
         recorded = replace(entry, recon_psnr=round(figures["psnr"], 3), recon_ms_ssim=round(figures["ms_ssim"], 4))
         model_registry.register(recorded, path)
         print(f"reconstruction on {args.eval}: PSNR {figures['psnr']:.2f} dB, MS-SSIM {figures['ms_ssim']:.4f}")
@@ -110,10 +111,6 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from vaeflow.calibrate import calibrate_model
-
     path, gains = calibrate_model(args.name, args.data, args.channel, args.wavelet, args.levels, args.limit)
     spread = gains.max() / gains.min()
     print(

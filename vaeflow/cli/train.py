@@ -1,10 +1,12 @@
-"""vaeflow train run / export: the default model, trained on CPU (needs the train extra)."""
+"""vaeflow train run / export: vaeflow's own autoencoder, trained on CPU (from a checkout, with the train extra)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
+
+from vaeflow.cli.tools import checkout_module
 
 
 def register(commands: Any) -> None:
@@ -29,18 +31,21 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_export)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from vaeflow.train import TrainConfig, train
+def _training() -> Any:
+    return checkout_module("training", "train", "train")
 
-    cfg = TrainConfig(
-        args.data, args.workdir, steps=args.steps, minutes=args.minutes, threads=args.threads, seed=args.seed
-    )
-    print(json.dumps(train(cfg)))
+
+def run_train(args: argparse.Namespace) -> int:
+    training = _training()
+    cfg = training.TrainConfig(
+        args.data, args.workdir, steps=args.steps, minutes=args.minutes, threads=args.threads, seed=args.seed,
+        lr=args.lr, init=args.init,
+    )  # fmt: skip
+    print(json.dumps(training.train(cfg)))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from vaeflow.train import export_model
-
-    print(f"registered in {export_model(args.workdir, args.data, args.out, args.name, args.eval)}")
+    registry = _training().export_model(args.workdir, args.data, args.out, args.name, args.eval)
+    print(f"registered in {registry}")
     return 0

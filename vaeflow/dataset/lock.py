@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from vaeflow.durable import atomic_write
 from vaeflow.errors import VaeflowError
 
 LOCK_NAME = ".vaeflow.lock"
@@ -72,9 +73,7 @@ class StoreLock:
             tmp.unlink(missing_ok=True)
 
     def _refresh(self) -> None:
-        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
-        tmp.write_text(self._record())
-        tmp.replace(self.path)
+        atomic_write(self.path, self._record())  # a replace: the lock path never disappears
 
     def _stale(self, raw: bytes) -> bool:
         """Whether the lock whose content is ``raw`` may be taken over; raises while its owner lives."""

@@ -1,18 +1,20 @@
-"""The plan of a dataset job: images grouped by padded shape and cut into batches.
+"""The plan of a dataset job: what happens to the store, and the images grouped by padded
+shape and cut into batches.
 
-A plan is built, and every setting checked, before anything runs; ``str(plan)`` prints it.
+A plan is built, and every setting checked, before anything runs, and building it changes
+nothing on disk; ``str(plan)`` prints it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaeflow.codec.codec import Codec
+from vaeflow.dataset.policy import StorePolicy
 from vaeflow.dataset.scan import Scan, ScannedImage
 from vaeflow.errors import PipelineError
-from vaeflow.models import RuntimeOptions, load_model
-from vaeflow.pipeline import Codec
 
 BATCH_PIXEL_BUDGET = 16_000_000  # pixels per VAE run, so that big images get small batches
 
@@ -49,23 +51,34 @@ class Plan:
     store: Path
     codec: Codec
     settings: dict[str, Any]
+    policy: StorePolicy
     items: tuple[Item, ...]
     failed_at_scan: tuple[tuple[Item, str], ...]
     skipped: tuple[tuple[str, str], ...]
     groups: tuple[Group, ...]
     batches: tuple[Batch, ...]
     batch_size: int
-    key_prefix: str = ""
+
+    @property
+    def key_prefix(self) -> str:
+        return self.policy.key_prefix
+
+    @property
+    def first_index(self) -> int:
+        return int(self.policy.meta["rows"])
 
     @property
     def megapixels(self) -> float:
         return sum(b.padded_shape[0] * b.padded_shape[1] * len(b.items) for b in self.batches) / 1e6
 
     def __str__(self) -> str:
+        codec = self.codec
+        setting = f"target {codec.target}" if codec.target else f"quality {codec.quantize.quality}"
+        if codec.target is None and codec.quantize.quality is None:
+            setting = f"step {codec.quantize.step}"
         lines = [
-            f"plan: {self.src} -> {self.store}",
-            f"  model {self.settings['model']} ({self.settings['fingerprint']}), "
-            f"quality {self.settings['codec']['quantize']['quality']}, pipeline {self.settings['pipeline']}",
+            f"plan: {self.src} -> {self.store} ({self.policy.action} the store)",
+            f"  model {codec.model.name} ({codec.model.fingerprint}), {setting}, pipeline {self.settings['pipeline']}",
             f"  images: {len(self.items)} to code, {len(self.failed_at_scan)} unreadable, "
             f"{len(self.skipped)} other files skipped",
             f"  groups: {len(self.groups)} padded shapes; batches: {len(self.batches)} (up to {self.batch_size} each)",
@@ -81,33 +94,19 @@ class Plan:
         return "\n".join(lines)
 
 
-def codec_settings(codec: Codec, pipeline_name: str, runtime: RuntimeOptions | None = None) -> dict[str, Any]:
-    """What must match for a store to be resumed or extended: model identity and every stage."""
-    model = load_model(codec.vae.model, runtime)
-    stages = {s.stage_name: asdict(s) for s in codec.pipeline().stages}  # type: ignore[call-overload]
-    stages["vae"]["model"] = model.name
-    return {"model": model.name, "fingerprint": model.fingerprint, "pipeline": pipeline_name, "codec": stages}
-
-
 def build_plan(
-    scan: Scan,
-    src: Path,
-    store: Path,
-    codec: Codec,
-    settings: dict[str, Any],
-    batch_size: int,
-    first_index: int = 0,
-    key_prefix: str = "",
+    scan: Scan, src: Path, store: Path, codec: Codec, settings: dict[str, Any], policy: StorePolicy, batch_size: int
 ) -> Plan:
     if batch_size < 1:
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-    model = load_model(codec.vae.model)
-    stride = model.downsample
+    stride = codec.model.downsample
+    images = [] if policy.action == "complete" else [i for i in scan.images if i.path not in policy.known]
+    first = int(policy.meta["rows"])
     items: list[Item] = []
     failed: list[tuple[Item, str]] = []
     by_shape: dict[tuple[int, int], list[Item]] = {}
-    for i, scanned in enumerate(scan.images):
-        item = Item(first_index + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes)
+    for i, scanned in enumerate(images):
+        item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes)
         if scanned.error is not None:
             failed.append((item, scanned.error))
             continue
@@ -116,24 +115,24 @@ def build_plan(
     groups, batches = [], []
     for g, shape in enumerate(sorted(by_shape)):
         members = by_shape[shape]
-        latent = model.latent_shape(*shape)
+        latent = codec.model.latent_shape(*shape)
         groups.append(Group(g, shape, latent, len(members)))
         per_batch = max(1, min(batch_size, BATCH_PIXEL_BUDGET // (shape[0] * shape[1])))
         for b, start in enumerate(range(0, len(members), per_batch)):
             chunk = tuple(members[start : start + per_batch])
-            batches.append(Batch(f"{key_prefix}g{g}-b{b}", g, shape, start, chunk))
+            batches.append(Batch(f"{policy.key_prefix}g{g}-b{b}", g, shape, start, chunk))
     return Plan(
         src=src,
         store=store,
         codec=codec,
         settings=settings,
+        policy=policy,
         items=tuple(items),
         failed_at_scan=tuple(failed),
         skipped=scan.skipped,
         groups=tuple(groups),
         batches=tuple(batches),
         batch_size=batch_size,
-        key_prefix=key_prefix,
     )
 
 

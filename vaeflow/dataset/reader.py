@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from vaeflow.api import decompress, decompress_latent, info
+from vaeflow.codec.api import decompress, decompress_latent, info
 from vaeflow.dataset.store import STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
 from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions

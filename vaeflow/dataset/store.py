@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from vaeflow.durable import fsync, sync_tree
 from vaeflow.errors import VaeflowError
 
 STORE_FORMAT = "vaeflow-store"
@@ -172,15 +175,13 @@ NEXT_INDEX, OLD_INDEX = "index-next", "index-previous"
 
 def _swap_index(store: Path) -> None:
     """``index-next`` becomes ``index``; a crash in between leaves ``index-previous`` to read from."""
-    import shutil
-
     current, previous = store / "index", store / OLD_INDEX
     if current.exists():
         shutil.rmtree(previous, ignore_errors=True)
         current.rename(previous)
     (store / NEXT_INDEX).rename(current)
     shutil.rmtree(previous, ignore_errors=True)
-    sync_files(current)
+    sync_tree(current)
     fsync(store)  # the renames themselves
 
 
@@ -206,32 +207,7 @@ def previous_index(store: Path, rows: int) -> dict[str, Any]:
     return {k: v[:rows] for k, v in columns.items()}
 
 
-def sync_files(root: Path) -> None:
-    """fsync ``root`` and every file and folder under it, so that what a marker points at survives
-    a power loss."""
-    for path in [root, *root.rglob("*")]:
-        fsync(path)
-
-
-def fsync(path: Path) -> None:
-    """fsync one file or folder (a folder: its entries); file systems that cannot fsync a folder
-    (EINVAL) are let off."""
-    import errno
-    import os
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if not (exc.errno == errno.EINVAL and path.is_dir()):
-            raise
-    finally:
-        os.close(fd)
-
-
 def consolidate(store: Path) -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr notes that consolidation is not in the v3 spec yet
         zarr.consolidate_metadata(store)

@@ -16,18 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from vaeflow.codec import ratecontrol
+from vaeflow.codec.codec import Codec
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.work import WorkStore
-from vaeflow.imageio import ImageReadError, load_image
+from vaeflow.errors import ImageReadError
+from vaeflow.imageio import load_image
 from vaeflow.models import RuntimeOptions
-from vaeflow.pipeline import Codec
 
 STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
 
 
 @dataclass(frozen=True)
 class TaskContext:
-    """Everything a task needs, small and picklable: the model travels by name."""
+    """Everything a task needs, small and picklable: the model travels as its ``ModelRef``."""
 
     src: str
     store: str
@@ -164,21 +166,19 @@ _fixed_quantize = _stage("_fixed_quantize", "quantize", "coefficients", "symbols
 
 def quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
     """Quantize at the codec's step, or, under rate control, search each image's own step."""
-    if ctx.codec.quantize.target is None:
+    if ctx.codec.target is None:
         return _fixed_quantize(ctx, batch, state)
     return _searched_quantize(ctx, batch, state)
 
 
 @_timed("quantize")
 def _searched_quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    from vaeflow import ratecontrol
-
     which = state.ok_positions()
     if not which:
         return state
     work = WorkStore(ctx.store)
     coeffs = work.read_rows(batch, "coefficients", ctx.prefix, which)
-    needs_image = ctx.codec.quantize.searches_with_image
+    needs_image = ctx.codec.target is not None and ctx.codec.target.searches_with_image
     rgb = work.read_rows(batch, "rgb", ctx.prefix, which) if needs_image else None
     choices: list[tuple[float, float] | None] = [None] * len(batch.items)
     rows, kept = [], []
@@ -208,14 +208,12 @@ def entropy(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
         symbols = work.read_rows(batch, "symbols", ctx.prefix, which)
         sizes = [(batch.items[p].height, batch.items[p].width) for p in which]
         if state.choices:  # rate control: each image at its own step, with its record
-            from vaeflow import ratecontrol
-
             for k, pos in enumerate(which):
                 step, achieved = state.choices[pos]  # type: ignore[misc]
                 choice = ratecontrol.Choice(step, symbols[k : k + 1], achieved)
-                streams[pos] = ratecontrol.record(ctx.codec, choice, sizes[k], ctx.runtime)[0]
+                streams[pos] = ratecontrol.record(ctx.codec, choice, sizes[k])[0]
         else:
-            for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes, ctx.runtime), strict=True):
+            for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes), strict=True):
                 streams[pos] = stream
     work.write_streams(batch.key, streams)
     return replace(state, nbytes=tuple(len(s) for s in streams))

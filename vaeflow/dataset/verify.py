@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaeflow import bitstream
+from vaeflow.codec import format as stream_format
 from vaeflow.dataset.reader import damage, open_store
 from vaeflow.errors import VaeflowError
 
@@ -56,7 +56,7 @@ def verify_store(path: str | Path) -> VerifyReport:
                         store.data[begin : max(end, min(begin + WINDOW, store.data.shape[0]))]
                     ).tobytes()
                 report.bytes_read += len(window)
-            bitstream.unpack(window[begin - window_start : end - window_start])
+            stream_format.unpack(window[begin - window_start : end - window_start])
         except VaeflowError as exc:
             report.damaged.append((name, str(exc)))
     report.seconds = time.perf_counter() - start

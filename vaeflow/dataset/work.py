@@ -9,7 +9,6 @@ chunk (big images per tile); ``streams/{batch}`` (uint8, the batch's streams bac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import zarr
 
 from vaeflow.dataset.plan import Batch, Plan
-from vaeflow.dataset.store import fsync, sync_files
+from vaeflow.durable import atomic_write, atomic_write_json, fsync, sync_tree
 
 WORK_DIR = "_work"
 STAGE_ARRAYS = ("rgb", "latent", "coefficients", "symbols")
@@ -90,7 +89,7 @@ class WorkStore:
         )  # fmt: skip
         if data.size:
             arr[:] = data
-        sync_files(self.root / "streams" / key)  # before the batch's marker says they are there
+        sync_tree(self.root / "streams" / key)  # before the batch's marker says they are there
         fsync(self.root / "streams")
 
     def read_streams(self, key: str) -> bytes:
@@ -100,14 +99,7 @@ class WorkStore:
 
     def mark_done(self, key: str, meta: dict[str, Any]) -> None:
         """Write the batch's marker atomically: the last step of a batch."""
-        path = self.root / "done" / f"{key}.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("w") as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        fsync(path.parent)  # the rename itself, too
+        atomic_write_json(self.root / "done" / f"{key}.json", meta)
 
     def count_attempt(self, key: str) -> int:
         """Record one more attempt at a batch, durably; returns how many there have been."""
@@ -117,12 +109,7 @@ class WorkStore:
             count = int(path.read_text()) + 1
         except (OSError, ValueError):
             count = 1
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with tmp.open("w") as fh:
-            fh.write(str(count))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        atomic_write(path, str(count))
         return count
 
     def done(self, key: str) -> dict[str, Any] | None:

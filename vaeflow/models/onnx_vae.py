@@ -1,7 +1,7 @@
 """Running a registered VAE through ONNX Runtime.
 
 One ``OnnxVAE`` per (model, options) is cached per process by ``load_model``; tasks
-refer to models by name, so sessions are never pickled into a task graph. Sessions use
+refer to models by their ``ModelRef``, so sessions are never pickled into a task graph. Sessions use
 explicit options: ``threads`` intra-op threads, one inter-op thread, no idle spinning,
 full graph optimisation.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vaeflow.errors import ModelError
-from vaeflow.models.registry import ModelEntry, Registry
+from vaeflow.errors import CorruptStreamError, ModelError
+from vaeflow.models.registry import ModelEntry, ModelRef, Registry
 from vaeflow.models.tiling import apply_tiled
 
 log = logging.getLogger("vaeflow")
@@ -51,7 +51,7 @@ class RuntimeOptions:
 
 
 def _session(path: Any, options: RuntimeOptions) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded only when a model runs (reading latents needs none)
 
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
@@ -111,12 +111,13 @@ class OnnxVAE:
     def __init__(self, entry: ModelEntry, options: RuntimeOptions | None = None) -> None:
         self.entry = entry
         self.options = options or RuntimeOptions()
-        self.fingerprint_bytes = entry.fingerprint()
+        self.ref = entry.ref()
+        self.fingerprint_bytes = self.ref.fingerprint_bytes
         self._encoder: _Net | None = None
         self._decoder: _Net | None = None
 
     def __reduce__(self) -> Any:
-        return (load_model, (self.entry.name, self.options))
+        return (load_model, (self.ref, self.options))
 
     name = property(lambda self: self.entry.name)
     latent_channels = property(lambda self: self.entry.latent_channels)
@@ -206,11 +207,32 @@ def _cached(entry: ModelEntry, options: RuntimeOptions, stamp: tuple[int, ...]) 
     return OnnxVAE(entry, options)
 
 
-def load_model(name: str = "default", options: RuntimeOptions | None = None) -> OnnxVAE:
-    """The model registered as ``name``, loaded once per process and options."""
+def load_model(model: str | ModelRef = "default", options: RuntimeOptions | None = None) -> OnnxVAE:
+    """The model registered as ``model``, loaded once per process and options.
+
+    Given a ``ModelRef`` (what a codec, a plan or a stream records), the registry's model of
+    that name must be the same model: another fingerprint is refused, naming both.
+    """
+    name = model.name if isinstance(model, ModelRef) else model
     entry = Registry.load().resolve(name)
+    if isinstance(model, ModelRef):
+        check_ref(model, entry.ref())
     stamp = tuple(_mtime(p) for p in (entry.encoder, entry.decoder))
     return _cached(entry, options or RuntimeOptions(), stamp)
+
+
+def check_ref(wanted: ModelRef, found: ModelRef) -> None:
+    if found.fingerprint != wanted.fingerprint:
+        raise ModelError(
+            f"needs model {wanted.describe()}, but this registry's {wanted.name!r} is {found.describe()}: "
+            "register the same model files under that name (or point VAEFLOW_HOME / VAEFLOW_CONFIG at the "
+            "registry that has them)"
+        )
+    if (found.latent_channels, found.downsample) != (wanted.latent_channels, wanted.downsample):
+        raise CorruptStreamError(
+            f"stream claims {wanted.latent_channels} latent channels at downsample {wanted.downsample}; "
+            f"model {found.name!r} has {found.latent_channels} at {found.downsample}"
+        )
 
 
 def _mtime(path: Any) -> int:

@@ -15,9 +15,11 @@ import hashlib
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from vaeflow.durable import atomic_write
 from vaeflow.errors import ModelError
 from vaeflow.resources import shipped_models_dir
 
@@ -27,6 +29,39 @@ FINGERPRINT_BYTES = 8
 
 def home_dir() -> Path:
     return Path(os.environ.get("VAEFLOW_HOME", Path.home() / ".vaeflow")).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as resolved once: what a codec carries, a plan records and a stream names.
+
+    Workers and decoders load the model by this reference; a registry that resolves the name
+    to other files (another fingerprint) is refused, naming both.
+    """
+
+    name: str
+    fingerprint: str  # hex: the first bytes of the SHA-256 of the decoder file
+    latent_channels: int
+    downsample: int
+
+    @property
+    def fingerprint_bytes(self) -> bytes:
+        return bytes.fromhex(self.fingerprint)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        s = self.downsample
+        return (self.latent_channels, -(-height // s), -(-width // s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelRef:
+        return cls(str(data["name"]), str(data["fingerprint"]), int(data["latent_channels"]), int(data["downsample"]))
+
+    def describe(self) -> str:
+        shape = f"{self.latent_channels} channels, downsample {self.downsample}"
+        return f"{self.name!r} (fingerprint {self.fingerprint}, {shape})"
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,9 @@ class ModelEntry:
         """First bytes of the SHA-256 of the decoder file: what a stream needs to decode."""
         return file_fingerprint(self.decoder)
 
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.fingerprint().hex(), self.latent_channels, self.downsample)
+
     def to_toml_table(self, base: Path) -> dict[str, Any]:
         table = {k: v for k, v in asdict(self).items() if v is not None and k not in ("name", "source")}
         for key in ("encoder", "decoder"):
@@ -108,6 +146,16 @@ class ModelEntry:
 
 
 def file_fingerprint(path: Path) -> bytes:
+    """The file's fingerprint, hashed once per process for each version (size, mtime) of the file."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    return _hashed(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _hashed(path: Path, size: int, mtime_ns: int) -> bytes:
     try:
         digest = hashlib.sha256(path.read_bytes()).digest()
     except OSError as exc:
@@ -122,14 +170,9 @@ class Registry:
 
     @classmethod
     def load(cls) -> Registry:
-        entries: dict[str, ModelEntry] = {}
-        aliases: dict[str, str] = {}
-        for path in registry_files():
-            data = read_registry_file(path)
-            for name, table in data.get("models", {}).items():
-                entries[name] = ModelEntry.from_toml(name, table, path.parent)
-            aliases.update({str(k): str(v) for k, v in data.get("aliases", {}).items()})
-        return cls(entries, aliases)
+        """The registry as its files say now; parsed once per version of those files."""
+        files = registry_files()
+        return _parsed(tuple((f, *_stamp(f)) for f in files))
 
     def names(self) -> list[str]:
         return sorted({*self.entries, *self.aliases})
@@ -139,6 +182,26 @@ class Registry:
         if target not in self.entries:
             raise ModelError(f"unknown model {name!r}; known models: {', '.join(self.names()) or 'none'}")
         return self.entries[target]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _parsed(files: tuple[tuple[Path, int, int], ...]) -> Registry:
+    entries: dict[str, ModelEntry] = {}
+    aliases: dict[str, str] = {}
+    for path, _, _ in files:
+        data = read_registry_file(path)
+        for name, table in data.get("models", {}).items():
+            entries[name] = ModelEntry.from_toml(name, table, path.parent)
+        aliases.update({str(k): str(v) for k, v in data.get("aliases", {}).items()})
+    return Registry(entries, aliases)
 
 
 def registry_files() -> list[Path]:
@@ -167,9 +230,7 @@ def register(entry: ModelEntry, path: Path | None = None, aliases: tuple[str, ..
     data.setdefault("aliases", {}).update({alias: entry.name for alias in aliases})
     models = data.setdefault("models", {})
     models[entry.name] = replace(entry, source=path.parent).to_toml_table(path.parent)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dump_toml(data))
-    tmp.replace(path)
+    atomic_write(path, dump_toml(data))
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, features
 
 from vaeflow import metrics
+from vaeflow.codec.api import compress, decompress, resolve_codec
 from vaeflow.imageio import read_rgb
 
 BASELINES = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
@@ -97,10 +98,6 @@ def _run_baseline(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
 
 def _run_vaeflow(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     """The VAE encoder runs once; each quality then quantizes, codes and decodes on its own."""
-    from dataclasses import replace
-
-    from vaeflow.api import resolve_codec
-
     base = resolve_codec(spec.model, None, spec.pipeline)
     start = time.perf_counter()
     coeffs = base.transform(base.encode_latents(image[None]))
@@ -108,19 +105,13 @@ def _run_vaeflow(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     size = (image.shape[0], image.shape[1])
     rows = []
     for quality in spec.settings:
-        codec = replace(base, quantize=base.quantize.with_quality(quality))
+        codec = base.with_quality(quality)
         start = time.perf_counter()
         data = codec.entropy_code(codec.quantize_coefficients(coeffs), [size])[0]
         encoded = time.perf_counter()
-        decoded = _decode(data)
+        decoded = decompress(data)
         rows.append(_figures(image, decoded, len(data), shared + encoded - start, time.perf_counter() - encoded))
     return _collect(rows)
-
-
-def _decode(data: bytes) -> np.ndarray:
-    from vaeflow.api import decompress
-
-    return decompress(data)
 
 
 def reconstruct(
@@ -128,9 +119,7 @@ def reconstruct(
 ) -> tuple[np.ndarray, int]:
     """The decoded image and its size in bytes, for pictures in a report."""
     if codec == "vaeflow":
-        from vaeflow.api import compress
-
         data = compress(image, model=model, quality=setting, pipeline=pipeline)
-        return _decode(data), len(data)
+        return decompress(data), len(data)
     data = pillow_encode(image, codec, setting)
     return pillow_decode(data), len(data)

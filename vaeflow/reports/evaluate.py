@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaeflow.imageio import IMAGE_SUFFIXES
+from vaeflow.codec.codec import Codec
+from vaeflow.imageio import list_images
 from vaeflow.models import load_model
-from vaeflow.pipeline import Codec
 from vaeflow.reports import codecs
 from vaeflow.reports.results import codec_entry, document
 
@@ -26,13 +26,6 @@ class Variant:
 
     label: str
     pipeline: str | Codec | None = None
-
-
-def image_paths(folder: Path, limit: int | None = None) -> list[Path]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not paths:
-        raise ValueError(f"no images in {folder}")
-    return paths
 
 
 def evaluate(
@@ -49,7 +42,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Every image through each vaeflow variant (by default the one ``pipeline``) and each baseline."""
     codecs.check_baselines(baselines)
-    paths = image_paths(folder, limit)
+    paths = list_images(folder, limit)
     model_name = load_model(model).name
     variants = variants or [Variant(f"vaeflow ({model_name})", pipeline)]
     plan: list[tuple[str, tuple[int, ...], Variant | None]] = [("vaeflow", tuple(qualities), v) for v in variants]

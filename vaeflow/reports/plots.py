@@ -11,10 +11,10 @@ import numpy as np
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # optional (the report extra), only for plots
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # the same optional extra
     except ImportError as exc:
         raise ImportError("plots need matplotlib: pip install 'vaeflow[report]'") from exc
     return plt

@@ -50,7 +50,7 @@ def schema() -> dict[str, Any]:
 def validate(doc: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first problem if ``doc`` does not follow the schema."""
     try:
-        import jsonschema
+        import jsonschema  # optional (the dev extra); without it a smaller check runs
     except ImportError:  # the checks that matter most, without the library
         if doc.get("schema") != SCHEMA_ID or not doc.get("codecs"):
             raise ValueError("not a vaeflow results document") from None

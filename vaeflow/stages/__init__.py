@@ -1,1 +1,26 @@
-"""Pure codec stages: numpy in, numpy out, each a forward/inverse pair with a frozen params dataclass."""
+"""The codec stages, each a frozen dataclass owning its forward, inverse, validation and serialization."""
+
+from vaeflow.stages.base import STAGE_ORDER, Pipeline, Stage
+from vaeflow.stages.channel import ChannelTransform, Hadamard
+from vaeflow.stages.entropy import Entropy
+from vaeflow.stages.postfilter import PostFilter
+from vaeflow.stages.quantize import Quantize
+from vaeflow.stages.target import RateTarget, TargetRecord
+from vaeflow.stages.vae import VAE
+from vaeflow.stages.wavelet import Subband, Wavelet
+
+__all__ = [
+    "STAGE_ORDER",
+    "VAE",
+    "ChannelTransform",
+    "Entropy",
+    "Hadamard",
+    "Pipeline",
+    "PostFilter",
+    "Quantize",
+    "RateTarget",
+    "Stage",
+    "Subband",
+    "TargetRecord",
+    "Wavelet",
+]

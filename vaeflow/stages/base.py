@@ -1,22 +1,111 @@
-"""What every stage's params dataclass shares: its data kinds, its name, and ``|``."""
+"""Stages and their composition: ``VAE() | Hadamard() | Wavelet() | Quantize() | Entropy()``.
+
+Every stage is a small frozen dataclass that owns its parameters' validation, its forward
+and inverse, and its serialization (``to_dict`` / ``from_dict``). A ``Pipeline`` is an
+ordered chain of stages whose data kinds connect, with an optional ``RateTarget``; it is
+the one description of a codec: presets, store settings, ``info`` and stream headers are
+all derived from it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
 
-if TYPE_CHECKING:
-    from vaeflow.pipeline import Pipeline
+from vaeflow.errors import PipelineError
+from vaeflow.stages.target import RateTarget
 
 # The kinds of data that flow between stages, in codec order.
 KINDS = ("image", "latent", "coefficients", "symbols", "streams")
+STAGE_ORDER = ("postfilter", "vae", "channel", "wavelet", "quantize", "entropy")
 
 
 class Stage:
     stage_name: ClassVar[str]
     input_kind: ClassVar[str]
     output_kind: ClassVar[str]
+    types: ClassVar[dict[str, type[Stage]]] = {}
 
-    def __or__(self, other: Any) -> Pipeline:
-        from vaeflow.pipeline import Pipeline
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Stage.types[cls.stage_name] = cls
 
+    def __or__(self, other: Stage | Pipeline) -> Pipeline:
         return Pipeline((self,)) | other
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "pipeline") -> Self:
+        if not isinstance(data, dict):
+            raise PipelineError(f"{where}: [{cls.stage_name}] must be a table of settings, got {data!r}")
+        allowed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        unknown = set(data) - set(allowed)
+        if unknown:
+            raise PipelineError(f"{where}: [{cls.stage_name}] has unknown keys {sorted(unknown)}; allowed: {allowed}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered chain of stages whose data kinds connect, one of each kind of stage."""
+
+    stages: tuple[Stage, ...]
+    target: RateTarget | None = None
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        seen: dict[str, Stage] = {}
+        for stage in self.stages:
+            if not isinstance(stage, Stage):
+                raise PipelineError(f"{stage!r} is not a vaeflow stage")
+            if stage.stage_name in seen:
+                raise PipelineError(
+                    f"pipeline has two {stage.stage_name} stages, {seen[stage.stage_name]!r} and {stage!r}; "
+                    "it takes one of each"
+                )
+            seen[stage.stage_name] = stage
+        for prev, nxt in zip(self.stages, self.stages[1:], strict=False):
+            if prev.output_kind != nxt.input_kind:
+                raise PipelineError(
+                    f"stage {type(nxt).__name__} takes {nxt.input_kind} but the stage before it, "
+                    f"{type(prev).__name__}, produces {prev.output_kind}"
+                )
+        if self.target is not None and not isinstance(self.target, RateTarget):
+            raise PipelineError(f"target must be a RateTarget, got {self.target!r}")
+
+    def __or__(self, other: Stage | Pipeline) -> Pipeline:
+        if isinstance(other, Pipeline):
+            return Pipeline((*self.stages, *other.stages), other.target or self.target, self.description)
+        return Pipeline((*self.stages, other), self.target, self.description)
+
+    def __str__(self) -> str:
+        text = " | ".join(repr(s) for s in self.stages)
+        return f"{text}, aiming for {self.target!r}" if self.target else text
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.stage_name == name), None)
+
+    def with_target(self, target: RateTarget | None) -> Pipeline:
+        return Pipeline(self.stages, target, self.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One table per stage, and the target's when there is one (what a preset file holds)."""
+        out: dict[str, Any] = {s.stage_name: s.to_dict() for s in self.stages}
+        if self.target is not None:
+            out["target"] = self.target.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "pipeline") -> Pipeline:
+        """A pipeline from its tables (any order); unknown sections and keys are refused."""
+        if not isinstance(data, dict):
+            raise PipelineError(f"{where}: a pipeline is a table of stage tables, got {type(data).__name__}")
+        sections = [*STAGE_ORDER, "target", "description"]
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise PipelineError(f"{where}: unknown sections {sorted(unknown)}; allowed: {sections}")
+        stages = tuple(Stage.types[name].from_dict(data[name], where) for name in STAGE_ORDER if name in data)
+        target = RateTarget.from_dict(data["target"], f"{where} [target]") if "target" in data else None
+        return cls(stages, target, str(data.get("description", "")))

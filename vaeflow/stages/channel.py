@@ -26,6 +26,25 @@ class ChannelTransform(Stage):
         if self.transform not in TRANSFORMS:
             raise PipelineError(f"unknown channel transform {self.transform!r}; choose one of {TRANSFORMS}")
 
+    def check(self, channels: int) -> None:
+        """Refuse a channel count this transform cannot take (Hadamard: powers of two)."""
+        if self.transform == "hadamard":
+            hadamard_matrix(channels)
+
+    def forward(self, latents: np.ndarray) -> np.ndarray:
+        _check(latents)
+        if self.transform == "identity":
+            return latents.astype(np.float32, copy=True)
+        h = hadamard_matrix(latents.shape[1])
+        return np.einsum("oc,nchw->nohw", h, latents.astype(np.float64)).astype(np.float32)
+
+    def inverse(self, mixed: np.ndarray) -> np.ndarray:
+        _check(mixed)
+        if self.transform == "identity":
+            return mixed.astype(np.float32, copy=True)
+        h = hadamard_matrix(mixed.shape[1])
+        return np.einsum("co,nchw->nohw", h, mixed.astype(np.float64)).astype(np.float32)
+
 
 @lru_cache(maxsize=16)
 def hadamard_matrix(channels: int) -> np.ndarray:
@@ -34,7 +53,10 @@ def hadamard_matrix(channels: int) -> np.ndarray:
     For 4 channels this is ``[[1,1,1,1],[1,1,-1,-1],[1,-1,-1,1],[1,-1,1,-1]] / 2``.
     """
     if channels < 1 or channels & (channels - 1):
-        raise PipelineError(f"a Hadamard transform needs a power-of-two channel count, got {channels}")
+        raise PipelineError(
+            f"a Hadamard transform needs a power-of-two channel count, got {channels}; "
+            "use the identity channel transform (e.g. the wide-latent preset)"
+        )
     h = np.ones((1, 1))
     while h.shape[0] < channels:
         h = np.block([[h, h], [h, -h]])
@@ -47,22 +69,6 @@ def hadamard_matrix(channels: int) -> np.ndarray:
 def _check(latents: np.ndarray) -> None:
     if latents.ndim != 4:
         raise ValueError(f"expected latents of shape (N, C, h, w), got shape {latents.shape}")
-
-
-def forward(latents: np.ndarray, params: ChannelTransform) -> np.ndarray:
-    _check(latents)
-    if params.transform == "identity":
-        return latents.astype(np.float32, copy=True)
-    h = hadamard_matrix(latents.shape[1])
-    return np.einsum("oc,nchw->nohw", h, latents.astype(np.float64)).astype(np.float32)
-
-
-def inverse(mixed: np.ndarray, params: ChannelTransform) -> np.ndarray:
-    _check(mixed)
-    if params.transform == "identity":
-        return mixed.astype(np.float32, copy=True)
-    h = hadamard_matrix(mixed.shape[1])
-    return np.einsum("co,nchw->nohw", h, mixed.astype(np.float64)).astype(np.float32)
 
 
 def Hadamard() -> ChannelTransform:

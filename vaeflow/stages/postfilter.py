@@ -27,19 +27,19 @@ class PostFilter(Stage):
     sigma: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, int | float):
+            raise PipelineError(f"post-filter sigma must be a number, got {self.sigma!r}")
         if not 0.0 <= self.sigma <= MAX_SIGMA or round(self.sigma / SIGMA_UNIT) * SIGMA_UNIT != self.sigma:
             raise PipelineError(f"post-filter sigma must be a multiple of 1/16 in 0..{MAX_SIGMA}, got {self.sigma!r}")
 
-
-def forward(images: np.ndarray, params: PostFilter) -> np.ndarray:
-    return images
-
-
-def inverse(images: np.ndarray, params: PostFilter) -> np.ndarray:
-    if params.sigma == 0:
+    def forward(self, images: np.ndarray) -> np.ndarray:
         return images
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        blurred = gaussian(image.astype(np.float32), sigma=params.sigma, channel_axis=-1, preserve_range=True)
-        out[i] = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
-    return out
+
+    def inverse(self, images: np.ndarray) -> np.ndarray:
+        if self.sigma == 0:
+            return images
+        out = np.empty_like(images)
+        for i, image in enumerate(images):
+            blurred = gaussian(image.astype(np.float32), sigma=self.sigma, channel_axis=-1, preserve_range=True)
+            out[i] = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+        return out

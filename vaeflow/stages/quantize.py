@@ -26,94 +26,91 @@ from typing import ClassVar
 
 import numpy as np
 
-from vaeflow.errors import PipelineError
+from vaeflow.binary import ByteReader, ByteWriter
+from vaeflow.errors import CorruptStreamError, PipelineError
 from vaeflow.stages.base import Stage
-from vaeflow.stages.wavelet import Subband
+from vaeflow.stages.coders import laplace, rans
+from vaeflow.stages.wavelet import Subband, Wavelet, subbands
 
 MIN_QUALITY, MAX_QUALITY, DEFAULT_QUALITY = 1, 100, 50
 MAX_SYMBOL = 2**30
 ALLOCATIONS = ("uniform", "decoder")
-SETTINGS = ("quality", "step", "target_bpp", "target_psnr", "max_latent_error")
 TABLE_UNITS_PER_OCTAVE = 4
+AllocationTable = tuple[tuple[int, ...], ...]  # (C, every band of the wavelet) int8 log2 weights
 
 
 @dataclass(frozen=True)
 class Quantize(Stage):
+    """What a stream records of its quantizer: the step (by quality or explicit), the deadzone
+    rounding, how steps are allocated across channels and subbands, and whether the encoder
+    ran its rate-distortion pass."""
+
     stage_name: ClassVar[str] = "quantize"
     input_kind: ClassVar[str] = "coefficients"
     output_kind: ClassVar[str] = "symbols"
 
-    quality: int | None = None  # 50 when no other setting is given
+    quality: int | None = None  # 50 when no step is given
     step: float | None = None
     rounding: float = 0.375
     allocation: str = "uniform"  # or "decoder": steps from the model's calibrated band gains
     rdo: bool = False  # encoder-side: trade magnitudes and whole bands for rate (D + lambda R)
-    target_bpp: float | None = None  # rate control: search the step per image for this rate,
-    target_psnr: float | None = None  # or for this PSNR,
-    max_latent_error: float | None = None  # or for the largest step keeping |latent error| below this,
-    max_psnr_drop: float | None = None  # and, with it, the decoded PSNR within this of the exact latent's
 
     def __post_init__(self) -> None:
-        for key in (*SETTINGS[1:], "rounding", "max_psnr_drop"):
+        for key in ("step", "rounding"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise PipelineError(f"{key} must be a number, got {value!r}")
-        given = [k for k in SETTINGS if getattr(self, k) is not None]
-        if not given:
+        if self.quality is None and self.step is None:
             object.__setattr__(self, "quality", DEFAULT_QUALITY)
-            given = ["quality"]
-        if len(given) != 1:
-            raise PipelineError(f"give exactly one of {', '.join(SETTINGS)}; got {', '.join(given) or 'none'}")
-        target = self.target
-        if target is not None and not (math.isfinite(target[1]) and target[1] > 0):
-            raise PipelineError(f"{target[0]} target must be a positive number, got {target[1]!r}")
+        if self.quality is not None and self.step is not None:
+            raise PipelineError(f"give quality or step, not both; got quality {self.quality} and step {self.step}")
         if self.quality is not None and (
-            not isinstance(self.quality, int) or not MIN_QUALITY <= self.quality <= MAX_QUALITY
+            isinstance(self.quality, bool)
+            or not isinstance(self.quality, int)
+            or not MIN_QUALITY <= self.quality <= MAX_QUALITY
         ):
             raise PipelineError(f"quality must be an integer in {MIN_QUALITY}..{MAX_QUALITY}, got {self.quality!r}")
         if self.step is not None and not (math.isfinite(self.step) and 1e-6 <= self.step <= 1e6):
             raise PipelineError(f"step must be a finite number in 1e-6..1e6, got {self.step!r}")
         if not 0.0 < self.rounding <= 0.5:
             raise PipelineError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
-        if self.max_psnr_drop is not None:
-            if self.max_latent_error is None:
-                raise PipelineError("max_psnr_drop works beside max_latent_error; give both")
-            if not (math.isfinite(self.max_psnr_drop) and self.max_psnr_drop > 0):
-                raise PipelineError(f"max_psnr_drop must be a positive number of dB, got {self.max_psnr_drop!r}")
         if self.allocation not in ALLOCATIONS:
             raise PipelineError(f"unknown allocation {self.allocation!r}; choose one of {ALLOCATIONS}")
-
-    @property
-    def target(self) -> tuple[str, float] | None:
-        """(kind, value) of rate control, or None for a fixed quality or step."""
-        for kind, key in (("bpp", "target_bpp"), ("psnr", "target_psnr"), ("latent", "max_latent_error")):
-            value = getattr(self, key)
-            if value is not None:
-                return kind, float(value)
-        return None
+        if not isinstance(self.rdo, bool):
+            raise PipelineError(f"rdo must be true or false, got {self.rdo!r}")
 
     @property
     def base_step(self) -> float:
-        if self.step is not None:
-            return float(self.step)
-        if self.quality is None:
-            raise PipelineError("a rate-controlled quantizer has no fixed step until it has searched one")
-        return quality_to_step(self.quality)
+        return float(self.step) if self.step is not None else quality_to_step(self.quality)  # type: ignore[arg-type]
 
     def with_step(self, step: float) -> Quantize:
         """The same quantizer at an explicit step (what a rate-controlled stream records)."""
-        return replace(
-            self, quality=None, step=step, target_bpp=None, target_psnr=None, max_latent_error=None, max_psnr_drop=None
-        )
+        return replace(self, quality=None, step=step)
 
     def with_quality(self, quality: int) -> Quantize:
-        """The same quantizer at a fixed quality, without rate control."""
-        return replace(self.with_step(1.0), quality=quality, step=None)
+        return replace(self, quality=quality, step=None)
 
-    @property
-    def searches_with_image(self) -> bool:
-        """Whether rate control decodes trials and compares them with the original image."""
-        return self.target_psnr is not None or self.max_psnr_drop is not None
+    def steps(
+        self, bands: tuple[Subband, ...], channels: int, wavelet: Wavelet, table: AllocationTable | None
+    ) -> np.ndarray:
+        """(C, n_bands) steps: by the wavelet's synthesis gains, or by the decoder allocation ``table``."""
+        if self.allocation == "decoder":
+            if table is None:
+                raise PipelineError("decoder allocation needs the model's allocation table")
+            names = [b.name for b in wavelet.all_bands()]
+            weights = table_weights(np.asarray(table)[:, [names.index(b.name) for b in bands]])
+            ones = {b.name: 1.0 for b in bands}  # calibrated gains already include the wavelet's
+            return band_steps(bands, ones, self.base_step, weights)
+        gains = wavelet.synthesis_gains() if wavelet.levels else {bands[0].name: 1.0}
+        return band_steps(bands, gains, self.base_step, np.ones((channels, 1)))
+
+    def forward(self, coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...]) -> np.ndarray:
+        """(N, C, h, w) coefficients -> int32 symbols (with the RDO pass when ``rdo``)."""
+        symbols = quantize(coeffs, steps, bands, self.rounding)
+        return optimize(coeffs, symbols, steps, bands, self.rounding) if self.rdo else symbols
+
+    def inverse(self, symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...]) -> np.ndarray:
+        return dequantize(symbols, steps, bands, self.rounding)
 
 
 STEP_AT_QUALITY_1 = 5.0
@@ -164,14 +161,10 @@ def table_weights(table: np.ndarray) -> np.ndarray:
 
 def pack_table(table: np.ndarray) -> bytes:
     """An allocation table for the payload: each channel's row as differences along the bands
-    (first value as is), entropy-coded as one band; a varint gives the coded length."""
-    from vaeflow.binary import ByteWriter
-    from vaeflow.stages import entropy
-    from vaeflow.stages.wavelet import subbands
-
+    (first value as is), coded by the zeroth-order coder as one band; a varint gives its length."""
     t = np.asarray(table, np.int32)
     deltas = np.concatenate([t[:, :1], np.diff(t, axis=1)], axis=1).reshape(1, 1, -1).astype(np.int32)
-    coded = entropy.encode(deltas, subbands(1, deltas.shape[2], 0), entropy.ANS("laplace"))
+    coded = laplace.encode(deltas, subbands(1, deltas.shape[2], 0))
     out = ByteWriter()
     out.varint(len(coded))
     out.raw(coded)
@@ -180,22 +173,17 @@ def pack_table(table: np.ndarray) -> bytes:
 
 def unpack_table(payload: bytes | memoryview, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """(table, bytes used) from the start of a payload; damage raises CorruptStreamError."""
-    from vaeflow.binary import ByteReader
-    from vaeflow.errors import CorruptStreamError
-    from vaeflow.stages import entropy
-    from vaeflow.stages.wavelet import subbands
-
     reader = ByteReader(payload, "allocation table")
     coded = reader.take(reader.varint(len(payload)))
     n = shape[0] * shape[1]
-    deltas = entropy.decode(coded, (1, 1, n), subbands(1, n, 0), entropy.ANS("laplace")).reshape(shape)
+    deltas = laplace.decode(coded, (1, 1, n), subbands(1, n, 0)).reshape(shape)
     table = np.cumsum(deltas.astype(np.int64), axis=1)
     if np.abs(table).max(initial=0) > 127:
         raise CorruptStreamError("allocation table is out of range")
     return table, reader.pos
 
 
-def forward(coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
+def quantize(coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
     """(N, C, h, w) float coefficients -> int32 symbols of the same shape."""
     if coeffs.ndim != 4 or steps.shape != (coeffs.shape[1], len(bands)):
         raise ValueError(f"coefficients {coeffs.shape} and step table {steps.shape} do not match")
@@ -232,7 +220,7 @@ def centroid_offset(magnitudes: np.ndarray) -> float:
     return b - m
 
 
-def inverse(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
+def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
     """int symbols -> float32 coefficients, each band placed at its estimated centroids."""
     out = np.zeros(symbols.shape, np.float32)
     for n in range(symbols.shape[0]):
@@ -252,14 +240,6 @@ def inverse(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], 
 
 RDO_LAMBDA = math.log(2) / 6  # high-rate slope of D(R) per bit, in units of step**2
 RDO_PASSES = 2
-
-
-def _laplace_bits(magnitudes: np.ndarray, scale: float) -> np.ndarray:
-    """Bits of each signed value of magnitude k under a discrete Laplace of ``scale``."""
-    k = magnitudes.astype(np.float64)
-    p0 = 1 - math.exp(-0.5 / scale)
-    pk = 0.5 * (np.exp(-np.maximum(k - 0.5, 0) / scale) - np.exp(-(k + 0.5) / scale))
-    return -np.log2(np.maximum(np.where(k == 0, p0, pk), 2.0**-30))
 
 
 def optimize(
@@ -293,13 +273,13 @@ def optimize(
 
                     lower = np.maximum(q - 1, 0)
                     added = (x - recon(lower)) ** 2 - (x - recon(q)) ** 2
-                    saved = _laplace_bits(q, scale) - _laplace_bits(lower, scale)
+                    saved = rans.laplace_bits(q, scale) - rans.laplace_bits(lower, scale)
                     q = np.where((q > 0) & (added < RDO_LAMBDA * saved), lower, q)
                 if q.any():
                     scale = max(float(q.mean()), 0.02)
                     offset = centroid_offset(q.astype(np.float64))
                     kept = ((x - np.where(q > 0, q - rounding + offset, 0.0)) ** 2).sum()
-                    kept += RDO_LAMBDA * _laplace_bits(q, scale).sum()
+                    kept += RDO_LAMBDA * rans.laplace_bits(q, scale).sum()
                     if (x**2).sum() <= kept:
                         q[:] = 0
                 out[n, c, band.rows, band.cols] = (signs * q).astype(np.int32)

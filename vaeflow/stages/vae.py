@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from vaeflow.errors import PipelineError
-from vaeflow.models import RuntimeOptions, load_model
+from vaeflow.models import OnnxVAE
 from vaeflow.stages.base import Stage
 
 MAX_NAME_BYTES = 64
@@ -16,6 +16,8 @@ MAX_NAME_BYTES = 64
 
 @dataclass(frozen=True)
 class VAE(Stage):
+    """The model by its registered name; a codec resolves the name once to a ``ModelRef``."""
+
     stage_name: ClassVar[str] = "vae"
     input_kind: ClassVar[str] = "image"
     output_kind: ClassVar[str] = "latent"
@@ -23,17 +25,13 @@ class VAE(Stage):
     model: str = "default"
 
     def __post_init__(self) -> None:
-        if not self.model or len(self.model.encode()) > MAX_NAME_BYTES:
+        if not isinstance(self.model, str) or not self.model or len(self.model.encode()) > MAX_NAME_BYTES:
             raise PipelineError(f"model name must be 1..{MAX_NAME_BYTES} bytes, got {self.model!r}")
 
+    def forward(self, images: np.ndarray, model: OnnxVAE) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)) in the model's normalised scale."""
+        return model.encode(images)
 
-def forward(images: np.ndarray, params: VAE, runtime: RuntimeOptions | None = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)) in the model's normalised scale."""
-    return load_model(params.model, runtime).encode(images)
-
-
-def inverse(
-    latents: np.ndarray, params: VAE, size: tuple[int, int], runtime: RuntimeOptions | None = None
-) -> np.ndarray:
-    """float32 latents -> uint8 (N, H, W, 3) cropped to ``size``."""
-    return load_model(params.model, runtime).decode(latents, size)
+    def inverse(self, latents: np.ndarray, model: OnnxVAE, size: tuple[int, int]) -> np.ndarray:
+        """float32 latents -> uint8 (N, H, W, 3) cropped to ``size``."""
+        return model.decode(latents, size)

@@ -45,8 +45,26 @@ class Wavelet(Stage):
     def __post_init__(self) -> None:
         if self.name not in WAVELETS:
             raise PipelineError(f"unknown wavelet {self.name!r}; choose one of {WAVELETS}")
-        if not isinstance(self.levels, int) or not 0 <= self.levels <= MAX_LEVELS:
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 0 <= self.levels <= MAX_LEVELS:
             raise PipelineError(f"wavelet levels must be an integer in 0..{MAX_LEVELS}, got {self.levels!r}")
+
+    def forward(self, latents: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) float -> coefficients of the same shape (float32), Mallat layout."""
+        return analysis(latents, self.name, self.levels)
+
+    def inverse(self, coeffs: np.ndarray) -> np.ndarray:
+        return synthesis(coeffs, self.name, self.levels)
+
+    def bands(self, shape: tuple[int, ...]) -> tuple[Subband, ...]:
+        """The subbands of coefficients of ``shape`` (..., h, w)."""
+        return subbands(shape[-2], shape[-1], self.levels)
+
+    def all_bands(self) -> tuple[Subband, ...]:
+        """Every subband these levels make on a large plane, coarsest first (an allocation table's columns)."""
+        return all_subbands(self.levels)
+
+    def synthesis_gains(self) -> dict[str, float]:
+        return synthesis_gains(self.name, self.levels)
 
 
 @dataclass(frozen=True)
@@ -131,28 +149,27 @@ def _level_shapes(h: int, w: int, levels: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def forward(latents: np.ndarray, params: Wavelet) -> np.ndarray:
-    """(N, C, h, w) float -> coefficients of the same shape (float32), Mallat layout."""
+def analysis(latents: np.ndarray, name: str, levels: int) -> np.ndarray:
     if latents.ndim != 4:
         raise ValueError(f"expected (N, C, h, w) latents, got shape {latents.shape}")
     out = latents.astype(np.float64, copy=True)
-    for lh, lw in _level_shapes(latents.shape[2], latents.shape[3], params.levels) if params.levels else []:
+    for lh, lw in _level_shapes(latents.shape[2], latents.shape[3], levels) if levels else []:
         region = out[..., :lh, :lw]
-        region = _analyze(region, params.name)
-        region = np.swapaxes(_analyze(np.swapaxes(region, -1, -2), params.name), -1, -2)
+        region = _analyze(region, name)
+        region = np.swapaxes(_analyze(np.swapaxes(region, -1, -2), name), -1, -2)
         out[..., :lh, :lw] = region
     return out.astype(np.float32)
 
 
-def inverse(coeffs: np.ndarray, params: Wavelet) -> np.ndarray:
+def synthesis(coeffs: np.ndarray, name: str, levels: int) -> np.ndarray:
     if coeffs.ndim != 4:
         raise ValueError(f"expected (N, C, h, w) coefficients, got shape {coeffs.shape}")
     out = coeffs.astype(np.float64, copy=True)
-    shapes = _level_shapes(coeffs.shape[2], coeffs.shape[3], params.levels) if params.levels else []
+    shapes = _level_shapes(coeffs.shape[2], coeffs.shape[3], levels) if levels else []
     for lh, lw in reversed(shapes):
         region = out[..., :lh, :lw]
-        region = np.swapaxes(_synthesize(np.swapaxes(region, -1, -2), params.name), -1, -2)
-        out[..., :lh, :lw] = _synthesize(region, params.name)
+        region = np.swapaxes(_synthesize(np.swapaxes(region, -1, -2), name), -1, -2)
+        out[..., :lh, :lw] = _synthesize(region, name)
     return out.astype(np.float32)
 
 
@@ -200,6 +217,6 @@ def synthesis_gains(name: str, levels: int) -> dict[str, float]:
         r = (band.rows.start + band.rows.stop) // 2
         c = (band.cols.start + band.cols.stop) // 2
         coeffs[0, 0, r, c] = 1.0
-        basis = inverse(coeffs, Wavelet(name, levels)).astype(np.float64)
+        basis = synthesis(coeffs, name, levels).astype(np.float64)
         gains[band.name] = float((basis**2).sum())
     return gains

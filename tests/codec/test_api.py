@@ -1,0 +1,223 @@
+"""The one-image API: compress, decompress, info, batches, presets, and the stream's own model."""
+
+import itertools
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vaeflow
+from vaeflow import VAE, Entropy, Hadamard, Quantize, Wavelet, metrics
+from vaeflow.codec.api import resolve_codec
+from vaeflow.errors import ModelError, PipelineError
+from vaeflow.models.registry import Registry, register
+
+QUALITIES = (10, 30, 50, 70, 90)
+
+
+@pytest.fixture(scope="module")
+def rd_points(kodak: list[np.ndarray]) -> dict[int, tuple[float, float]]:
+    out = {}
+    for q in QUALITIES:
+        bpps, psnrs = [], []
+        for image in kodak:
+            data = vaeflow.compress(image, quality=q)
+            decoded = vaeflow.decompress(data)
+            assert decoded.shape == image.shape and decoded.dtype == np.uint8
+            bpps.append(vaeflow.info(data)["bpp"])
+            psnrs.append(metrics.psnr(image, decoded))
+        out[q] = (float(np.mean(bpps)), float(np.mean(psnrs)))
+    return out
+
+
+def test_rate_and_quality_rise_with_quality(rd_points: dict[int, tuple[float, float]]) -> None:
+    bpps = [rd_points[q][0] for q in QUALITIES]
+    psnrs = [rd_points[q][1] for q in QUALITIES]
+    assert all(a < b for a, b in itertools.pairwise(bpps)), bpps
+    assert all(a < b for a, b in itertools.pairwise(psnrs)), psnrs
+
+
+def test_real_images_reach_useful_quality(rd_points: dict[int, tuple[float, float]], kodak: list[np.ndarray]) -> None:
+    model = vaeflow.load_model("default")
+    ceiling = np.mean([metrics.psnr(im, model.decode(model.encode(im[None]))[0]) for im in kodak])
+    assert ceiling > 24.0
+    assert rd_points[90][1] > ceiling - 0.15  # near-lossless latent coding at quality 90
+    assert rd_points[50][1] > ceiling - 1.0
+    assert rd_points[10][0] < 0.1 < rd_points[90][0]
+
+
+def test_photos_round_trip_at_useful_quality(photos: list[np.ndarray]) -> None:
+    for image in photos[:2]:
+        data = vaeflow.compress(image, quality=50)
+        decoded = vaeflow.decompress(data)
+        assert decoded.shape == image.shape and decoded.dtype == np.uint8
+        assert metrics.psnr(image, decoded) > 22 and vaeflow.info(data)["bpp"] < 0.6
+
+
+def test_same_input_same_bytes(photos: list[np.ndarray]) -> None:
+    a = vaeflow.compress(photos[1], quality=40)
+    b = vaeflow.compress(photos[1].copy(), quality=40)
+    assert a == b
+    odd = photos[0][:200, :300]
+    batch = vaeflow.compress_batch([photos[1], odd, photos[1]], quality=40)
+    assert batch[0] == a and batch[2] == a
+    assert batch[1] == vaeflow.compress(odd, quality=40)
+
+
+def test_batched_vae_run_is_bit_exact_per_image(photos: list[np.ndarray]) -> None:
+    model = vaeflow.load_model("default")
+    same = np.stack(photos)
+    together = model.encode(same)
+    for i, image in enumerate(same):
+        np.testing.assert_array_equal(model.encode(image[None])[0], together[i])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 3), (17, 31), (64, 64)])
+def test_any_size_round_trips(shape: tuple[int, int], photos: list[np.ndarray]) -> None:
+    image = photos[2][100 : 100 + shape[0], 200 : 200 + shape[1]]
+    decoded = vaeflow.decompress(vaeflow.compress(image))
+    assert decoded.shape == (*shape, 3)
+    if min(shape) >= 17:
+        assert metrics.psnr(image, decoded) > 18
+
+
+def test_greyscale_becomes_rgb(photo: np.ndarray) -> None:
+    grey = photo[:64, :64, 1]
+    a = vaeflow.decompress(vaeflow.compress(grey))
+    b = vaeflow.decompress(vaeflow.compress(grey[:, :, None]))
+    assert a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((8, 8, 4), np.uint8), r"shape \(8, 8, 4\)"),
+        (np.zeros((8, 8, 3), np.float32), "dtype float32"),
+        (np.zeros((0, 8, 3), np.uint8), "empty"),
+        (np.zeros((2, 8, 8, 3), np.uint8), r"shape \(2, 8, 8, 3\)"),
+        (np.zeros(8, np.uint8), r"shape \(8,\)"),
+        ([[1, 2], [3, 4]], "numpy array, got list"),
+    ],
+)
+def test_bad_images_say_what_was_given_and_accepted(image: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        vaeflow.compress(image)  # type: ignore[arg-type]
+    assert "accepted" in str(info.value)
+
+
+def test_info_describes_the_stream(photo: np.ndarray) -> None:
+    data = vaeflow.compress(photo, quality=30)
+    meta = vaeflow.info(data)
+    assert meta["model"] == vaeflow.load_model("default").name and meta["format_version"] == 1
+    assert meta["shape"] == photo.shape[:2]
+    assert meta["quality"] == 30
+    assert meta["n_bytes"] == len(data)
+    assert meta["bpp"] == pytest.approx(8 * len(data) / (photo.shape[0] * photo.shape[1]))
+    assert meta["pipeline"]["wavelet"] == {"name": "cdf97", "levels": 3}
+    assert vaeflow.Pipeline.from_dict(meta["pipeline"]) == resolve_codec(None, 30).pipeline()
+
+
+def test_composed_pipelines_match_the_presets(photo: np.ndarray) -> None:
+    plain = VAE("default") | Hadamard() | Wavelet("cdf97", 3) | Quantize(quality=50) | Entropy("laplace")
+    assert vaeflow.compress(photo, pipeline=plain) == vaeflow.compress(photo, pipeline="plain")
+    best = VAE() | Hadamard() | Wavelet("cdf97", 3) | Quantize(quality=50, allocation="decoder") | Entropy()
+    assert vaeflow.compress(photo, pipeline=best) == vaeflow.compress(photo)
+
+
+def test_intermediates_are_inspectable(photo: np.ndarray) -> None:
+    codec = vaeflow.resolve_codec(pipeline="default")
+    image = photo[None, :64, :96]
+    latent = codec.run(image, until="vae")
+    coeffs = codec.run(image, until="wavelet")
+    symbols = codec.run(image, until="quantize")
+    assert latent.shape == coeffs.shape == symbols.shape == (1, 4, 8, 12)
+    assert symbols.dtype == np.int32
+    np.testing.assert_array_equal(codec.run(image[0], until="quantize"), symbols[0])  # one image, one result
+    assert codec.run(image[0]) == codec.run(image)[0] == vaeflow.compress(image[0])
+    with pytest.raises(PipelineError, match="choose one of"):
+        codec.run(image, until="bogus")
+    searched = vaeflow.resolve_codec(pipeline="latent-store")
+    assert searched.run(image, until="wavelet").shape == coeffs.shape
+    with pytest.raises(PipelineError, match="searches each image's step"):
+        searched.run(image, until="quantize")
+
+
+def test_presets_load_by_name_and_unknown_lists_them(photo: np.ndarray) -> None:
+    image = photo[:64, :64]
+    stored = vaeflow.compress(image, pipeline="latent-store")
+    assert vaeflow.info(stored)["target"]["kind"] == "latent"
+    assert vaeflow.load_pipeline("latent-store").target == vaeflow.RateTarget(max_latent_error=0.5, max_psnr_drop=0.1)
+    with pytest.raises(PipelineError, match=r"default.*latent-store"):
+        vaeflow.compress(image, pipeline="nope")
+
+
+def test_a_codec_resolves_its_model_once_and_records_it(photo: np.ndarray) -> None:
+    codec = vaeflow.resolve_codec(pipeline="default")
+    entry = Registry.load().resolve("default")
+    assert codec.model == entry.ref() and codec.vae.model == entry.name  # the alias resolved
+    assert vaeflow.resolve_codec("f8c4-v1", 50) == vaeflow.resolve_codec(None, 50)
+    with pytest.raises(ModelError, match="unknown model 'nosuch'"):
+        vaeflow.resolve_codec("nosuch")
+    with pytest.raises(PipelineError, match="not both"):
+        vaeflow.resolve_codec(None, 50, target=vaeflow.RateTarget(bpp=0.1))
+
+
+def test_latent_store_takes_the_largest_step_within_its_psnr_drop(kodak: list[np.ndarray]) -> None:
+    model = vaeflow.load_model("default")
+    codec = resolve_codec(None, None, "latent-store")
+    assert codec.target is not None
+    limit, bound = codec.target.max_psnr_drop, codec.target.max_latent_error
+    assert limit is not None and bound is not None
+    for image in kodak[:3]:
+        exact = model.encode(image[None])
+        reference = metrics.psnr(image, model.decode(exact)[0])
+        data = vaeflow.compress(image, pipeline="latent-store")
+        assert reference - metrics.psnr(image, vaeflow.decompress(data)) <= limit + 1e-3  # float round trip
+        assert np.abs(vaeflow.decompress_latent(data) - exact[0]).max() <= bound + 1e-6
+        # a step 10% coarser breaks the drop limit or the bound: the search did not stop short
+        step = vaeflow.info(data)["pipeline"]["quantize"]["step"]
+        coarser = vaeflow.compress(image, pipeline=codec.with_step(step * 1.1))
+        drop = reference - metrics.psnr(image, vaeflow.decompress(coarser))
+        assert drop > limit or np.abs(vaeflow.decompress_latent(coarser) - exact[0]).max() > bound
+
+
+def test_postfilter_is_off_by_default_and_recorded_when_on(photo: np.ndarray) -> None:
+    image = photo
+    plain = vaeflow.compress(image)
+    assert vaeflow.info(plain)["pipeline"]["postfilter"]["sigma"] == 0.0
+    blurred = vaeflow.compress(image, pipeline=vaeflow.resolve_codec().replaced(vaeflow.PostFilter(0.75)))
+    assert vaeflow.info(blurred)["pipeline"]["postfilter"]["sigma"] == 0.75
+    a, b = vaeflow.decompress(plain), vaeflow.decompress(blurred)
+    assert not np.array_equal(a, b)
+    assert np.abs(np.diff(b.astype(int), axis=1)).mean() < np.abs(np.diff(a.astype(int), axis=1)).mean()
+
+
+def test_latents_decode_from_the_stream_alone_within_the_recorded_bound(photos: list[np.ndarray]) -> None:
+    image = photos[1]
+    model = vaeflow.load_model("default")
+    exact = model.encode(image[None])[0]
+    data = vaeflow.compress(image, pipeline="latent-store")
+    latent = vaeflow.decompress_latent(data)
+    assert latent.shape == exact.shape
+    record = vaeflow.info(data)["target"]
+    bound = vaeflow.load_pipeline("latent-store").target.max_latent_error  # type: ignore[union-attr]
+    assert record["kind"] == "latent" and record["value"] == pytest.approx(bound)
+    error = float(np.abs(latent - exact).max())
+    assert error <= bound + 1e-6
+    assert record["achieved"] == pytest.approx(error, abs=1e-5)
+
+
+def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_home: Path, tmp_path: Path) -> None:
+    entry = Registry.load().resolve("default")
+    data = vaeflow.compress(photo[:64, :64])
+    # register a model of the same name whose decoder differs by one byte
+    decoder = tmp_path / "decoder.onnx"
+    shutil.copy(entry.decoder, decoder)
+    with decoder.open("ab") as fh:
+        fh.write(b"\0")
+    register(replace(entry, decoder=decoder))
+    with pytest.raises(ModelError, match="fingerprint"):
+        vaeflow.decompress(data)

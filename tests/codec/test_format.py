@@ -1,0 +1,126 @@
+"""The stream format: header round trips, framing overhead, and damage of every kind detected."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vaeflow
+from vaeflow.codec import format as stream_format
+from vaeflow.errors import CorruptStreamError
+from vaeflow.stages import ChannelTransform, Entropy, Wavelet
+from vaeflow.stages.coders.context import CODES
+from vaeflow.stages.entropy import CODERS
+from vaeflow.stages.target import KINDS
+from vaeflow.stages.wavelet import WAVELETS
+
+
+@pytest.fixture(scope="module")
+def stream(photos: list[np.ndarray]) -> bytes:
+    return vaeflow.compress(photos[0][:96, :136], quality=50)
+
+
+def test_header_round_trips(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    assert (header.height, header.width) == (96, 136)
+    assert header.model == vaeflow.load_model("default").ref
+    assert header.quantize.quality == 50 and header.entropy == Entropy("context")
+    assert stream_format.pack(header, bytes(payload)) == stream
+
+
+def test_every_stage_option_has_a_byte_code() -> None:
+    """The format owns its code tables; every name a stage accepts must have one."""
+    from vaeflow.stages.channel import TRANSFORMS
+
+    assert set(TRANSFORMS) == set(stream_format.CHANNEL_CODES) and set(WAVELETS) == set(stream_format.WAVELET_CODES)
+    assert set(CODERS) <= set(stream_format.CODER_CODES) and set(KINDS) == set(stream_format.TARGET_CODES)
+    assert CODES <= 0x80
+
+
+def test_header_and_framing_under_one_percent_at_quality_50(kodak: list[np.ndarray]) -> None:
+    for image in kodak:
+        data = vaeflow.compress(image, quality=50)
+        assert stream_format.overhead_bytes(data) <= 0.01 * len(data), (len(data), stream_format.overhead_bytes(data))
+
+
+def test_a_hadamard_header_for_a_channel_count_it_cannot_take_is_damage(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    odd = replace(header, model=replace(header.model, latent_channels=3), channel=ChannelTransform("hadamard"))
+    with pytest.raises(CorruptStreamError, match="impossible settings"):
+        stream_format.unpack(stream_format.pack(odd, bytes(payload)))
+    assert stream_format.unpack(stream_format.pack(replace(header, wavelet=Wavelet("haar", 6)), bytes(payload)))
+
+
+def test_wrong_magic(stream: bytes) -> None:
+    with pytest.raises(CorruptStreamError, match="magic"):
+        vaeflow.decompress(b"JUNK" + stream[4:])
+
+
+def test_newer_version_is_refused_by_name(stream: bytes) -> None:
+    newer = stream[:4] + bytes([stream_format.VERSION + 1]) + stream[5:]
+    with pytest.raises(CorruptStreamError, match="version 2 is not supported"):
+        vaeflow.decompress(newer)
+
+
+@pytest.mark.parametrize("data", [b"", b"VAEF", b"\x00" * 3, b"VAEF\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"])
+def test_tiny_or_garbage_input(data: bytes) -> None:
+    with pytest.raises(CorruptStreamError):
+        vaeflow.decompress(data)
+
+
+def test_not_bytes_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        vaeflow.decompress("VAEF")  # type: ignore[arg-type]
+
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10**6), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 10**6), st.integers(0, 255)),
+    st.tuples(st.just("delete"), st.integers(0, 10**6), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 64), st.integers(0, 255)),
+)
+
+
+def mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
+    out = bytearray(data)
+    for kind, pos, value in mutations:
+        i = pos % max(1, len(out))
+        if kind == "flip" and out:
+            out[i] ^= value
+        elif kind == "truncate":
+            del out[i:]
+        elif kind == "insert":
+            out.insert(i, value)
+        elif kind == "delete" and out:
+            del out[i]
+        elif kind == "append":
+            out += bytes([value]) * pos
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=4))
+def test_any_mutation_raises_corrupt_stream_error(stream: bytes, mutations: list[tuple[str, int, int]]) -> None:
+    damaged = mutate(stream, mutations)
+    if damaged == stream:
+        return
+    with pytest.raises(CorruptStreamError):
+        vaeflow.decompress(damaged)
+    with pytest.raises(CorruptStreamError):
+        vaeflow.info(damaged)
+
+
+def test_every_single_byte_flip_is_caught(stream: bytes) -> None:
+    for i in range(len(stream)):
+        with pytest.raises(CorruptStreamError):
+            stream_format.unpack(mutate(stream, [("flip", i, 0x40)]))
+
+
+def test_huge_claimed_shape_is_refused_before_allocation(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    huge = stream_format.pack(replace(header, height=1 << 20, width=1 << 20), bytes(payload))
+    with pytest.raises(CorruptStreamError, match="limit"):
+        vaeflow.decompress(huge)

@@ -1,0 +1,168 @@
+"""The one-image Python API: compress, decompress, info, and batches of images."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from vaeflow.codec import format as stream_format
+from vaeflow.codec import ratecontrol
+from vaeflow.codec.codec import Codec
+from vaeflow.codec.presets import load_pipeline
+from vaeflow.errors import PipelineError
+from vaeflow.imageio import as_rgb
+from vaeflow.models import RuntimeOptions
+from vaeflow.stages import Pipeline, RateTarget
+from vaeflow.timing import StageTimer
+
+PipelineLike = str | Pipeline | Codec | None
+
+
+def resolve_codec(
+    model: str | None = None,
+    quality: int | None = None,
+    pipeline: PipelineLike = None,
+    target: RateTarget | None = None,
+) -> Codec:
+    """The codec for a preset (by name or object); ``model``, ``quality`` and ``target`` override it.
+
+    A quality or a target given here replaces the preset's target or step.
+    """
+    if quality is not None and target is not None:
+        raise PipelineError(f"give a quality or a rate target, not both (quality {quality}, {target})")
+    if isinstance(pipeline, Codec):
+        codec = pipeline if model is None else Codec.resolve(pipeline.pipeline(), model)
+    elif isinstance(pipeline, Pipeline):
+        codec = Codec.resolve(pipeline, model)
+    elif pipeline is None or isinstance(pipeline, str):
+        codec = Codec.resolve(load_pipeline(pipeline or "default"), model)
+    else:
+        raise PipelineError(f"pipeline must be a preset name, a Pipeline or None, got {type(pipeline).__name__}")
+    if quality is not None:
+        codec = codec.with_quality(quality)
+    if target is not None:
+        codec = codec.with_target(target)
+    return codec
+
+
+def rate_target(target_bpp: float | None = None, target_psnr: float | None = None) -> RateTarget | None:
+    """The target the ``target_bpp`` / ``target_psnr`` arguments ask for (None if neither)."""
+    if target_bpp is None and target_psnr is None:
+        return None
+    return RateTarget(bpp=target_bpp, psnr=target_psnr)
+
+
+def encode(
+    codec: Codec, images: np.ndarray, runtime: RuntimeOptions | None = None, timer: StageTimer | None = None
+) -> list[bytes]:
+    """Streams for a batch of same-shape images: at the codec's step, or each at its searched step."""
+    if codec.target is None:
+        return codec.run(images, "entropy", runtime, timer)  # type: ignore[no-any-return]
+    timer = timer or StageTimer()
+    coeffs = codec.run(images, "wavelet", runtime, timer)
+    with timer("quantize"):
+        return ratecontrol.encode_to_target(codec, images, coeffs, runtime)
+
+
+def compress(
+    image: np.ndarray,
+    *,
+    model: str | None = None,
+    quality: int | None = None,
+    pipeline: PipelineLike = None,
+    runtime: RuntimeOptions | None = None,
+    timer: StageTimer | None = None,
+    target_bpp: float | None = None,
+    target_psnr: float | None = None,
+) -> bytes:
+    """Compress one HxWx3 uint8 image to a vaeflow stream.
+
+    ``pipeline`` is a preset name (default ``"default"``) or a ``Pipeline``; ``model``
+    and ``quality`` (1..100), when given, override the preset's. ``target_bpp`` or
+    ``target_psnr`` instead search the quantizer step for that rate (within 2%) or
+    quality (within 0.1 dB); ``info`` then reports the target and what was achieved.
+    """
+    rgb = as_rgb(image)
+    codec = resolve_codec(model, quality, pipeline, rate_target(target_bpp, target_psnr))
+    return encode(codec, rgb[None], runtime, timer)[0]
+
+
+def compress_batch(
+    images: list[np.ndarray],
+    *,
+    model: str | None = None,
+    quality: int | None = None,
+    pipeline: PipelineLike = None,
+    runtime: RuntimeOptions | None = None,
+) -> list[bytes]:
+    """Compress many images; images of the same shape share one VAE call."""
+    rgbs = [as_rgb(im) for im in images]
+    codec = resolve_codec(model, quality, pipeline)
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, rgb in enumerate(rgbs):
+        groups[rgb.shape].append(i)
+    out: list[bytes] = [b""] * len(rgbs)
+    for indices in groups.values():
+        streams = encode(codec, np.stack([rgbs[i] for i in indices]), runtime)
+        for i, stream in zip(indices, streams, strict=True):
+            out[i] = stream
+    return out
+
+
+def open_stream(data: bytes | memoryview) -> tuple[stream_format.StreamHeader, memoryview, Codec]:
+    """A stream's header, the entropy coder's part of its payload, and the codec that decodes it."""
+    header, payload = stream_format.unpack(data)
+    codec, entropy_payload = Codec.from_stream(header, payload)
+    return header, entropy_payload, codec
+
+
+def decompress_latent(data: bytes | memoryview) -> np.ndarray:
+    """The dequantized latent (C, h, w) of a stream, in the model's normalised scale.
+
+    Reads the stream alone: neither the model files nor the VAE decoder are needed.
+    """
+    header, payload, codec = open_stream(data)
+    symbols = codec.decode_symbols(payload, header.latent_shape)
+    return codec.untransform(codec.dequantize(symbols))[0]  # type: ignore[no-any-return]
+
+
+def decompress(
+    data: bytes | memoryview, *, runtime: RuntimeOptions | None = None, timer: StageTimer | None = None
+) -> np.ndarray:
+    """Decode a stream to the HxWx3 uint8 image of its original size."""
+    timer = timer or StageTimer()
+    header, payload, codec = open_stream(data)
+    with timer("entropy"):
+        symbols = codec.decode_symbols(payload, header.latent_shape)
+    with timer("quantize"):
+        coeffs = codec.dequantize(symbols)
+    with timer("wavelet"):
+        latents = codec.untransform(coeffs)
+    with timer("vae"):
+        images = codec.decode_images(latents, (header.height, header.width), runtime)
+    return images[0]  # type: ignore[no-any-return]
+
+
+def info(data: bytes | memoryview) -> dict[str, Any]:
+    """What a stream holds: model, shape, settings and size, without decoding it."""
+    header, payload = stream_format.unpack(data)
+    codec = Codec.from_header(header)
+    pixels = header.height * header.width
+    out = {
+        "format_version": stream_format.VERSION,
+        "model": header.model.name,
+        "fingerprint": header.model.fingerprint,
+        "shape": (header.height, header.width),
+        "latent_shape": header.latent_shape,
+        "quality": header.quantize.quality,
+        "step": header.quantize.base_step,
+        "pipeline": codec.pipeline().to_dict(),
+        "n_bytes": len(data),
+        "header_bytes": len(data) - len(payload),
+        "bpp": 8.0 * len(data) / pixels,
+    }
+    if header.record:
+        out["target"] = {"kind": header.record.kind, "value": header.record.value, "achieved": header.record.achieved}
+    return out

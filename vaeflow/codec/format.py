@@ -1,0 +1,196 @@
+"""The vaeflow stream: magic, version, a checksummed header, a checksummed payload.
+
+The byte-by-byte layout is in docs/format.md. The header holds the model reference, the
+image size and every stage the decoder needs, as stage objects; this module alone maps
+them to bytes, with its own tables of byte codes. Parsing trusts nothing: every length, id
+and size is checked, and any damage raises ``CorruptStreamError``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from vaeflow.binary import ByteReader, ByteWriter
+from vaeflow.errors import CorruptStreamError, PipelineError
+from vaeflow.models.registry import FINGERPRINT_BYTES, ModelRef
+from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, TargetRecord, Wavelet
+from vaeflow.stages.wavelet import MAX_LEVELS
+
+MAGIC = b"VAEF"
+VERSION = 1
+MAX_HEADER_BYTES = 1024
+MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
+MAX_LATENT_CHANNELS = 1024
+MAX_DOWNSAMPLE = 64
+MAX_MODEL_NAME_BYTES = 64
+
+# Byte codes of format v1: an index into each table. Never reorder; append only.
+CHANNEL_CODES = ("hadamard", "identity")
+WAVELET_CODES = ("haar", "cdf53", "cdf97")
+CODER_CODES = ("laplace", "context")
+TARGET_CODES = ("bpp", "psnr", "latent")
+FLAG_DECODER_ALLOCATION = 1
+FLAG_TARGET = 2
+FLAG_RDO = 4
+ROUNDING_UNITS = 256  # rounding offset in 1/256
+SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a stream says about itself: model, image size, each stage, and any rate-control record."""
+
+    model: ModelRef
+    height: int
+    width: int
+    channel: ChannelTransform
+    wavelet: Wavelet
+    quantize: Quantize
+    entropy: Entropy
+    postfilter: PostFilter
+    record: TargetRecord | None = None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.model.latent_shape(self.height, self.width)
+
+
+def pack(header: StreamHeader, payload: bytes) -> bytes:
+    body = ByteWriter()
+    body.text(header.model.name)
+    fingerprint = header.model.fingerprint_bytes
+    if len(fingerprint) != FINGERPRINT_BYTES:
+        raise ValueError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+    body.raw(fingerprint)
+    body.varint(header.model.latent_channels)
+    body.varint(header.model.downsample)
+    body.varint(header.height)
+    body.varint(header.width)
+    body.u8(CHANNEL_CODES.index(header.channel.transform))
+    body.u8(WAVELET_CODES.index(header.wavelet.name))
+    body.u8(header.wavelet.levels)
+    quantize = header.quantize
+    body.u8(quantize.quality or 0)
+    if quantize.quality is None:
+        body.f32(float(quantize.step or 0.0))
+    body.u8(round(quantize.rounding * ROUNDING_UNITS))
+    body.u8(CODER_CODES.index(header.entropy.coder))
+    body.u8(round(header.postfilter.sigma * SIGMA_UNITS))
+    flags = FLAG_DECODER_ALLOCATION if quantize.allocation == "decoder" else 0
+    flags |= (FLAG_TARGET if header.record else 0) | (FLAG_RDO if quantize.rdo else 0)
+    body.u8(flags)
+    if header.record:
+        body.u8(TARGET_CODES.index(header.record.kind))
+        body.f32(header.record.value)
+        body.f32(header.record.achieved)
+    body.varint(len(payload))
+    head = ByteWriter()
+    head.raw(MAGIC)
+    head.u8(VERSION)
+    encoded = body.getvalue()
+    head.varint(len(encoded))
+    head.raw(encoded)
+    out = head.getvalue()
+    return out + zlib.crc32(out).to_bytes(4, "little") + payload + zlib.crc32(payload).to_bytes(4, "little")
+
+
+def _pick(names: tuple[str, ...], index: int, what: str) -> str:
+    if index >= len(names):
+        raise CorruptStreamError(f"stream names {what} #{index}; this version knows {len(names)}")
+    return names[index]
+
+
+def unpack(
+    data: bytes | bytearray | memoryview, max_pixels: int = MAX_STREAM_PIXELS
+) -> tuple[StreamHeader, memoryview]:
+    """Check and split a stream into its header and payload."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a stream is bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    reader = ByteReader(view)
+    if bytes(reader.take(min(4, len(view)))) != MAGIC:
+        raise CorruptStreamError("not a vaeflow stream (wrong magic number)")
+    version = reader.u8()
+    if version != VERSION:
+        raise CorruptStreamError(f"stream format version {version} is not supported (this vaeflow reads {VERSION})")
+    body_len = reader.varint(MAX_HEADER_BYTES)
+    body = reader.take(body_len)
+    header_end = reader.pos
+    if int.from_bytes(reader.take(4), "little") != zlib.crc32(view[:header_end]):
+        raise CorruptStreamError("stream header checksum does not match (damaged header)")
+    h = ByteReader(body, "stream header")
+    name = h.text(MAX_MODEL_NAME_BYTES)
+    fingerprint = bytes(h.take(FINGERPRINT_BYTES)).hex()
+    latent_channels, downsample = h.varint(MAX_LATENT_CHANNELS), h.varint(MAX_DOWNSAMPLE)
+    height, width = h.varint(1 << 24), h.varint(1 << 24)
+    if latent_channels < 1 or downsample < 1:
+        raise CorruptStreamError(f"stream claims {latent_channels} latent channels and downsample {downsample}")
+    if height < 1 or width < 1 or height * width > max_pixels:
+        raise CorruptStreamError(f"stream claims a {height}x{width} image; the limit is {max_pixels} pixels")
+    if latent_channels * -(-height // downsample) * -(-width // downsample) > max_pixels:
+        raise CorruptStreamError(
+            f"stream claims a latent of {latent_channels} channels for {height}x{width}, over the limit"
+        )
+    transform = _pick(CHANNEL_CODES, h.u8(), "channel transform")
+    wavelet = _pick(WAVELET_CODES, h.u8(), "wavelet")
+    levels = h.u8()
+    if levels > MAX_LEVELS:
+        raise CorruptStreamError(f"stream has {levels} wavelet levels; the maximum is {MAX_LEVELS}")
+    quality: int | None = h.u8()
+    step = None
+    if quality == 0:
+        quality, step = None, h.f32()
+        if not 1e-6 <= step <= 1e6:
+            raise CorruptStreamError(f"stream holds an invalid quantizer step {step}")
+    elif quality is not None and quality > 100:
+        raise CorruptStreamError(f"stream holds quality {quality}, outside 1..100")
+    rounding = h.u8() / ROUNDING_UNITS
+    if not 0 < rounding <= 0.5:
+        raise CorruptStreamError(f"stream holds an invalid rounding offset {rounding}")
+    coder = _pick(CODER_CODES, h.u8(), "entropy coder")
+    sigma = h.u8() / SIGMA_UNITS
+    flags = h.u8()
+    if flags & ~(FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO):
+        raise CorruptStreamError(f"stream sets unknown flags {flags:#x}")
+    record = None
+    if flags & FLAG_TARGET:
+        record = (_pick(TARGET_CODES, h.u8(), "rate-control target"), h.f32(), h.f32())
+    payload_len = h.varint()
+    h.expect_end()
+    if reader.remaining != payload_len + 4:
+        raise CorruptStreamError(
+            f"stream should hold {payload_len + 4} bytes after its header, holds {reader.remaining}"
+        )
+    payload = reader.take(payload_len)
+    if int.from_bytes(reader.take(4), "little") != zlib.crc32(payload):
+        raise CorruptStreamError("stream payload checksum does not match (damaged data)")
+    try:
+        channel = ChannelTransform(transform)
+        channel.check(latent_channels)
+        header = StreamHeader(
+            model=ModelRef(name, fingerprint, latent_channels, downsample),
+            height=height,
+            width=width,
+            channel=channel,
+            wavelet=Wavelet(wavelet, levels),
+            quantize=Quantize(
+                quality=quality,
+                step=step,
+                rounding=rounding,
+                allocation="decoder" if flags & FLAG_DECODER_ALLOCATION else "uniform",
+                rdo=bool(flags & FLAG_RDO),
+            ),
+            entropy=Entropy(coder),
+            postfilter=PostFilter(sigma),
+            record=TargetRecord(*record) if record else None,
+        )
+    except PipelineError as exc:
+        raise CorruptStreamError(f"stream header holds impossible settings: {exc}") from exc
+    return header, payload
+
+
+def overhead_bytes(data: bytes) -> int:
+    """Bytes of a stream that are header and framing rather than payload."""
+    _, payload = unpack(data)
+    return len(data) - len(payload)

@@ -1,0 +1,172 @@
+"""Rate control: the quantizer step that meets a target bpp, PSNR or latent error, per image.
+
+The VAE encoder runs once; a bisection over log(step) then re-quantizes and measures:
+the stream's bpp (within 2%), the decoded PSNR (within 0.1 dB, which decodes through
+the VAE at each try), or the largest absolute error of the dequantized latent (the
+largest step keeping it at or below the bound; with ``max_psnr_drop``, also keeping the
+decoded PSNR within that many dB of decoding the exact latent). The chosen step is written
+to the stream as an explicit step, with the target and the figure achieved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vaeflow import metrics
+from vaeflow.codec.codec import Codec
+from vaeflow.models import RuntimeOptions
+from vaeflow.stages import TargetRecord
+
+log = logging.getLogger("vaeflow")
+
+BPP_TOLERANCE = 0.02  # relative
+PSNR_TOLERANCE = 0.1  # dB
+STEP_RESOLUTION = 0.02  # relative, for the largest step within a latent bound or PSNR drop
+LOG2_STEP_RANGE = (-10.0, 6.0)
+MAX_ITERATIONS = 40
+
+
+@dataclass(frozen=True)
+class Choice:
+    step: float
+    symbols: np.ndarray  # (1, C, h, w)
+    achieved: float
+
+
+def _met(kind: str, value: float, achieved: float) -> bool:
+    if kind == "bpp":
+        return abs(achieved - value) <= BPP_TOLERANCE * value
+    if kind == "psnr":
+        return abs(achieved - value) <= PSNR_TOLERANCE
+    return achieved <= value
+
+
+def search(
+    codec: Codec,
+    coeffs: np.ndarray,
+    size: tuple[int, int],
+    image: np.ndarray | None = None,
+    runtime: RuntimeOptions | None = None,
+) -> Choice:
+    """The step for one image's coefficients (1, C, h, w) that meets ``codec``'s target."""
+    target = codec.target
+    if target is None:
+        raise ValueError("the codec has no rate-control target")
+    kind, value = target.kind, target.value
+    if target.searches_with_image and image is None:
+        raise ValueError("target_psnr and max_psnr_drop need the original image")
+    latent = codec.untransform(coeffs) if kind == "latent" else None
+
+    def decoded(trial: Codec, symbols: np.ndarray) -> np.ndarray:
+        return trial.decode_images(trial.untransform(trial.dequantize(symbols)), size, runtime)[0]  # type: ignore[no-any-return]
+
+    def attempt(log2_step: float) -> Choice:
+        step = float(np.float32(2.0**log2_step))  # exactly what the stream can record
+        trial = codec.with_step(step)
+        symbols = trial.quantize_coefficients(coeffs)
+        if kind == "bpp":
+            stream = trial.entropy_code(symbols, [size], TargetRecord(kind, value, 0.0))[0]
+            achieved = metrics.bpp(len(stream), size)
+        elif kind == "psnr":
+            achieved = metrics.psnr(image, decoded(trial, symbols))  # type: ignore[arg-type]
+        else:
+            achieved = float(np.abs(trial.untransform(trial.dequantize(symbols)) - latent).max())
+        return Choice(step, symbols, achieved)
+
+    low, high = LOG2_STEP_RANGE  # small step: high bpp and PSNR, low latent error; large step: the reverse
+    fine, coarse = attempt(low), attempt(high)
+    if kind == "latent":
+        if fine.achieved > value:
+            raise ValueError(f"latent error bound {value} is out of reach: the finest step gives {fine.achieved:.4g}")
+        bounded = coarse if coarse.achieved <= value else _largest(attempt, lambda c: c.achieved <= value, fine, high)
+        limit = target.max_psnr_drop
+        if limit is None:
+            return bounded
+        exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])  # type: ignore[arg-type]
+
+        def drop(c: Choice) -> float:
+            """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
+            mse = metrics.mse(image, decoded(codec.with_step(c.step), c.symbols))  # type: ignore[arg-type]
+            if exact_mse == 0.0:
+                return 0.0 if mse == 0.0 else math.inf
+            return 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
+
+        def within_both(c: Choice) -> bool:
+            return c.achieved <= value and drop(c) <= limit
+
+        top, first = float(np.log2(bounded.step)), drop(bounded)
+        if first <= limit:
+            return bounded
+        # The drop grows about as the step squared: try just below that guess, then further down.
+        guess = top + 0.5 * math.log2(limit / first) - 0.05 if math.isfinite(first) else top - 0.5
+        upper = top
+        for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
+            if below <= low:
+                break
+            feasible = attempt(below)
+            if within_both(feasible):
+                return _largest(attempt, within_both, feasible, upper)
+            upper = below
+        if within_both(fine):
+            return _largest(attempt, within_both, fine, upper)
+        raise ValueError(
+            f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {drop(fine):.3f} dB"
+        )
+    if fine.achieved < value and not _met(kind, value, fine.achieved):
+        raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")
+    if coarse.achieved > value and not _met(kind, value, coarse.achieved):
+        raise ValueError(f"target {kind} {value} is out of reach: the coarsest step gives {coarse.achieved:.3f}")
+    best = fine
+    for _ in range(MAX_ITERATIONS):
+        if _met(kind, value, best.achieved):
+            break
+        middle = (low + high) / 2
+        candidate = attempt(middle)
+        if candidate.achieved > value:
+            low = middle
+        else:
+            high = middle
+        if abs(candidate.achieved - value) < abs(best.achieved - value):
+            best = candidate
+    if not _met(kind, value, best.achieved):  # steps too coarse to land closer: the record says what was reached
+        log.warning("%s target %s met only to %.4g after %d tries", kind, value, best.achieved, MAX_ITERATIONS)
+    return best
+
+
+def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], feasible: Choice, high: float) -> Choice:
+    """The largest step (within STEP_RESOLUTION) that ``ok`` accepts, between ``feasible`` and 2**high."""
+    low = float(np.log2(feasible.step))
+    while high - low > np.log2(1 + STEP_RESOLUTION):
+        middle = (low + high) / 2
+        trial = attempt(middle)
+        if ok(trial):
+            low, feasible = middle, trial
+        else:
+            high = middle
+    return feasible
+
+
+def encode_to_target(
+    codec: Codec, images: np.ndarray, coeffs: np.ndarray, runtime: RuntimeOptions | None = None
+) -> list[bytes]:
+    """One stream per image (with its coefficients), each at the step its own search chose."""
+    streams = []
+    for i, image in enumerate(images):
+        size = (image.shape[0], image.shape[1])
+        choice = search(codec, coeffs[i : i + 1], size, image, runtime)
+        streams += record(codec, choice, size)
+    return streams
+
+
+def record(codec: Codec, choice: Choice, size: tuple[int, int]) -> list[bytes]:
+    """The stream of a searched choice, with its target and the figure achieved."""
+    target = codec.target
+    if target is None:
+        raise ValueError("the codec has no rate-control target")
+    kept = TargetRecord(target.kind, target.value, choice.achieved)
+    return codec.with_step(choice.step).entropy_code(choice.symbols, [size], kept)

@@ -1,0 +1,53 @@
+"""Assembling the store once every batch is done: streams and index in index order, whatever
+order the batches finished in, then made durable and marked complete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vaeflow.dataset import store as store_io
+from vaeflow.dataset.plan import Plan
+from vaeflow.dataset.work import WorkStore
+from vaeflow.durable import fsync, sync_tree
+
+Marker = dict[str, Any]
+
+
+def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work: WorkStore) -> None:
+    entries = {item["index"]: item for marker in markers.values() for item in marker["items"]}
+    failed_at_scan = {item.index: (item, reason) for item, reason in plan.failed_at_scan}
+    first = meta["rows"]
+    count = len(plan.items) + len(plan.failed_at_scan)
+
+    def rows() -> Iterator[store_io.Row]:
+        cached: tuple[str, bytes] = ("", b"")
+        for index in range(first, first + count):
+            if index in failed_at_scan:
+                item, reason = failed_at_scan[index]
+                yield store_io.Row(item.path, (item.height, item.width), False, reason, b"")
+                continue
+            entry = entries[index]
+            key, offset = entry["stream"]
+            if cached[0] != key:
+                cached = (key, work.read_streams(key))
+            note = entry["reason"] if not entry["ok"] else "; ".join(entry["notes"])
+            shape = (entry["shape"][0], entry["shape"][1])
+            data = cached[1][offset : offset + entry["nbytes"]]
+            yield store_io.Row(entry["path"], shape, entry["ok"], note, data)
+
+    new_bytes = sum(entry["nbytes"] for entry in entries.values())
+    total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], first)
+    for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
+        sync_tree(plan.store / part)
+    store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
+    store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
+    fsync(plan.store / "zarr.json")
+
+
+def finish(store: Path, keep_intermediates: bool) -> None:
+    """Drop the work store (unless kept) and consolidate what is left; safe to repeat."""
+    if not keep_intermediates:
+        WorkStore(store).remove()
+    store_io.consolidate(store)

@@ -1,0 +1,140 @@
+"""What a job does with the store it is given, decided before anything runs.
+
+``decide`` only reads: it compares the store's recorded settings with the job's and says
+which of these the run is, and the attributes it starts from:
+
+- ``create``: no store there yet;
+- ``replace``: a store with other settings (``--overwrite``) or an interrupted run to start
+  over (``--no-resume``): emptied when the job starts, never while planning;
+- ``resume``: an interrupted run with the same settings, finished batches kept;
+- ``append``: ``--add`` to a finished store, new files only;
+- ``complete``: a finished store with nothing to add.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaeflow.dataset import store as store_io
+from vaeflow.dataset.lock import LOCK_NAME
+from vaeflow.errors import PipelineError, VaeflowError
+from vaeflow.stages import Pipeline
+
+ACTIONS = ("create", "replace", "resume", "append", "complete")
+_V1_TARGET_KEYS = {"target_bpp": "bpp", "target_psnr": "psnr", "max_latent_error": "max_latent_error",
+                   "max_psnr_drop": "max_psnr_drop"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StorePolicy:
+    action: str
+    meta: dict[str, Any]  # the store attributes the run starts from
+    known: frozenset[str] = field(default=frozenset())  # paths stored before (never coded again)
+
+    @property
+    def key_prefix(self) -> str:
+        """Batches of an ``--add`` are named apart from the store's earlier ones."""
+        return f"a{self.meta['generation']}-" if self.meta["generation"] else ""
+
+
+def fresh_meta(settings: dict[str, Any]) -> dict[str, Any]:
+    return {"format": store_io.STORE_FORMAT, "version": store_io.STORE_VERSION, "settings": settings,
+            "complete": False, "generation": 0, "stored_bytes": 0, "rows": 0}  # fmt: skip
+
+
+def decide(store: Path, settings: dict[str, Any], *, add: bool, overwrite: bool, resume: bool) -> StorePolicy:
+    existing = store_io.read_meta(store)
+    if existing is None:
+        if store.exists() and (not store.is_dir() or any(p.name != LOCK_NAME for p in store.iterdir())):
+            raise VaeflowError(f"{store} exists and is not a vaeflow store; choose another path")
+        if add:
+            raise VaeflowError(f"--add needs a finished store at {store}")
+        return StorePolicy("create", fresh_meta(settings))
+    changed = differences(comparable(existing.get("settings")), comparable(settings))
+    earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
+    if add and changed:
+        raise VaeflowError(f"--add needs the store's own settings; {store} differs in {changed}")
+    if add and not (existing.get("complete") or existing.get("generation")):
+        raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
+    if changed:
+        if not overwrite:
+            raise VaeflowError(
+                f"{store} was written with other settings ({changed}); "
+                "pass --overwrite to replace it, or choose another path"
+            )
+        return StorePolicy("replace", fresh_meta(settings))
+    if not existing.get("complete"):
+        if resume:  # an interrupted run: resume it, without the rows stored before an --add
+            return StorePolicy("resume", existing, _known(store, existing))
+        if earlier_rows and not overwrite:  # --no-resume on an interrupted --add: finished images too
+            raise VaeflowError(
+                f"{store} holds images from earlier runs; run the same command again to finish the interrupted "
+                "--add, or pass --overwrite with --no-resume to start the whole store over"
+            )
+        return StorePolicy("replace", fresh_meta(settings))
+    if add:
+        meta = {**existing, "complete": False, "generation": int(existing["generation"]) + 1}
+        return StorePolicy("append", meta, _known(store, existing))
+    return StorePolicy("complete", existing)
+
+
+def apply(policy: StorePolicy, store: Path) -> None:
+    """Carry out what planning decided: empty a store that is being replaced (keeping the lock)."""
+    if policy.action != "replace" or not store.exists():
+        return
+    for child in store.iterdir():
+        if child.name != LOCK_NAME:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _known(store: Path, meta: dict[str, Any]) -> frozenset[str]:
+    return frozenset(store_io.previous_index(store, int(meta["rows"]))["paths"])
+
+
+def comparable(settings: Any) -> dict[str, Any]:
+    """The settings that decide a store's bytes, in today's form, without unset keys.
+
+    Stores written before the one codec description (v1 settings) named the model beside its
+    fingerprint, the entropy stage ``ans``, and kept rate targets inside the quantizer.
+    """
+    if not isinstance(settings, dict):
+        return {}
+    model = settings.get("model")
+    if isinstance(model, dict):
+        identity = {"name": model.get("name"), "fingerprint": model.get("fingerprint")}
+    else:
+        identity = {"name": model, "fingerprint": settings.get("fingerprint")}
+    codec = {k: dict(v) if isinstance(v, dict) else v for k, v in dict(settings.get("codec") or {}).items()}
+    if "ans" in codec:
+        codec["entropy"] = codec.pop("ans")
+    quantize = codec.get("quantize")
+    if isinstance(quantize, dict):
+        target = {new: quantize.pop(old) for old, new in _V1_TARGET_KEYS.items() if quantize.get(old) is not None}
+        for old in _V1_TARGET_KEYS:
+            quantize.pop(old, None)
+        if target:
+            codec["target"] = target
+    try:
+        described = Pipeline.from_dict(codec, "store settings").to_dict()
+    except (PipelineError, TypeError):
+        described = codec  # a store from a newer vaeflow, say: compared as written
+    rest = {k: v for k, v in settings.items() if k not in ("model", "fingerprint", "codec", "pipeline")}
+    return _given({"model": identity, "codec": described, **rest})
+
+
+def _given(value: Any) -> Any:
+    """Without the keys left at None, so that options added later compare equal when unused."""
+    if isinstance(value, dict):
+        return {k: _given(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> str:
+    """The settings that differ, as dotted paths: ``codec.quantize.quality: 50 -> 30``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [differences(old.get(k), new.get(k), f"{prefix}{k}.") for k in sorted(set(old) | set(new))]
+        return "; ".join(p for p in parts if p)
+    return f"{prefix[:-1]}: {old!r} -> {new!r}" if old != new else ""

@@ -1,0 +1,36 @@
+"""The job's progress bar: images done and failed, and images per second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vaeflow.dataset.plan import Plan
+
+Marker = dict[str, Any]
+
+
+@contextmanager
+def progress(plan: Plan, enabled: bool) -> Iterator[Callable[[Marker], None]]:
+    """A callback to give each finished batch's marker; a bar when ``enabled``."""
+    if not enabled:
+        yield lambda marker: None
+        return
+    failed = len(plan.failed_at_scan)
+    done = [0, failed]
+    started = time.perf_counter()
+    with tqdm(total=len(plan.items) + failed, unit="img", desc="compress", initial=failed) as bar:
+
+        def advance(marker: Marker) -> None:
+            ok = sum(1 for i in marker["items"] if i["ok"])
+            done[0] += ok
+            done[1] += len(marker["items"]) - ok
+            rate = done[0] / max(1e-9, time.perf_counter() - started)
+            bar.set_postfix(done=done[0], failed=done[1], img_s=f"{rate:.2f}", refresh=False)
+            bar.update(len(marker["items"]))
+
+        yield advance

@@ -1,0 +1,43 @@
+"""The in-process executor: every batch's stages in order, in this process (the reference).
+
+Its stores are byte-identical to the Dask executor's. Attempts are counted on disk, because
+a poison input kills this very process: a batch whose runs killed the job ``MAX_ATTEMPTS``
+times is then coded image by image, and an image whose own runs killed it that often is
+recorded as failed, so that resuming always makes progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vaeflow.dataset.isolation import PoisonInputError, code_alone
+from vaeflow.dataset.plan import Batch
+from vaeflow.dataset.tasks import TaskContext, run_batch
+from vaeflow.dataset.work import WorkStore
+
+Marker = dict[str, Any]
+MAX_ATTEMPTS = 2
+
+
+class SerialExecutor:
+    dashboard_link: str | None = None
+    threads_per_task: int | None = None
+
+    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None:
+        work = WorkStore(ctx.store)
+
+        def run_single(single: Batch) -> Marker:
+            done = work.done(single.key)
+            if done is not None:
+                return done
+            deaths = work.count_attempt(single.key) - 1
+            if deaths >= MAX_ATTEMPTS:
+                raise PoisonInputError(f"the job died {deaths} times while coding this image alone (poison input)")
+            return run_batch(ctx, single)
+
+        for batch in batches:
+            if work.count_attempt(batch.key) <= MAX_ATTEMPTS:
+                on_done(run_batch(ctx, batch))
+            else:
+                on_done(code_alone(ctx, batch, run_single))

@@ -1,0 +1,56 @@
+"""Durable writes: a file replaced atomically and synced, so that a crash leaves the old or the new one.
+
+Everything vaeflow writes that a later run trusts (batch markers, attempt counts, registry
+files, checkpoints) goes through ``atomic_write``; ``sync_tree`` makes a folder's files
+durable before a marker says they are there.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def fsync(path: Path) -> None:
+    """fsync one file or folder (a folder: its entries); file systems that cannot fsync a folder
+    (EINVAL) are let off."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (exc.errno == errno.EINVAL and path.is_dir()):
+            raise
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync ``root`` and every file and folder under it."""
+    for path in [root, *root.rglob("*")]:
+        fsync(path)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, synced, then renamed
+    over it; the rename is synced too."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync(path.parent)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value))

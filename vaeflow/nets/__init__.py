@@ -1,1 +1,0 @@
-"""PyTorch architectures (needs the ``train`` extra): the default model and the TAE family."""
