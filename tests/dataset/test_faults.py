@@ -266,3 +266,38 @@ def test_verify_finds_damaged_streams(tmp_path: Path, picture: Image.Image) -> N
     assert [name for name, _ in report.damaged] == ["1.png"] and report.checked == 3
     assert "checksum" in report.damaged[0][1]
     assert main(["verify", str(store)]) == 3
+
+
+def test_a_worker_whose_registry_holds_another_model_stops_the_job_naming_both(
+    tmp_path: Path, picture: Image.Image
+) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from distributed import Client, LocalCluster
+
+    from vaeflow.errors import ModelError
+    from vaeflow.models.registry import Registry, register
+
+    entry = Registry.load().resolve("default")
+    decoder = tmp_path / "decoder.onnx"
+    shutil.copy(entry.decoder, decoder)
+    with decoder.open("ab") as fh:
+        fh.write(b"\0")  # the same name, other files: another fingerprint
+    config = register(replace(entry, decoder=decoder), tmp_path / "worker-models.toml")
+    src = tmp_path / "src"
+    src.mkdir()
+    picture.save(src / "a.png")
+    store = tmp_path / "s.zarr"
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=":0", env={"VAEFLOW_CONFIG": str(config)}
+        ) as cluster,
+        Client(cluster) as client,
+        pytest.raises(
+            ModelError, match=rf"needs model 'f8c4-v1' \(fingerprint {entry.ref().fingerprint}.*is 'f8c4-v1'"
+        ),
+    ):
+        compress_dataset(src, store, client=client, options=JobOptions(progress=False))
+    with pytest.raises(VaeflowError, match="not a finished vaeflow store"):
+        open_store(store)  # nothing was recorded as failed; the same command resumes once the registry is fixed

@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster, as_completed, performance_report, 
 from vaeflow.dataset import tasks
 from vaeflow.dataset.isolation import code_alone
 from vaeflow.dataset.plan import Batch
-from vaeflow.dataset.tasks import TaskContext
+from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
 
 RETRIES = 2
 
@@ -59,8 +59,8 @@ class DaskExecutor:
                 batch = by_key[future.key]
                 try:
                     marker = future.result()
-                except OSError:
-                    raise  # the store cannot be written: the job stops, and can be resumed
+                except JOB_ERRORS:
+                    raise  # the store cannot be written, or the model differs: the job stops, and can be resumed
                 except Exception:  # the batch kept failing, or kept killing workers: try image by image
                     marker = self._isolate(ctx, batch, token)
                 on_done(marker)

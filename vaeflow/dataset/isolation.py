@@ -2,9 +2,10 @@
 
 A batch whose tasks fail (after the executor's own retries), or whose runs keep killing
 the job or its workers, is coded again one image at a time; an image that still fails on
-its own is recorded as failed with the reason, and the rest of the batch is kept. A store
-that cannot be written (``OSError``: disk full, permissions) is never a per-image failure:
-it stops the job, which the same command resumes.
+its own is recorded as failed with the reason, and the rest of the batch is kept. Errors of
+the job rather than of an image are never per-image failures: a store that cannot be written
+(``OSError``: disk full, permissions) or a worker whose registry holds another model than the
+plan's (``ModelError``) stops the job, which the same command resumes once that is fixed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vaeflow.dataset.plan import Batch
-from vaeflow.dataset.tasks import TaskContext, failed_marker, merged_marker, single_batches
+from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext, failed_marker, merged_marker, single_batches
 from vaeflow.errors import VaeflowError
 
 Marker = dict[str, Any]
@@ -29,7 +30,7 @@ def code_alone(ctx: TaskContext, batch: Batch, run_single: Callable[[Batch], Mar
     for single in single_batches(batch):
         try:
             parts.append(run_single(single))
-        except OSError:
+        except JOB_ERRORS:
             raise
         except Exception as exc:
             parts.append(failed_marker(ctx, single, failure_reason(exc)))

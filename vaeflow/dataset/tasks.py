@@ -20,11 +20,13 @@ from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.work import WorkStore
-from vaeflow.errors import ImageReadError
+from vaeflow.errors import ImageReadError, ModelError
 from vaeflow.imageio import load_image
 from vaeflow.models import RuntimeOptions
 
 STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
+# Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
+JOB_ERRORS = (OSError, ModelError)
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,16 @@ def _stage(
         rows = work.read_rows(batch, source, ctx.prefix, which)
         try:
             out = run(ctx, rows)
+        except JOB_ERRORS:
+            raise
         except Exception:  # one bad image must not sink the batch: retry image by image
             out_rows, kept = [], []
             for row, pos in zip(rows, which, strict=True):
                 try:
                     out_rows.append(run(ctx, row[None])[0])
                     kept.append(pos)
+                except JOB_ERRORS:
+                    raise
                 except Exception as exc:
                     state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
             if not kept:
