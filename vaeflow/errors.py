@@ -19,3 +19,11 @@ class PipelineError(VaeflowError):
 
 class ImageReadError(VaeflowError):
     """An image file that cannot be read or converted; the message says why."""
+
+
+class StoreWriteError(VaeflowError):
+    """A store could not be written (disk full, permissions); the finished batches are kept."""
+
+
+class ClusterLostError(VaeflowError):
+    """The Dask cluster went away during a job (scheduler gone, client closed); finished batches are kept."""

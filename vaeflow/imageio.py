@@ -23,10 +23,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaeflow.errors import ImageReadError, VaeflowError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 # Formats read by content, whatever the extension says; never Pillow's others (EPS, PSD, ...).
 READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG covers MPO
-DEFAULT_MAX_PIXELS = 256_000_000  # per image file read (decompression bombs)
+DEFAULT_MAX_PIXELS = 100_000_000  # per image file; larger ones need --max-pixels (peak memory grows with it)
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageReadError", "LoadedImage", "as_rgb", "list_images",
            "load_image", "read_header", "read_rgb", "write_png"]  # fmt: skip
@@ -69,9 +70,14 @@ def open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
 
 
 def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) from the file header alone."""
+    """(height, width) from the file header alone, as the image is coded: after EXIF orientation."""
     with open_image(path, max_pixels) as im:
-        return im.size[1], im.size[0]
+        width, height = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: loading reports it
+            orientation = 1
+        return (width, height) if orientation in TRANSPOSED_ORIENTATIONS else (height, width)
 
 
 def check_size(height: int, width: int, max_pixels: int) -> None:

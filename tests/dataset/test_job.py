@@ -367,7 +367,7 @@ def test_dry_run_prints_the_plan(source: Path, tmp_path: Path) -> None:
 def test_decompress_writes_pngs_and_refuses_escaping_names(sync_store: Path, tmp_path: Path) -> None:
     from vaeflow.dataset.decompress import decompress_store, target_name
 
-    written = decompress_store(sync_store, tmp_path / "out")
+    written = decompress_store(sync_store, tmp_path / "out").written
     assert "nested/deeper/photo.png" in written and len(written) == len(GOOD)
     decoded = np.asarray(Image.open(tmp_path / "out" / "img1.png"))
     np.testing.assert_array_equal(decoded, open_store(sync_store).read_image("img1.png"))

@@ -12,7 +12,8 @@ import vaeflow
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
 from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
-from vaeflow.dataset.job import ClusterOptions, JobOptions, compress_dataset, plan_job
+from vaeflow.dataset.job import compress_dataset, plan_job
+from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.verify import verify_store
 from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
 from vaeflow.reports.trace import write_trace
@@ -39,6 +40,7 @@ def register(commands: Any) -> None:
     job.add_argument("--batch-size", type=int, default=8, help="images per VAE run (same padded shape)")
     job.add_argument("--overwrite", action="store_true", help="replace a store written with other settings")
     job.add_argument("--add", action="store_true", help="append new files to a finished store")
+    job.add_argument("--retry-failed", action="store_true", help="code again the images the store records as failed")
     job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
     job.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
@@ -54,6 +56,7 @@ def register(commands: Any) -> None:
     p.add_argument("dst", type=Path, nargs="?", help="destination folder (store) or PNG file (stream)")
     p.add_argument("--names", nargs="*", default=None, help="only these stored names")
     p.add_argument("--scheduler", default="sync", help="'sync' (default) or tcp://host:port to decode on a cluster")
+    p.add_argument("--overwrite", action="store_true", help="replace PNG files that exist in the destination")
     add_runtime_options(p)
     p.set_defaults(run=run_decompress)
 
@@ -77,7 +80,7 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.dst is None:
         raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
     options = JobOptions(
-        batch_size=args.batch_size, overwrite=args.overwrite, add=args.add,
+        batch_size=args.batch_size, overwrite=args.overwrite, add=args.add, retry_failed=args.retry_failed,
         keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels,
         progress=not args.no_progress, runtime=runtime_from(args),
     )  # fmt: skip
@@ -128,18 +131,22 @@ def run_decompress(args: argparse.Namespace) -> int:
         return 0
     if args.dst is None:
         raise ValueError("decompressing a store needs a destination folder")
+    store, dst = args.src.absolute(), args.dst.absolute()  # workers elsewhere see the same absolute paths
     if args.scheduler == "sync":
-        written = decompress_store(args.src, args.dst, args.names, runtime_from(args))
+        report = decompress_store(store, dst, args.names, runtime_from(args), overwrite=args.overwrite)
     else:
-        from distributed import Client  # Dask only when decoding on a cluster
+        # Dask only when decoding on a cluster
+        from vaeflow.dataset.distributed import check_shared_paths, client_mapper, cluster_client
 
-        from vaeflow.dataset.distributed import client_mapper  # Dask, as above
-
-        with Client(args.scheduler) as client:
+        with cluster_client(None, ClusterOptions(scheduler=args.scheduler)) as (client, _, _):
+            dst.mkdir(parents=True, exist_ok=True)
+            check_shared_paths(client, [store, dst], dst)
             mapper = client_mapper(client, "decode")
-            written = decompress_store(args.src, args.dst, args.names, runtime_from(args), run=mapper)
-    print(f"{args.src} -> {args.dst}: {len(written)} PNG files")
-    return 0
+            report = decompress_store(store, dst, args.names, runtime_from(args), run=mapper, overwrite=args.overwrite)
+    print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
+    for name, reason in report.damaged:
+        print(f"vaeflow: damaged stream {name!r} not written: {reason}", file=sys.stderr)
+    return 0 if report.ok else EXIT_SOME_FAILED
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -28,6 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DASK_LOGGERS = ("distributed", "distributed.client", "distributed.worker", "distributed.nanny",
+                "distributed.scheduler", "distributed.core", "bokeh", "tornado", "tornado.application")  # fmt: skip
+
+
+def quiet_dask() -> None:
+    """Dask's own logs (worker tracebacks, lost connections) only with -v: vaeflow says what happened."""
+    import dask  # its config only (light), before distributed is imported by any command; workers inherit it
+
+    dask.config.set({"logging": dict.fromkeys(DASK_LOGGERS, "critical")})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -35,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:  # Dask's loggers log at INFO; show them with -v only
         handler.setLevel(level)
+    if not args.verbose:
+        quiet_dask()
     try:
         return int(args.run(args) or EXIT_OK)
     except (VaeflowError, ValueError, OSError) as exc:

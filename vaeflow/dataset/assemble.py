@@ -18,7 +18,7 @@ Marker = dict[str, Any]
 def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work: WorkStore) -> None:
     entries = {item["index"]: item for marker in markers.values() for item in marker["items"]}
     failed_at_scan = {item.index: (item, reason) for item, reason in plan.failed_at_scan}
-    first = meta["rows"]
+    first = plan.first_index
     count = len(plan.items) + len(plan.failed_at_scan)
 
     def rows() -> Iterator[store_io.Row]:
@@ -38,11 +38,14 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
             yield store_io.Row(entry["path"], shape, entry["ok"], note, data)
 
     new_bytes = sum(entry["nbytes"] for entry in entries.values())
-    total = store_io.write_index(plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], first)
+    total = store_io.write_index(
+        plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], meta["rows"], plan.policy.retried
+    )
     for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
         sync_tree(plan.store / part)
     store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
-    store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
+    done = {k: v for k, v in meta.items() if k not in ("retrying", "adding")}
+    store_io.write_meta(plan.store, {**done, "complete": True, "stored_bytes": total, "rows": first + count})
     fsync(plan.store / "zarr.json")
 
 

@@ -3,18 +3,33 @@
 Names come from the store's index, which may hold anything, so every target path is
 checked: no absolute paths, no ``..``, and no symbolic link in the destination may lead
 outside ``DST_DIR``. Such names are refused with an error before anything is written.
+
+Two images never go to one file. A stored name becomes a PNG path by these rules, in order:
+
+1. its extension is replaced by ``.png`` (``a.jpg`` -> ``a.png``; no extension: ``.png`` added);
+2. if an earlier image took that path (compared without regard to case, as some file
+   systems do), the name keeps its extension: ``a.jpg`` -> ``a.jpg.png``;
+3. if that is taken too, ``~2``, ``~3``, ... go before ``.png``: ``a~2.png``;
+4. a path component over 255 bytes (UTF-8) is cut and ends in ``~`` and eight hex digits of
+   the SHA-1 of the whole stored name, then ``.png``.
+
+Files already in ``DST_DIR`` are never replaced unless asked (``overwrite``). A damaged
+stream is named in the report and every other image is still written.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vaeflow.dataset.reader import open_store
 from vaeflow.errors import VaeflowError
 from vaeflow.imageio import write_png
 from vaeflow.models import RuntimeOptions
+
+MAX_COMPONENT_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -25,22 +40,68 @@ class DecodeTask:
     runtime: RuntimeOptions
 
 
-def target_name(name: str) -> PurePosixPath:
-    """The relative PNG path for a stored name; refuses names that could escape DST_DIR."""
+@dataclass
+class DecompressReport:
+    written: list[str] = field(default_factory=list)  # targets, relative to the destination
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why it did not decode)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+
+def checked_name(name: str) -> PurePosixPath:
+    """The stored name as a relative path; refuses names that could escape DST_DIR."""
     path = PurePosixPath(name)
     if not name or "\\" in name or "\0" in name or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
         raise VaeflowError(f"refusing to write stored name {name!r}: it is absolute or leaves the destination")
-    return path.with_suffix(".png") if path.suffix else path.with_name(path.name + ".png")
+    return path
+
+
+def target_name(name: str) -> PurePosixPath:
+    """Rule 1 (and 4): the PNG path a stored name gets when nothing else claims it."""
+    path = checked_name(name)
+    return _fit(path.with_suffix(".png") if path.suffix else path.with_name(path.name + ".png"), name)
+
+
+def _fit(path: PurePosixPath, name: str, counter: int = 0) -> PurePosixPath:
+    """``path`` with ``~counter`` before ``.png`` (when counter > 1), every component within the limit."""
+    stem = path.name[: -len(".png")]
+    tail = f"~{counter}.png" if counter > 1 else ".png"
+    parts = [_short(part, name, "") for part in path.parent.parts]
+    if len((stem + tail).encode()) > MAX_COMPONENT_BYTES:
+        stem = _cut(stem, MAX_COMPONENT_BYTES - len(tail.encode()) - 9) + "~" + _digest(name)
+    return PurePosixPath(*parts, stem + tail)
+
+
+def _short(part: str, name: str, tail: str) -> str:
+    if len(part.encode()) <= MAX_COMPONENT_BYTES:
+        return part
+    return _cut(part, MAX_COMPONENT_BYTES - 9) + "~" + _digest(name)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
 def plan_targets(names: list[str]) -> list[tuple[str, str]]:
-    targets: dict[PurePosixPath, str] = {}
+    """Each stored name with its own PNG path (the rules above), in order."""
+    taken: set[str] = set()
     out = []
     for name in names:
-        target = target_name(name)
-        if target in targets:  # a.jpg and a.png: keep both, the second as a.jpg.png
-            target = PurePosixPath(name + ".png")
-        targets[target] = name
+        first = target_name(name)
+        candidates = [first, _fit(checked_name(name + ".png"), name)]
+        target = next((c for c in candidates if str(c).casefold() not in taken), None)
+        counter = 2
+        while target is None:
+            numbered = _fit(first, name, counter)
+            target = numbered if str(numbered).casefold() not in taken else None
+            counter += 1
+        taken.add(str(target).casefold())
         out.append((name, str(target)))
     return out
 
@@ -56,17 +117,22 @@ def safe_path(dst: Path, relative: str) -> Path:
     return target
 
 
-def decode_batch(task: DecodeTask) -> list[str]:
+def decode_batch(task: DecodeTask) -> DecompressReport:
     reader = open_store(task.store, task.runtime)
     dst = Path(task.dst)
-    written = []
+    report = DecompressReport()
     for name, relative in task.pairs:
+        try:
+            image = reader.read_image(name)
+        except VaeflowError as exc:
+            report.damaged.append((name, str(exc)))
+            continue
         target = safe_path(dst, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_path(dst, relative)  # again, now that the folders exist
-        write_png(target, reader.read_image(name))
-        written.append(relative)
-    return written
+        write_png(target, image)
+        report.written.append(relative)
+    return report
 
 
 def decompress_store(
@@ -75,12 +141,15 @@ def decompress_store(
     names: list[str] | None = None,
     runtime: RuntimeOptions | None = None,
     batch_size: int = 8,
-    run: Callable[[Callable[[DecodeTask], list[str]], list[DecodeTask]], Iterator[list[str]]] | None = None,
-) -> list[str]:
-    """Write the named images (all by default) as PNGs under ``dst``; returns the paths written.
+    run: Callable[[Callable[[DecodeTask], DecompressReport], list[DecodeTask]], Iterator[DecompressReport]]
+    | None = None,
+    overwrite: bool = False,
+) -> DecompressReport:
+    """Write the named images (all by default) as PNGs under ``dst``.
 
     ``run`` maps the decode function over tasks (a Dask client's map, say); by default
-    tasks run in this process.
+    tasks run in this process. Nothing is written when a name is unsafe, not stored, or
+    its file exists already (unless ``overwrite``).
     """
     reader = open_store(store)
     chosen = reader.names if names is None else names
@@ -88,12 +157,19 @@ def decompress_store(
     if missing:
         raise VaeflowError(f"not stored in {store}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
     pairs = plan_targets(chosen)
-    Path(dst).mkdir(parents=True, exist_ok=True)
+    dst = Path(dst).absolute()
     for _, relative in pairs:
-        safe_path(Path(dst), relative)
+        target = safe_path(dst, relative)
+        if target.exists() and not overwrite:
+            raise VaeflowError(f"{target} exists; pass --overwrite to replace files, or choose an empty folder")
+    dst.mkdir(parents=True, exist_ok=True)
     tasks = [
         DecodeTask(str(store), str(dst), tuple(pairs[i : i + batch_size]), runtime or RuntimeOptions())
         for i in range(0, len(pairs), batch_size)
     ]
     mapper = run or (lambda fn, items: map(fn, items))
-    return [path for batch in mapper(decode_batch, tasks) for path in batch]
+    report = DecompressReport()
+    for part in mapper(decode_batch, tasks):
+        report.written += part.written
+        report.damaged += part.damaged
+    return report

@@ -11,20 +11,55 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
 from typing import Any
 
 import dask
 from dask.delayed import Delayed, delayed
 from distributed import Client, LocalCluster, as_completed, performance_report, span
+from distributed.client import ClosedClientError
+from distributed.comm.core import CommClosedError
 
 from vaeflow.dataset import tasks
 from vaeflow.dataset.isolation import code_alone
+from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
+from vaeflow.errors import ClusterLostError, VaeflowError
 
 RETRIES = 2
+CONNECT_TIMEOUT_S = 10
+# What a client raises when its cluster, not a task, went away.
+_CLUSTER_GONE = (CancelledError, ClosedClientError, CommClosedError)
+
+
+def cluster_lost(client: Client, exc: BaseException) -> ClusterLostError | None:
+    """The error to stop the job with if ``exc`` means the cluster is gone (None if a task failed)."""
+    if isinstance(exc, ClusterLostError):
+        return exc
+    if isinstance(exc, _CLUSTER_GONE) or client.status not in ("running", "connecting"):
+        where = getattr(client.scheduler, "address", None) or "the scheduler"
+        why = " ".join(str(exc).split())  # one line
+        return ClusterLostError(
+            f"lost the Dask cluster ({where}: {type(exc).__name__}: {why}). The batches finished so far are "
+            "kept: start the cluster again and run the same command to resume"
+        )
+    return None
+
+
+def result(client: Client, future: Any) -> Any:
+    """A future's result; a lost cluster raises ``ClusterLostError`` rather than the task's error."""
+    try:
+        return future.result()
+    except Exception as exc:
+        lost = cluster_lost(client, exc)
+        if lost is not None:
+            raise lost from exc
+        raise
 
 
 class DaskExecutor:
@@ -52,15 +87,16 @@ class DaskExecutor:
             if self.performance_report
             else contextlib.nullcontext()
         )
+        check_shared_paths(self.client, [Path(ctx.src), Path(ctx.store)], Path(ctx.store))
         with report, span("vaeflow-compress"):
             futures = self.client.compute(graphs, retries=RETRIES)
             by_key = {f.key: b for f, b in zip(futures, batches, strict=True)}
             for future in as_completed(futures):
                 batch = by_key[future.key]
                 try:
-                    marker = future.result()
+                    marker = result(self.client, future)
                 except JOB_ERRORS:
-                    raise  # the store cannot be written, or the model differs: the job stops, and can be resumed
+                    raise  # the store, the model or the cluster: the job stops, and the same command resumes it
                 except Exception:  # the batch kept failing, or kept killing workers: try image by image
                     marker = self._isolate(ctx, batch, token)
                 on_done(marker)
@@ -71,7 +107,7 @@ class DaskExecutor:
         run together, innocent images would share the blame of a poison one."""
 
         def run_single(single: Batch) -> dict[str, Any]:
-            return self.client.compute(batch_graph(ctx, single, token), retries=RETRIES).result()  # type: ignore[no-any-return]
+            return result(self.client, self.client.compute(batch_graph(ctx, single, token), retries=RETRIES))  # type: ignore[no-any-return]
 
         return code_alone(ctx, batch, run_single)
 
@@ -85,7 +121,7 @@ def batch_graph(ctx: TaskContext, batch: Batch, token: str) -> Delayed:
 
 
 @contextlib.contextmanager
-def cluster_client(client: Client | None, options: Any) -> Iterator[tuple[Client, str | None, int | None]]:
+def cluster_client(client: Client | None, options: ClusterOptions) -> Iterator[tuple[Client, str | None, int | None]]:
     """The client to run on, its dashboard link, and ONNX threads per task.
 
     A given client is used as it is and left open. An address connects to that scheduler;
@@ -96,7 +132,13 @@ def cluster_client(client: Client | None, options: Any) -> Iterator[tuple[Client
         yield client, client.dashboard_link, None
         return
     if options.scheduler:
-        remote = Client(options.scheduler)
+        try:
+            remote = Client(options.scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, ValueError, TypeError) as exc:
+            raise VaeflowError(
+                f"cannot reach a Dask scheduler at {options.scheduler!r} ({exc}); start one (`dask scheduler`) "
+                "or check the address, e.g. tcp://host:8786"
+            ) from exc
         try:
             yield remote, remote.dashboard_link, 1
         finally:
@@ -112,6 +154,47 @@ def cluster_client(client: Client | None, options: Any) -> Iterator[tuple[Client
     finally:
         local.close()
         cluster.close()
+
+
+def check_shared_paths(client: Client, paths: list[Path], folder: Path) -> None:
+    """Refuse to run unless every worker sees ``paths`` and the very ``folder`` this process sees.
+
+    A probe file with a random token is written in ``folder`` and read back by each worker:
+    vaeflow's workers read the source and write the store directly, so they need a file
+    system shared with this process at the same paths.
+    """
+    token = secrets.token_hex(8)
+    probe = folder / f".vaeflow-probe-{token}"
+    probe.write_text(token)
+    try:
+        answers = client.run(_probe, [str(p) for p in paths], str(probe), token)
+    except Exception as exc:
+        lost = cluster_lost(client, exc)
+        raise lost or VaeflowError(f"could not ask the Dask workers what they see: {exc}") from exc
+    finally:
+        probe.unlink(missing_ok=True)
+    if not answers:
+        raise VaeflowError("the Dask cluster has no workers: start some (`dask worker ADDRESS`)")
+    blind = {worker: problem for worker, problem in answers.items() if problem}
+    if blind:
+        worker, problem = next(iter(sorted(blind.items())))
+        raise VaeflowError(
+            f"{len(blind)} of {len(answers)} Dask workers do not see this job's files at the same paths "
+            f"({worker}: {problem}); vaeflow's workers read the source and write the store themselves, so they "
+            "need a file system shared with this machine at the same paths"
+        )
+
+
+def _probe(paths: list[str], probe: str, token: str) -> str:
+    """On a worker: what it cannot see of ``paths`` and the probe file ("" if all is there)."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        return f"no {missing[0]}"
+    try:
+        with open(probe) as fh:
+            return "" if fh.read() == token else f"{probe} holds other content (another folder at that path)"
+    except OSError:
+        return f"no {probe} (another folder at that path)"
 
 
 def local_cluster(workers: int, threads_per_worker: int = 1, memory_limit: str = "auto", **kwargs: Any) -> LocalCluster:
@@ -139,7 +222,7 @@ def client_mapper(client: Client, prefix: str) -> Callable[[Callable[[Any], Any]
         token = hashlib.sha1(f"{prefix}|{os.getpid()}|{id(items)}".encode()).hexdigest()[:8]
         futures = client.map(fn, items, key=[f"{prefix}-{i}-{token}" for i in range(len(items))], retries=RETRIES)
         for future in futures:
-            yield future.result()
+            yield result(client, future)
             future.release()
 
     return run

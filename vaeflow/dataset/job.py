@@ -23,6 +23,7 @@ from vaeflow.dataset import policy as store_policy
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.assemble import assemble, finish
 from vaeflow.dataset.lock import StoreLock
+from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.plan import Batch, Plan, build_plan
 from vaeflow.dataset.progress import progress
 from vaeflow.dataset.reader import open_store
@@ -30,18 +31,12 @@ from vaeflow.dataset.scan import scan
 from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.dataset.tasks import TaskContext
 from vaeflow.dataset.work import WorkStore
-from vaeflow.errors import VaeflowError
-from vaeflow.imageio import DEFAULT_MAX_PIXELS
-from vaeflow.models import RuntimeOptions
+from vaeflow.errors import StoreWriteError, VaeflowError
 from vaeflow.resources import vaeflow_version
 from vaeflow.stages import RateTarget
 
 Marker = dict[str, Any]
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
-
-
-class StoreWriteError(VaeflowError):
-    """The store could not be written (disk full, permissions); finished batches are kept."""
 
 
 def write_error(store: Path, exc: OSError) -> StoreWriteError:
@@ -56,30 +51,6 @@ class Executor(Protocol):
     threads_per_task: int | None  # ONNX threads per task, when the executor knows best
 
     def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None: ...
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """What a job does with its store and its images (what it produces is set by the codec)."""
-
-    batch_size: int = 8
-    overwrite: bool = False
-    add: bool = False
-    keep_intermediates: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    progress: bool = True
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """Where a job runs: a new local cluster (default), ``"sync"`` in-process, or a scheduler's address."""
-
-    scheduler: str | None = None
-    workers: int | None = None
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
-    performance_report: str | None = None  # Dask's HTML performance report of the run
 
 
 @dataclass
@@ -137,6 +108,7 @@ def compress_dataset(
     scheduler: str | None = None,
     workers: int | None = None,
     resume: bool = True,
+    retry_failed: bool = False,
     options: JobOptions | None = None,
     cluster: ClusterOptions | None = None,
 ) -> JobReport:
@@ -149,9 +121,11 @@ def compress_dataset(
     (``scheduler`` and ``workers`` are shortcuts for it): a new local cluster of worker
     processes by default, ``"sync"`` in this process, or an existing scheduler's address.
     A store left by an interrupted run with the same settings is resumed (``resume=False``
-    starts over).
+    starts over); ``retry_failed`` codes again the images a finished store records as failed.
     """
     options = options or JobOptions()
+    if retry_failed:
+        options = replace(options, retry_failed=True)
     cluster = cluster or ClusterOptions()
     if scheduler is not None or workers is not None:
         cluster = replace(cluster, scheduler=scheduler or cluster.scheduler, workers=workers or cluster.workers)
@@ -159,22 +133,26 @@ def compress_dataset(
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
     preset = pipeline if isinstance(pipeline, str) else ("custom" if pipeline is not None else "default")
     codec = resolve_codec(model, quality, pipeline, target)
-    with StoreLock(Path(store)):
-        plan = plan_job(Path(src), Path(store), codec, preset, options, resume)
+    src, store = Path(src).absolute(), Path(store).absolute()  # workers elsewhere see the same absolute paths
+    with StoreLock(store):
+        plan = plan_job(src, store, codec, preset, options, resume)
         with _executor(cluster, client, plan) as executor:
             try:
                 return execute(plan, options, executor)
             except OSError as exc:
                 if exc.errno in WRITE_ERRORS:
-                    raise write_error(Path(store), exc) from exc
+                    raise write_error(store, exc) from exc
                 raise
 
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
     """Check the settings against any existing store and build the plan; nothing on disk changes."""
     settings = {**codec.settings(), "pipeline": preset}
-    decided = store_policy.decide(store, settings, add=options.add, overwrite=options.overwrite, resume=resume)
-    return build_plan(scan(src, options.max_pixels), src, store, codec, settings, decided, options.batch_size)
+    decided = store_policy.decide(
+        store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
+    )
+    scanned = scan(src, options.max_pixels, exclude=store)
+    return build_plan(scanned, src, store, codec, settings, decided, options.batch_size)
 
 
 def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:

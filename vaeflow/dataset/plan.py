@@ -65,7 +65,7 @@ class Plan:
 
     @property
     def first_index(self) -> int:
-        return int(self.policy.meta["rows"])
+        return self.policy.first_row
 
     @property
     def megapixels(self) -> float:
@@ -101,7 +101,9 @@ def build_plan(
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
     stride = codec.model.downsample
     images = [] if policy.action == "complete" else [i for i in scan.images if i.path not in policy.known]
-    first = int(policy.meta["rows"])
+    if policy.only_retried:
+        images = [i for i in images if i.path in policy.retried]
+    first = policy.first_row
     items: list[Item] = []
     failed: list[tuple[Item, str]] = []
     by_shape: dict[tuple[int, int], list[Item]] = {}

@@ -33,6 +33,13 @@ class StorePolicy:
     action: str
     meta: dict[str, Any]  # the store attributes the run starts from
     known: frozenset[str] = field(default=frozenset())  # paths stored before (never coded again)
+    retried: frozenset[str] = field(default=frozenset())  # failed paths coded again (their old rows dropped)
+    only_retried: bool = False  # code the retried paths and no new files
+
+    @property
+    def first_row(self) -> int:
+        """Where this run's rows start in the index: after the earlier rows it keeps."""
+        return int(self.meta["rows"]) - len(self.retried)
 
     @property
     def key_prefix(self) -> str:
@@ -45,7 +52,9 @@ def fresh_meta(settings: dict[str, Any]) -> dict[str, Any]:
             "complete": False, "generation": 0, "stored_bytes": 0, "rows": 0}  # fmt: skip
 
 
-def decide(store: Path, settings: dict[str, Any], *, add: bool, overwrite: bool, resume: bool) -> StorePolicy:
+def decide(
+    store: Path, settings: dict[str, Any], *, add: bool, overwrite: bool, resume: bool, retry_failed: bool = False
+) -> StorePolicy:
     existing = store_io.read_meta(store)
     if existing is None:
         if store.exists() and (not store.is_dir() or any(p.name != LOCK_NAME for p in store.iterdir())):
@@ -55,8 +64,10 @@ def decide(store: Path, settings: dict[str, Any], *, add: bool, overwrite: bool,
         return StorePolicy("create", fresh_meta(settings))
     changed = differences(comparable(existing.get("settings")), comparable(settings))
     earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
-    if add and changed:
-        raise VaeflowError(f"--add needs the store's own settings; {store} differs in {changed}")
+    extend = add or retry_failed
+    if extend and changed:
+        flag = "--add" if add else "--retry-failed"
+        raise VaeflowError(f"{flag} needs the store's own settings; {store} differs in {changed}")
     if add and not (existing.get("complete") or existing.get("generation")):
         raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
     if changed:
@@ -68,17 +79,26 @@ def decide(store: Path, settings: dict[str, Any], *, add: bool, overwrite: bool,
         return StorePolicy("replace", fresh_meta(settings))
     if not existing.get("complete"):
         if resume:  # an interrupted run: resume it, without the rows stored before an --add
-            return StorePolicy("resume", existing, _known(store, existing))
+            return _extension("resume", store, existing, bool(existing.get("retrying")), bool(existing.get("adding")))
         if earlier_rows and not overwrite:  # --no-resume on an interrupted --add: finished images too
             raise VaeflowError(
                 f"{store} holds images from earlier runs; run the same command again to finish the interrupted "
                 "--add, or pass --overwrite with --no-resume to start the whole store over"
             )
         return StorePolicy("replace", fresh_meta(settings))
-    if add:
-        meta = {**existing, "complete": False, "generation": int(existing["generation"]) + 1}
-        return StorePolicy("append", meta, _known(store, existing))
+    if extend:
+        generation = int(existing["generation"]) + 1
+        meta = {**existing, "complete": False, "generation": generation, "retrying": retry_failed, "adding": add}
+        return _extension("append", store, meta, retry_failed, add)
     return StorePolicy("complete", existing)
+
+
+def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, adding: bool) -> StorePolicy:
+    """An ``--add`` or ``--retry-failed`` generation: what the index holds, and what is coded again."""
+    index = store_io.previous_index(store, int(meta["rows"]))
+    failed = frozenset(p for p, s in zip(index["paths"], index["status"], strict=True) if s != store_io.STATUS_OK)
+    retried = failed if retrying else frozenset()
+    return StorePolicy(action, meta, frozenset(index["paths"]) - retried, retried, retrying and not adding)
 
 
 def apply(policy: StorePolicy, store: Path) -> None:
@@ -88,10 +108,6 @@ def apply(policy: StorePolicy, store: Path) -> None:
     for child in store.iterdir():
         if child.name != LOCK_NAME:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _known(store: Path, meta: dict[str, Any]) -> frozenset[str]:
-    return frozenset(store_io.previous_index(store, int(meta["rows"]))["paths"])
 
 
 def comparable(settings: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress, decompress_latent, info
-from vaeflow.dataset.store import STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
+from vaeflow.dataset.store import OLD_INDEX, STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, subgroup
 from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
@@ -48,50 +50,64 @@ class StoreReader:
 
     def __init__(self, path: str | Path, runtime: RuntimeOptions | None = None) -> None:
         self.path = Path(path)
+        self.runtime = runtime
+        self.meta = self._read_meta()
+        rows = self.meta.get("rows")
+        if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= MAX_ROWS:
+            raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
+        exact = self.meta.get("complete") is True  # mid --add: the index may already hold more rows
+        with damage(self.path, "index"):
+            index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
+            self._check_sizes(index, rows, exact)
+            self._paths = _text_column(index, "path", rows, self.path)
+            self._notes = _text_column(index, "note", rows, self.path)
+            self._status = read(index, "status")[:rows]
+            self.shapes = read(index, "shape")[:rows]
+            self._bpp = read(index, "bpp")[:rows]
+            offsets = read(self._root, "streams/offsets")[: rows + 1]
+            self._data = array(self._root, "streams/data")
+        self._offsets = _checked_offsets(offsets, self._data.shape[0], "stream offsets", self.path)
+        self._rows = {p: i for i, p in enumerate(self._paths)}
+        self._check_index()
+
+    def _read_meta(self) -> dict[str, Any]:
+        """The store's attributes; a finished store opens consolidated, one in the middle of an
+        ``--add`` from its own metadata, showing the previous generation's rows."""
         try:
             self._root = zarr.open_consolidated(self.path, mode="r")
+            meta = self._root.attrs.get("vaeflow")
+            if isinstance(meta, dict) and meta.get("complete") is not True and _earlier_generation(meta):
+                self._root = zarr.open_group(self.path, mode="r", use_consolidated=False)
+                meta = self._root.attrs.get("vaeflow")
         except (
             FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError
         ) as exc:  # fmt: skip  # zarr raises all of these on damaged metadata
             raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
-        meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
-        if meta.get("complete") is not True:
+        if meta.get("complete") is not True and not _earlier_generation(meta):
             raise VaeflowError(
                 f"{self.path} is not a finished vaeflow store: a job is writing it or was interrupted "
                 "(run the same command again to finish it)"
             )
-        self.meta = meta
-        self.runtime = runtime
-        with damage(self.path, "index"):
-            index = subgroup(self._root, "index")
-            self._check_sizes(index)
-            self._paths = read_text_column(index, "path")
-            self._notes = read_text_column(index, "note")
-            self._status = read(index, "status")
-            self.shapes = read(index, "shape")
-            self._bpp = read(index, "bpp")
-            self._offsets = read(self._root, "streams/offsets").astype(np.int64)
-            self._data = array(self._root, "streams/data")
-        self._rows = {p: i for i, p in enumerate(self._paths)}
-        self._check_index()
+        return dict(meta)
 
-    def _check_sizes(self, index: zarr.Group) -> None:
+    @property
+    def complete(self) -> bool:
+        """False while an ``--add`` is writing the store: readers then see the rows before it."""
+        return self.meta.get("complete") is True
+
+    def _check_sizes(self, index: zarr.Group, rows: int, exact: bool) -> None:
         """Array shapes come from the file too: check them against the row count before reading."""
-        rows = self.meta.get("rows")
-        if not isinstance(rows, int) or not 0 <= rows <= MAX_ROWS:
-            raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
         expected = {"status": (rows,), "shape": (rows, 2), "bpp": (rows,), "nbytes": (rows,),
                     "path_offsets": (rows + 1,), "note_offsets": (rows + 1,)}  # fmt: skip
-        for name, shape in expected.items():
-            if array(index, name).shape != shape:
-                raise VaeflowError(f"{self.path} has a damaged index: {name} is not {shape}")
+        for name, shape in {**expected, "streams/offsets": (rows + 1,)}.items():
+            found = array(self._root if name.startswith("streams") else index, name).shape
+            if found != shape and (exact or len(found) != len(shape) or found[0] < shape[0] or found[1:] != shape[1:]):
+                raise VaeflowError(f"{self.path} has a damaged index: {name} is {found}, not {shape}")
         for name in ("path_bytes", "note_bytes"):
-            if array(index, name).shape[0] > MAX_TEXT_BYTES_PER_ROW * max(rows, 1):
+            if array(index, name).shape[0] > MAX_TEXT_BYTES_PER_ROW * max(rows, 1) * (1 if exact else 2):
                 raise VaeflowError(f"{self.path} has a damaged index: {name} is too long for {rows} rows")
-        if array(self._root, "streams/offsets").shape != (rows + 1,):
-            raise VaeflowError(f"{self.path} has a damaged index: stream offsets are not {(rows + 1,)}")
 
     def _check_index(self) -> None:
         """Index values come from the file: check them before any of them is used."""
@@ -99,10 +115,6 @@ class StoreReader:
         problems = []
         if len(self._notes) != n or self._status.shape != (n,) or self.shapes.shape != (n, 2):
             problems.append("columns of different lengths")
-        if self._offsets.shape != (n + 1,) or (n >= 0 and self._offsets.size and self._offsets[0] != 0):
-            problems.append("stream offsets do not match the index")
-        elif (np.diff(self._offsets) < 0).any() or self._offsets[-1] > self._data.shape[0]:
-            problems.append("stream offsets run backwards or past the data")
         if not np.isin(self._status, (STATUS_OK, STATUS_FAILED)).all():
             problems.append("unknown status codes")
         if self.shapes.size and (self.shapes < 0).any():
@@ -136,7 +148,11 @@ class StoreReader:
     def skipped(self) -> list[tuple[str, str]]:
         with damage(self.path, "list of skipped files"):
             group = subgroup(self._root, "skipped")
-            return list(zip(read_text_column(group, "path"), read_text_column(group, "reason"), strict=True))
+            rows = array(group, "path_offsets").shape[0] - 1
+            if not 0 <= rows <= MAX_ROWS or array(group, "reason_offsets").shape != (rows + 1,):
+                raise VaeflowError(f"{self.path} has a damaged list of skipped files: {rows + 1} offsets")
+            paths, reasons = (_text_column(group, n, rows, self.path) for n in ("path", "reason"))
+            return list(zip(paths, reasons, strict=True))
 
     def _row(self, name: str) -> int:
         row = self._rows.get(name)
@@ -160,6 +176,12 @@ class StoreReader:
         with damage(self.path, f"stream data of {name!r}"):
             return np.asarray(self._data[start:end]).tobytes()
 
+    def checked_stream(self, name: str) -> bytes:
+        """The stream of ``name``, refused (naming it) if its header disagrees with the index."""
+        data = self.read_stream(name)
+        check_stream_shape(self.path, name, data, self.shapes[self._rows[name]])
+        return data
+
     def read_streams(self, names: list[str]) -> list[bytes]:
         """Several streams with one read of the data they span (neighbours in the index are
         neighbours in the data, so a batch in index order reads little more than it needs)."""
@@ -179,11 +201,11 @@ class StoreReader:
                 yield path, size, int(self._offsets[row + 1] - self._offsets[row]), float(self._bpp[row])
 
     def read_image(self, name: str) -> np.ndarray:
-        return decompress(self.read_stream(name), runtime=self.runtime)
+        return decompress(self.checked_stream(name), runtime=self.runtime)
 
     def read_latent(self, name: str) -> np.ndarray:
         """The dequantized latent (C, h, w), decoded from the stream without the VAE."""
-        return decompress_latent(self.read_stream(name))
+        return decompress_latent(self.checked_stream(name))
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
@@ -226,6 +248,47 @@ class StoreReader:
             "settings": self.meta.get("settings"),
             "vaeflow_version": self.meta.get("vaeflow_version"),
         }
+
+
+def _earlier_generation(meta: dict[str, Any]) -> bool:
+    """Whether an unfinished store has a finished generation under it (an ``--add`` is running)."""
+    generation, rows = meta.get("generation"), meta.get("rows")
+    return isinstance(generation, int) and generation >= 1 and isinstance(rows, int) and rows > 0
+
+
+def _checked_offsets(offsets: np.ndarray, limit: int, what: str, path: Path) -> np.ndarray:
+    """Offsets (N+1) from the file as int64, refused unless they start at 0, never run backwards
+    and stay within ``limit``; compared as unsigned, so no value can wrap around."""
+    values = np.asarray(offsets)
+    if values.dtype.kind not in "ui" or values.ndim != 1 or not values.size:
+        raise VaeflowError(f"{path} has a damaged index: {what} are not a list of integers")
+    if values.dtype.kind == "i" and (values < 0).any():
+        raise VaeflowError(f"{path} has a damaged index: {what} are negative")
+    unsigned = values.astype(np.uint64)
+    if unsigned[0] != 0 or (unsigned[1:] < unsigned[:-1]).any() or int(unsigned[-1]) > limit:
+        raise VaeflowError(f"{path} has a damaged index: {what} do not start at 0, run backwards or pass the data")
+    return unsigned.astype(np.int64)
+
+
+def _text_column(group: zarr.Group, name: str, rows: int, path: Path) -> list[str]:
+    """The first ``rows`` texts of a column, its offsets checked before they are used."""
+    data = array(group, f"{name}_bytes")
+    offsets = _checked_offsets(read(group, f"{name}_offsets")[: rows + 1], data.shape[0], f"{name} offsets", path)
+    raw = np.asarray(data[: int(offsets[-1])]).tobytes() if offsets[-1] else b""
+    try:
+        return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist())]
+    except UnicodeDecodeError as exc:
+        raise VaeflowError(f"{path} has a damaged index: a {name} is not UTF-8") from exc
+
+
+def check_stream_shape(path: Path, name: str, data: bytes, shape: np.ndarray) -> None:
+    """Refuse a stream whose header gives another image size than the index."""
+    header, _ = stream_format.unpack(data)
+    if (header.height, header.width) != (int(shape[0]), int(shape[1])):
+        raise VaeflowError(
+            f"{path} has a damaged index: {name!r} is {int(shape[1])}x{int(shape[0])} in the index but its stream "
+            f"says {header.width}x{header.height}"
+        )
 
 
 def open_store(path: str | Path, runtime: RuntimeOptions | None = None) -> StoreReader:

@@ -1,12 +1,23 @@
-"""Scanning a folder for images, reading headers only."""
+"""Scanning a folder for images, reading headers only.
+
+The scan never blocks or stops on one entry: symbolic-link loops, links out of the source
+folder, FIFOs, sockets, devices and unreadable folders become skipped rows with their
+reasons; image files whose header cannot be read become failed rows. Sizes are those the
+image is coded at (after EXIF orientation).
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaeflow.imageio import IMAGE_SUFFIXES, ImageReadError, read_header
+from vaeflow.errors import ImageReadError, VaeflowError
+from vaeflow.imageio import IMAGE_SUFFIXES, read_header
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -24,23 +35,47 @@ class Scan:
     skipped: tuple[tuple[str, str], ...]  # (relative path, reason)
 
 
-def scan(src: Path, max_pixels: int) -> Scan:
-    """Every file under ``src``, sorted by relative path: image types get their header read."""
+def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
+    """Every entry under ``src``, sorted by relative path: image files get their header read.
+
+    ``exclude`` (the job's own store, when it lies inside ``src``) is left out silently.
+    """
     if not src.is_dir():
-        raise ValueError(f"source {src} is not a directory")
+        raise VaeflowError(f"source {src} is not a folder; give the folder of images to compress")
+    root_real = src.resolve()
     images: list[ScannedImage] = []
     skipped: list[tuple[str, str]] = []
-    for root, dirs, files in os.walk(src):
-        dirs.sort()
+
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename).relative_to(src).as_posix() if error.filename else "."
+        skipped.append((where, f"folder cannot be read: {error.strerror or error}"))
+
+    for root, dirs, files in os.walk(src, onerror=unreadable):
+        here = Path(root)
+        kept = []
+        for name in sorted(dirs):
+            folder = here / name
+            rel = folder.relative_to(src).as_posix()
+            if exclude is not None and folder.absolute() == exclude.absolute():
+                continue  # the job's own store
+            if folder.is_symlink():
+                skipped.append((rel, "symbolic link to a folder (not followed)"))
+            elif _is_store(folder):
+                skipped.append((rel, "a vaeflow store (not scanned)"))
+            else:
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
-            path = Path(root) / name
+            path = here / name
             rel = path.relative_to(src).as_posix()
+            reason = _not_a_file(path, root_real)
+            if reason is not None:
+                skipped.append((rel, reason))
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((rel, f"not an image type ({path.suffix or 'no extension'})"))
                 continue
-            if path.is_symlink() and not path.resolve().is_relative_to(src.resolve()):
-                skipped.append((rel, "symbolic link pointing outside the source folder"))
-                continue
+            size = 0
             try:
                 size = path.stat().st_size
                 height, width = read_header(path, max_pixels)
@@ -48,6 +83,36 @@ def scan(src: Path, max_pixels: int) -> Scan:
             except ImageReadError as exc:
                 images.append(ScannedImage(rel, 0, 0, size, str(exc)))
             except OSError as exc:
-                images.append(ScannedImage(rel, 0, 0, 0, f"cannot read file: {exc.strerror or exc}"))
+                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}"))
     images.sort(key=lambda im: im.path)
     return Scan(tuple(images), tuple(sorted(skipped)))
+
+
+def _is_store(folder: Path) -> bool:
+    try:
+        with (folder / "zarr.json").open("rb") as fh:
+            return b"vaeflow-store" in fh.read(1 << 16)
+    except OSError:
+        return False
+
+
+def _not_a_file(path: Path, root: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (None if it is one)."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                target = path.resolve(strict=True)
+            except RuntimeError:
+                return "symbolic link loop"
+            except OSError:
+                return "broken symbolic link"
+            if not target.is_relative_to(root):
+                return "symbolic link pointing outside the source folder"
+            mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"not a regular file ({kind})"
+    return None if stat.S_ISREG(mode) else "not a regular file"

@@ -1,9 +1,10 @@
 """The in-process executor: every batch's stages in order, in this process (the reference).
 
 Its stores are byte-identical to the Dask executor's. Attempts are counted on disk, because
-a poison input kills this very process: a batch whose runs killed the job ``MAX_ATTEMPTS``
-times is then coded image by image, and an image whose own runs killed it that often is
-recorded as failed, so that resuming always makes progress.
+a poison input kills this very process: a batch whose runs died ``MAX_ATTEMPTS`` times is then
+coded image by image, and an image whose own runs, alone, died that often is recorded as
+failed, so that resuming always makes progress (``--retry-failed`` codes such images again
+later). A run stopped from outside that the process sees (Ctrl-C) is not counted.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ class SerialExecutor:
     def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None:
         work = WorkStore(ctx.store)
 
+        def attempt(batch: Batch) -> Marker:
+            try:
+                return run_batch(ctx, batch)
+            except KeyboardInterrupt:
+                work.forget_attempt(batch.key)  # stopped from outside: not this batch's doing
+                raise
+
         def run_single(single: Batch) -> Marker:
             done = work.done(single.key)
             if done is not None:
@@ -34,10 +42,10 @@ class SerialExecutor:
             deaths = work.count_attempt(single.key) - 1
             if deaths >= MAX_ATTEMPTS:
                 raise PoisonInputError(f"the job died {deaths} times while coding this image alone (poison input)")
-            return run_batch(ctx, single)
+            return attempt(single)
 
         for batch in batches:
             if work.count_attempt(batch.key) <= MAX_ATTEMPTS:
-                on_done(run_batch(ctx, batch))
+                on_done(attempt(batch))
             else:
                 on_done(code_alone(ctx, batch, run_single))

@@ -111,9 +111,11 @@ def write_index(
     skipped: Sequence[tuple[str, str]],
     total: int = 0,
     kept_rows: int = 0,
+    dropped: frozenset[str] = frozenset(),
 ) -> int:
     """Append ``rows`` (in order; ``new_bytes`` of streams in all) after the first ``kept_rows``
-    rows and ``total`` stored bytes.
+    rows and ``total`` stored bytes, leaving out the failed rows named in ``dropped`` (which
+    ``--retry-failed`` codes again; a failed row holds no stream bytes).
 
     Rows may be a generator: streams are written chunk by chunk, so memory stays bounded
     by the chunk size. The new index is built beside the old one and swapped in by
@@ -122,6 +124,10 @@ def write_index(
     """
     root = zarr.open_group(store, mode="a", use_consolidated=False)
     existing = previous_index(store, kept_rows)
+    if dropped:
+        keep = [p not in dropped or s == STATUS_OK for p, s in zip(existing["paths"], existing["status"], strict=True)]
+        existing = {k: [v for v, kept in zip(col, keep, strict=True) if kept] if isinstance(col, list)
+                    else col[np.asarray(keep, bool)] for k, col in existing.items()}  # fmt: skip
     new_total = total + new_bytes
     if "streams/data" in root and total:
         data = array(root, "streams/data")

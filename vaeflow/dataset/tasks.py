@@ -20,13 +20,13 @@ from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.work import WorkStore
-from vaeflow.errors import ImageReadError, ModelError
+from vaeflow.errors import ClusterLostError, ImageReadError, ModelError
 from vaeflow.imageio import load_image
 from vaeflow.models import RuntimeOptions
 
 STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
 # Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
-JOB_ERRORS = (OSError, ModelError)
+JOB_ERRORS = (OSError, ModelError, ClusterLostError)
 
 
 @dataclass(frozen=True)

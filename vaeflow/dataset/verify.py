@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaeflow.codec import format as stream_format
-from vaeflow.dataset.reader import damage, open_store
+from vaeflow.dataset.reader import check_stream_shape, damage, open_store
 from vaeflow.errors import VaeflowError
 
 WINDOW = 64 << 20  # bytes of stream data read at a time
@@ -38,12 +37,14 @@ class VerifyReport:
 
 
 def verify_store(path: str | Path) -> VerifyReport:
-    """Check magic, version, lengths and both CRC32s of every stored stream, reading the data
-    array in large windows; the index itself is checked when the store is opened."""
+    """Check magic, version, lengths and both CRC32s of every stored stream, and that its header
+    agrees with the index on the image's size, reading the data array in large windows; the
+    index itself is checked when the store is opened."""
     start = time.perf_counter()
     store = open_store(path)
     report = VerifyReport(Path(path))
     rows = [(name, *store.stream_range(name)) for name in store.names]
+    shapes = dict(zip(store.paths, store.shapes, strict=True))
     rows.sort(key=lambda r: r[1])
     window_start, window = 0, b""
     for name, begin, end in rows:
@@ -56,7 +57,7 @@ def verify_store(path: str | Path) -> VerifyReport:
                         store.data[begin : max(end, min(begin + WINDOW, store.data.shape[0]))]
                     ).tobytes()
                 report.bytes_read += len(window)
-            stream_format.unpack(window[begin - window_start : end - window_start])
+            check_stream_shape(store.path, name, window[begin - window_start : end - window_start], shapes[name])
         except VaeflowError as exc:
             report.damaged.append((name, str(exc)))
     report.seconds = time.perf_counter() - start

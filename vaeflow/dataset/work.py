@@ -112,6 +112,15 @@ class WorkStore:
         atomic_write(path, str(count))
         return count
 
+    def forget_attempt(self, key: str) -> None:
+        """Take back the attempt just counted (the run was stopped from outside, not by its input)."""
+        path = self.root / "attempts" / key
+        try:
+            count = int(path.read_text())
+        except (OSError, ValueError):
+            return
+        atomic_write(path, str(max(0, count - 1)))
+
     def done(self, key: str) -> dict[str, Any] | None:
         path = self.root / "done" / f"{key}.json"
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -147,59 +148,111 @@ class OnnxVAE:
         return (self.latent_channels, -(-height // s), -(-width // s))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)), scaled by the registry."""
+        """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)), scaled by the registry.
+
+        Images are padded (edge pixels) to multiples of s and converted to the model's input
+        range one tile at a time, so a large image never exists as floats as a whole.
+        """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"encode takes uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
         s = self.downsample
-        _, height, width, _ = images.shape
-        if height % s or width % s:
-            images = np.pad(images, ((0, 0), (0, -height % s), (0, -width % s), (0, 0)), mode="edge")
+        n, height, width, _ = images.shape
         lo, hi = self.entry.input_range
-        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        x *= np.float32((hi - lo) / 255.0)
-        x += np.float32(lo)
-        raw = self._run(self.encoder, x, 1 / s, s)
-        if raw.shape[1] != self.latent_channels:
-            raise ModelError(
-                f"model {self.name!r}: encoder gives {raw.shape[1]} channels, registry says {self.latent_channels}"
-            )
+        gain, offset = np.float32((hi - lo) / 255.0), np.float32(lo)
+
+        def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            rows, cols = np.minimum(np.arange(r0, r1), height - 1), np.minimum(np.arange(c0, c1), width - 1)
+            x = np.ascontiguousarray(images[:, rows][:, :, cols].transpose(0, 3, 1, 2), dtype=np.float32)
+            x *= gain
+            x += offset
+            return x
+
+        raw = np.zeros((n, self.latent_channels, -(-height // s), -(-width // s)), np.float32)
+
+        def write(row: int, block: np.ndarray) -> None:
+            if block.shape[1] != self.latent_channels:
+                channels = block.shape[1]
+                raise ModelError(
+                    f"model {self.name!r}: encoder gives {channels} channels, registry says {self.latent_channels}"
+                )
+            raw[:, :, row : row + block.shape[2]] = block
+
+        self._run(self.encoder, read, write, (-(-height // s) * s, -(-width // s) * s), 1 / s, s, self.latent_channels)
         scale, shift = self._scale()
         return ((raw - shift) * scale).astype(np.float32)
 
-    def _decode_raw(self, latents: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-        """The decoder's own output (N, 3, H, W) in its input range, cropped to ``size``."""
+    def _decode_raw(
+        self, latents: np.ndarray, size: tuple[int, int] | None, convert: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """The decoder's output cropped to ``size``, each block of rows put through ``convert``
+        ((N, 3, rows, W) in the model's output range -> (N, rows, W, 3)) as soon as it is final."""
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"decode takes latents of shape (N, {self.latent_channels}, h, w), got {latents.shape}")
         scale, shift = self._scale()
         raw = latents.astype(np.float32) / scale + shift
-        y = self._run(self.decoder, raw, self.downsample, 1)
-        return y[:, :, : size[0], : size[1]] if size is not None else y
+        s = self.downsample
+        full = (raw.shape[2] * s, raw.shape[3] * s)
+        height, width = size if size is not None else full
+        out: np.ndarray | None = None
+
+        def read(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            return raw[:, :, r0:r1, c0:c1]
+
+        def write(row: int, block: np.ndarray) -> None:
+            nonlocal out
+            if row >= height:
+                return
+            part = convert(block[:, :, : height - row, :width])
+            if out is None:
+                out = np.empty((part.shape[0], height, width, part.shape[3]), part.dtype)
+            out[:, row : row + part.shape[1]] = part
+
+        self._run(self.decoder, read, write, raw.shape[2:], s, 1, 3)
+        assert out is not None
+        return out
 
     def decode_float(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
         """Like ``decode`` but float32 in 0..255, not rounded: for calibration and analysis."""
         lo, hi = self.entry.input_range
-        y = (self._decode_raw(latents, size) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-        return np.clip(y, 0, 255).transpose(0, 2, 3, 1)
+
+        def convert(y: np.ndarray) -> np.ndarray:
+            return np.clip((y - np.float32(lo)) * np.float32(255.0 / (hi - lo)), 0, 255).transpose(0, 2, 3, 1)
+
+        return self._decode_raw(latents, size, convert)
 
     def decode(self, latents: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
         """float (N, C, h, w) -> uint8 (N, s*h, s*w, 3), cropped to ``size`` (H, W) if given."""
-        y = self._decode_raw(latents, size)
         lo, hi = self.entry.input_range
-        # (y - lo) * 255 / (hi - lo), rounded half up and clipped, in as few passes as possible
         gain = np.float32(255.0 / (hi - lo))
-        pixels = np.multiply(y, gain, dtype=np.float32)
-        pixels += np.float32(0.5 - lo * gain)
-        np.clip(pixels, 0, 255, out=pixels)
-        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.uint8)
 
-    def _run(self, net: _Net, x: np.ndarray, scale: float, unit: int) -> np.ndarray:
+        def convert(y: np.ndarray) -> np.ndarray:
+            # (y - lo) * 255 / (hi - lo), rounded half up and clipped, in as few passes as possible
+            pixels = np.multiply(y, gain, dtype=np.float32)
+            pixels += np.float32(0.5 - lo * gain)
+            np.clip(pixels, 0, 255, out=pixels)
+            return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1), dtype=np.uint8)
+
+        return self._decode_raw(latents, size, convert)
+
+    def _run(
+        self,
+        net: _Net,
+        read: Callable[[int, int, int, int], np.ndarray],
+        write: Callable[[int, np.ndarray], None],
+        shape: tuple[int, int],
+        scale: float,
+        unit: int,
+        out_channels: int,
+    ) -> None:
+        """``net`` over an input of ``shape`` (h, w): whole when it fits in a tile, else tiled."""
         px_per_sample = self.downsample if scale >= 1 else 1
         tile = self.options.tile // self.downsample * self.downsample // px_per_sample
-        if max(x.shape[2:]) <= tile:
-            return net(x)
+        if max(shape) <= tile:
+            write(0, net(read(0, shape[0], 0, shape[1])))
+            return
         overlap = self.options.overlap // px_per_sample
-        out_channels = 3 if scale >= 1 else self.latent_channels
-        return apply_tiled(net, x, tile=tile, overlap=overlap, unit=unit, scale=scale, out_channels=out_channels)
+        apply_tiled(net, read, write, shape, tile=tile, overlap=overlap, unit=unit, scale=scale,
+                    out_channels=out_channels)  # fmt: skip
 
 
 @lru_cache(maxsize=16)

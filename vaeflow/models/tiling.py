@@ -43,30 +43,48 @@ def _weights(starts: list[int], size: int, length: int, i: int, scale: float) ->
 
 def apply_tiled(
     fn: Callable[[np.ndarray], np.ndarray],
-    x: np.ndarray,
+    read: Callable[[int, int, int, int], np.ndarray],
+    write: Callable[[int, np.ndarray], None],
+    shape: tuple[int, int],
     *,
     tile: int,
     overlap: int,
     unit: int,
     scale: float,
     out_channels: int,
-) -> np.ndarray:
-    """Apply ``fn`` (N, C, h, w) -> (N, out_channels, h*scale, w*scale) tile by tile.
+) -> None:
+    """Apply ``fn`` (N, C, h, w) -> (N, out_channels, h*scale, w*scale) over an input of ``shape``, tile by tile.
 
-    Tiles are at most ``tile`` input samples wide, start on multiples of ``unit`` and
-    overlap by at least ``overlap``; outputs are blended with linear ramps across overlaps.
+    ``read(r0, r1, c0, c1)`` gives the input tile of those rows and columns. Tiles are at most
+    ``tile`` input samples wide, start on multiples of ``unit`` and overlap by at least
+    ``overlap``; outputs are blended with linear ramps across overlaps. Output rows are given
+    to ``write(first_row, block)`` a strip at a time, as soon as no later tile touches them, so
+    that only a strip of the output is ever held as floats.
     """
-    n, _, height, width = x.shape
+    height, width = shape
     (rows, tile_h), (cols, tile_w) = tile_layout(height, tile, overlap, unit), tile_layout(width, tile, overlap, unit)
-    out = np.zeros((n, out_channels, round(height * scale), round(width * scale)), np.float32)
-    total = np.zeros(out.shape[2:], np.float32)
+    out_w = round(width * scale)
+    done = 0  # output rows finished so far; the strip holds rows from here on
+    strip: np.ndarray | None = None
+    total = np.zeros((0, out_w), np.float32)
     for i, r in enumerate(rows):
         wy = _weights(rows, tile_h, height, i, scale)
+        oy = round(r * scale)
+        end = oy + len(wy)
         for j, c in enumerate(cols):
             weight = np.outer(wy, _weights(cols, tile_w, width, j, scale))
-            part = fn(x[:, :, r : r + tile_h, c : c + tile_w])
-            oy, ox = round(r * scale), round(c * scale)
-            out[:, :, oy : oy + part.shape[2], ox : ox + part.shape[3]] += part * weight
-            total[oy : oy + part.shape[2], ox : ox + part.shape[3]] += weight
-    out /= total
-    return out
+            part = fn(read(r, min(r + tile_h, height), c, min(c + tile_w, width)))
+            if strip is None:
+                strip = np.zeros((part.shape[0], out_channels, 0, out_w), np.float32)
+            if strip.shape[2] < end - done:  # grow the strip to this tile row's end
+                grow = end - done - strip.shape[2]
+                strip = np.concatenate([strip, np.zeros((*strip.shape[:2], grow, out_w), np.float32)], axis=2)
+                total = np.concatenate([total, np.zeros((grow, out_w), np.float32)])
+            ox = round(c * scale)
+            strip[:, :, oy - done : oy - done + part.shape[2], ox : ox + part.shape[3]] += part * weight
+            total[oy - done : oy - done + part.shape[2], ox : ox + part.shape[3]] += weight
+        final = round(rows[i + 1] * scale) if i + 1 < len(rows) else end
+        assert strip is not None
+        k = final - done
+        write(done, strip[:, :, :k] / total[:k])
+        strip, total, done = strip[:, :, k:].copy(), total[k:].copy(), final

@@ -1,0 +1,33 @@
+"""How a dataset job runs: what it does with its store and images, and where it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vaeflow.imageio import DEFAULT_MAX_PIXELS
+from vaeflow.models import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job does with its store and its images (what it produces is set by the codec)."""
+
+    batch_size: int = 8
+    overwrite: bool = False
+    add: bool = False
+    retry_failed: bool = False  # code again the images a finished store records as failed
+    keep_intermediates: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = True
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where a job runs: a new local cluster (default), ``"sync"`` in-process, or a scheduler's address."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    performance_report: str | None = None  # Dask's HTML performance report of the run
