@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import vaeflow
+from tests.helpers import image_folder, sync_job
 from vaeflow import metrics
 from vaeflow.cli.main import main
 from vaeflow.errors import ModelError
@@ -271,6 +272,42 @@ def test_the_latent_store_preset_holds_its_bounds(
     assert np.abs(vaeflow.decompress_latent(stream) - exact[0]).max() <= 0.5 + 1e-6
     drop = metrics.psnr(photo, model.decode(exact)[0]) - metrics.psnr(photo, vaeflow.decompress(stream))
     assert drop <= 0.1 + 1e-9
+
+
+@pytest.mark.parametrize("name", ["sd", "flux2"])
+def test_a_store_gives_latents_in_the_models_own_convention(
+    imported: dict[str, tuple[Path, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    from skimage import data
+
+    images = [crop(data.coffee(), 64, 96), crop(data.chelsea(), 64, 96)]
+    store = tmp_path / "s.zarr"
+    sync_job(image_folder(tmp_path, images, 64, 96), store, model=name, pipeline="latent-store",
+             options=vaeflow.JobOptions(progress=False))  # fmt: skip
+    reader = vaeflow.open_store(store)
+    convention = Registry.load().resolve(name).latent_convention()
+    assert convention is not None and reader.convention == convention
+    # the latent-store bound (0.5 in the normalised latent) becomes 0.5 * gains[k] in the model's channel k
+    bound = 0.5 * convention.gains().reshape(-1, 1, 1)
+    model = vaeflow.load_model(name)
+    for i, image in enumerate(images):
+        exact = vaeflow.encode_latent(image, model=name)
+        latent = reader.read_latent(f"{i}.png")
+        assert latent.shape == exact.shape and latent.dtype == np.float32
+        assert (np.abs(latent - exact) <= bound * (1 + 1e-5) + 1e-6).all()
+        normalised = reader.read_latent(f"{i}.png", convention="normalised")
+        assert np.array_equal(normalised, vaeflow.decompress_latent(reader.read_stream(f"{i}.png")))
+        assert np.abs(normalised - model.encode(image[None])[0]).max() <= 0.5 + 1e-6
+        assert np.allclose(vaeflow.to_model_convention(normalised[None], name)[0], latent, rtol=1e-6, atol=1e-6)
+    names, batch = next(reader.iter_batches(batch_size=2))
+    assert names == ["0.png", "1.png"] and np.array_equal(batch, np.stack([reader.read_latent(n) for n in names]))
+    _, normalised_batch = next(reader.iter_batches(batch_size=2, convention="normalised"))
+    assert normalised_batch.shape[1] == model.latent_channels
+    with pytest.raises(ValueError, match=r"unknown latent convention 'unit'; choose one of \('model', 'normalised'\)"):
+        reader.read_latent("0.png", convention="unit")
+    # the store's own record is enough: a registry without the model gives the same latents
+    monkeypatch.setenv("VAEFLOW_HOME", str(tmp_path / "empty-home"))
+    assert np.array_equal(vaeflow.open_store(store).read_latent("0.png"), reader.read_latent("0.png"))
 
 
 @pytest.mark.parametrize("name", ["sd", "tiny"])
