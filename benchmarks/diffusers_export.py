@@ -4,24 +4,31 @@ Builds the VAE of SDXL's vae/config.json with random weights, writes it with
 ``save_pretrained``, imports it (ONNX export, latent statistics; no calibration), then
 times encode + decode of one 256x256 photo through vaeflow's ONNX Runtime and through
 diffusers' torch forward on the CPU, alternating, with the same thread count, and checks
-that both give the same latent and image. Needs the ``diffusers`` extra.
+that both give the same latent and image. Where onnxruntime-gpu offers CUDA, the same
+encode + decode is timed on it too, as images/s against ONNX Runtime on the CPU. Needs the
+``diffusers`` extra.
 
-    python benchmarks/diffusers_export.py [--threads 2] [--repeats 5] [--size 256]
+    vaeflow bench diffusers [--threads 2] [--repeats 5] [--size 256]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+from diffusers import AutoencoderKL
+from skimage import data
+
+import vaeflow
+from vaeflow.convert.diffusers_vae import import_diffusers
 
 SDXL_VAE_CONFIG: dict[str, Any] = {  # stabilityai/sdxl-vae vae/config.json
     "act_fn": "silu",
@@ -39,14 +46,16 @@ SDXL_VAE_CONFIG: dict[str, Any] = {  # stabilityai/sdxl-vae vae/config.json
 }
 
 
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def run(threads: int = 2, repeats: int = 5, size: int = 256) -> dict[str, Any]:
-    import torch
-    from diffusers import AutoencoderKL
-    from skimage import data
-
-    import vaeflow
-    from vaeflow.convert.diffusers_vae import import_diffusers
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     image = data.astronaut()[128 : 128 + size, 128 : 128 + size]
@@ -82,6 +91,7 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256) -> dict[str, Any]:
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
+        gpu = _gpu_images_per_s(image, repeats) if "CUDAExecutionProvider" in ort.get_available_providers() else None
 
     def rel(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.linalg.norm(a - b) / np.linalg.norm(b))
@@ -98,21 +108,43 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256) -> dict[str, Any]:
         "onnxruntime_vs_diffusers": round(medians["onnxruntime"] / medians["diffusers"], 3),
         "latent_rel_error": rel(ours_latent, their_latent),
         "image_rel_error": rel(ours_image, their_image),
+        "gpu": gpu,
         "torch": torch.__version__,
         "diffusers": __import__("diffusers").__version__,
-        "onnxruntime": __import__("onnxruntime").__version__,
+        "onnxruntime": ort.__version__,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args.threads, args.repeats, args.size), indent=2))
-    return 0
+def _gpu_images_per_s(image: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Encode + decode of ``image`` on CUDA (I/O binding) against ONNX Runtime on all CPU cores."""
+    out: dict[str, Any] = {"device": ort.get_device()}
+    for name, runtime in (("cpu", vaeflow.RuntimeOptions()), ("cuda", vaeflow.RuntimeOptions(providers=("cuda",)))):
+
+        def once(runtime: vaeflow.RuntimeOptions = runtime) -> np.ndarray:
+            latent = vaeflow.encode_latent(image, model="sdxl-random", runtime=runtime)
+            return vaeflow.decode_latent(latent, model="sdxl-random", runtime=runtime)
+
+        once()  # warm-up: sessions and CUDA kernels
+        out[f"{name}_images_per_s"] = round(1.0 / _median_seconds(once, repeats), 3)
+    out["cuda_vs_cpu"] = round(out["cuda_images_per_s"] / out["cpu_images_per_s"], 2)
+    return out
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"SDXL-configuration AutoencoderKL, {result['parameters'] / 1e6:.1f} M parameters (random weights): "
+        f"import {result['import_s']} s, ONNX {result['onnx_mb']['encoder']} MB + {result['onnx_mb']['decoder']} MB",
+        f"encode + decode of a {result['image']} photo on {result['threads']} CPU threads, medians of "
+        f"{result['repeats']}: ONNX Runtime {result['median_s']['onnxruntime']} s, diffusers (torch) "
+        f"{result['median_s']['diffusers']} s: {result['onnxruntime_vs_diffusers']}x",
+        f"agreement with torch: latent {result['latent_rel_error']:.2g}, image {result['image_rel_error']:.2g} "
+        "(relative L2 error)",
+    ]
+    gpu = result.get("gpu")
+    if gpu:
+        lines.append(
+            f"CUDA: {gpu['cuda_images_per_s']} images/s against {gpu['cpu_images_per_s']} on the CPU "
+            f"({gpu['cuda_vs_cpu']}x)"
+        )
+    versions = f"torch {result['torch']}, diffusers {result['diffusers']}, ONNX Runtime {result['onnxruntime']}"
+    return "\n".join([*lines, versions])
