@@ -6,7 +6,16 @@ from vaeflow.codec.presets import load_pipeline
 from vaeflow.dataset.job import ClusterOptions, JobOptions, JobReport, compress_dataset
 from vaeflow.dataset.reader import StoreReader, open_store
 from vaeflow.errors import CorruptStreamError, ImageReadError, ModelError, PipelineError, VaeflowError
-from vaeflow.models import ModelRef, RuntimeOptions, load_model
+from vaeflow.models import (
+    LatentConvention,
+    ModelRef,
+    RuntimeOptions,
+    decode_latent,
+    encode_latent,
+    from_model_convention,
+    load_model,
+    to_model_convention,
+)
 from vaeflow.resources import vaeflow_version
 from vaeflow.stages import (
     VAE,
@@ -33,6 +42,7 @@ __all__ = [
     "ImageReadError",
     "JobOptions",
     "JobReport",
+    "LatentConvention",
     "ModelError",
     "ModelRef",
     "Pipeline",
@@ -48,11 +58,15 @@ __all__ = [
     "compress",
     "compress_batch",
     "compress_dataset",
+    "decode_latent",
     "decompress",
     "decompress_latent",
+    "encode_latent",
+    "from_model_convention",
     "info",
     "load_model",
     "load_pipeline",
     "open_store",
     "resolve_codec",
+    "to_model_convention",
 ]

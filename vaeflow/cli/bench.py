@@ -48,6 +48,13 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_chaos)
 
+    p = sub.add_parser("diffusers", help="a full-size SDXL-configuration VAE imported, timed against diffusers")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and torch alike")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", type=int, default=256, help="the photo's side in pixels")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(run=run_diffusers)
+
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
     p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
@@ -98,5 +105,13 @@ def run_chaos(args: argparse.Namespace) -> int:
     chaos = checkout_module("benchmarks", "chaos", "dev")
     result = chaos.run(args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb)
     print(chaos.report(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def run_diffusers(args: argparse.Namespace) -> int:
+    diffusers = checkout_module("benchmarks", "diffusers_export", "dev,diffusers")
+    result = diffusers.run(args.threads, args.repeats, args.size)
+    print(diffusers.report(result))
     _write_json(args.json, result)
     return 0

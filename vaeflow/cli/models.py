@@ -24,14 +24,21 @@ def register(commands: Any) -> None:
     p = sub.add_parser("list", help="show every registered model with its figures")
     p.set_defaults(run=run_list)
 
-    p = sub.add_parser("import", help="convert Tiny AutoEncoder weights to ONNX and register them (needs torch)")
+    p = sub.add_parser("import", help="convert TAE weights or a diffusers VAE folder to ONNX and register them")
     p.add_argument(
-        "--kind", choices=["tae"], required=True, help="weight family: tae (TAESD, TAESDXL, TAESD3, TAEF1, TAEF2)"
+        "--kind",
+        choices=["tae", "diffusers"],
+        required=True,
+        help="tae: TAESD..TAEF2 state dicts (--encoder, --decoder); diffusers: a VAE folder (DIR; diffusers extra)",
     )
-    p.add_argument("--encoder", type=Path, required=True, help=".pth or .safetensors encoder state dict")
-    p.add_argument("--decoder", type=Path, required=True)
+    p.add_argument("folder", type=Path, nargs="?", metavar="DIR", help="diffusers VAE folder (config.json + weights)")
+    p.add_argument("--encoder", type=Path, help=".pth or .safetensors encoder state dict")
+    p.add_argument("--decoder", type=Path)
     p.add_argument("--name", required=True)
-    p.add_argument("--license", default="MIT")
+    p.add_argument("--license", default=None, help="default: MIT for tae, the folder's model card for diffusers")
+    p.add_argument("--data", type=Path, default=None, help="diffusers: photos for latent statistics and calibration")
+    p.add_argument("--fp16", action="store_true", help="diffusers: float16 graphs, for GPUs")
+    p.add_argument("--no-calibrate", action="store_true", help="diffusers: skip measuring the decoder's sensitivity")
     p.add_argument("--eval", type=Path, default=None, help="images to measure and record the reconstruction on")
     p.set_defaults(run=run_import)
 
@@ -74,12 +81,27 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    try:
-        from vaeflow.convert.tae import import_tae  # torch, only for converting weights
-    except ImportError as exc:
-        raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[convert]' ({exc})") from exc
-    path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license)
-    print(f"registered {args.name!r} in {path}")
+    if args.kind == "diffusers":
+        if args.folder is None or args.encoder or args.decoder:
+            raise ModelError("--kind diffusers takes one VAE folder DIR (config.json, weights), not --encoder")
+        try:
+            from vaeflow.convert.diffusers_vae import import_diffusers  # torch and diffusers, only for converting
+        except ImportError as exc:
+            raise ModelError(f"importing diffusers VAEs needs: pip install 'vaeflow[diffusers]' ({exc})") from exc
+        calibrate = not args.no_calibrate
+        path = import_diffusers(
+            args.folder, args.name, license=args.license, data=args.data, fp16=args.fp16, calibrate=calibrate
+        )
+    else:
+        if args.encoder is None or args.decoder is None or args.folder is not None:
+            raise ModelError("--kind tae takes --encoder and --decoder state dicts, not a folder")
+        try:
+            from vaeflow.convert.tae import import_tae  # torch, only for converting weights
+        except ImportError as exc:
+            raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[convert]' ({exc})") from exc
+        path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license or "MIT")
+    fingerprint = Registry.load().resolve(args.name).fingerprint().hex()
+    print(f"registered {args.name!r} in {path} (decoder fingerprint {fingerprint})")
     if args.eval is not None:
         entry = Registry.load().resolve(args.name)
         figures = reconstruction(args.name, [read_rgb(p) for p in list_images(args.eval)])

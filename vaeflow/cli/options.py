@@ -18,7 +18,10 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     group.add_argument(
-        "--providers", default="CPUExecutionProvider", help="comma-separated, or 'auto' for CUDA when present"
+        "--providers",
+        "--provider",
+        default="CPUExecutionProvider",
+        help="comma-separated: cuda[:N] (needs onnxruntime-gpu), cpu, ONNX Runtime names, 'auto' (CUDA if present)",
     )
     group.add_argument("--tile", type=int, default=RuntimeOptions.tile, help="tile size in pixels for large images")
 

@@ -13,9 +13,22 @@ from torch import nn
 from vaeflow.models.onnx_vae import LAYOUT_KEY
 
 
-def export(module: nn.Module, path: Path, in_channels: int, input_name: str, output_name: str, opset: int = 17) -> None:
-    """Write ``module`` as an NCHW ONNX graph, the layout recorded in its metadata."""
-    module = module.eval().float()
+def export(
+    module: nn.Module,
+    path: Path,
+    in_channels: int,
+    input_name: str,
+    output_name: str,
+    opset: int = 17,
+    *,
+    cast_float: bool = True,
+) -> None:
+    """Write ``module`` as an NCHW ONNX graph, the layout recorded in its metadata.
+
+    The module runs in float32 unless ``cast_float`` is False (a module that computes in
+    float16 inside, behind float32 inputs and outputs).
+    """
+    module = module.eval().float() if cast_float else module.eval()
     example = torch.zeros(1, in_channels, 64, 64)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():

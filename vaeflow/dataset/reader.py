@@ -1,4 +1,11 @@
-"""Reading a store back: any image, latent or stream on its own, or all of them in batches."""
+"""Reading a store back: any image, latent or stream on its own, or all of them in batches.
+
+Latents come in the model's own convention (what a diffusion model of its family trains on)
+for models that have one, as the store's settings recorded it when the store was written;
+``convention="normalised"`` gives vaeflow's unit-variance latent, the one the quantizer
+works in and ``decompress_latent`` returns (see ``vaeflow.models.convention``). For models
+without a convention of their own, such as ``default``, the two are the same.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +24,10 @@ from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress, decompress_latent, info
 from vaeflow.dataset.store import OLD_INDEX, STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, subgroup
 from vaeflow.errors import VaeflowError
-from vaeflow.models import RuntimeOptions
+from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
 KINDS = ("image", "latent", "stream")
+LATENT_CONVENTIONS = ("model", "normalised")  # the model's own latent, or vaeflow's unit-variance one
 MAX_ROWS = 2**31  # images in one store
 MAX_TEXT_BYTES_PER_ROW = 1 << 16  # a path or a note
 
@@ -203,21 +212,52 @@ class StoreReader:
     def read_image(self, name: str) -> np.ndarray:
         return decompress(self.checked_stream(name), runtime=self.runtime)
 
-    def read_latent(self, name: str) -> np.ndarray:
-        """The dequantized latent (C, h, w), decoded from the stream without the VAE."""
-        return decompress_latent(self.checked_stream(name))
+    @cached_property
+    def model(self) -> ModelRef | None:
+        """The model the store was written with, as its settings record it (None in v1 stores, which name it only)."""
+        with damage(self.path, "settings"):
+            return _recorded_model(self.meta.get("settings"))
+
+    @property
+    def convention(self) -> LatentConvention | None:
+        """How the model's own latents relate to the normalised ones (None: they are the same)."""
+        return self.model.convention if self.model is not None else None
+
+    def read_latent(self, name: str, convention: str = "model") -> np.ndarray:
+        """The dequantized latent, decoded from the stream without the VAE, float32.
+
+        ``convention="model"``: in the model's own convention, (C*p*p, h/p, w/p) for a model that
+        folds p x p patches into channels; ``"normalised"``: vaeflow's unit-variance latent (C, h, w).
+        """
+        return self._latent(self.checked_stream(name), convention)
+
+    def _latent(self, data: bytes, convention: str) -> np.ndarray:
+        if convention not in LATENT_CONVENTIONS:
+            raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
+        latent = decompress_latent(data)
+        own = self.convention
+        if convention == "normalised" or own is None:
+            return latent
+        return own.to_model(latent[None])[0]
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
         return {"path": name, "notes": self._notes[row], **info(self.read_stream(name))}
 
-    def iter_batches(self, batch_size: int = 16, kind: str = "latent") -> Iterator[tuple[list[str], Any]]:
-        """Yield (names, values) in index order; values are stacked when their shapes agree."""
+    def iter_batches(
+        self, batch_size: int = 16, kind: str = "latent", convention: str = "model"
+    ) -> Iterator[tuple[list[str], Any]]:
+        """Yield (names, values) in index order; values are stacked when their shapes agree.
+
+        Latents come in ``convention``, as from ``read_latent``.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+        if convention not in LATENT_CONVENTIONS:
+            raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
         decode: Any = {
             "image": lambda data: decompress(data, runtime=self.runtime),
-            "latent": decompress_latent,
+            "latent": lambda data: self._latent(data, convention),
             "stream": lambda data: data,
         }[kind]
         names = self.names
@@ -289,6 +329,12 @@ def check_stream_shape(path: Path, name: str, data: bytes, shape: np.ndarray) ->
             f"{path} has a damaged index: {name!r} is {int(shape[1])}x{int(shape[0])} in the index but its stream "
             f"says {header.width}x{header.height}"
         )
+
+
+def _recorded_model(settings: Any) -> ModelRef | None:
+    """The model the store's settings record; None for stores that name it only (v1 settings)."""
+    model = settings.get("model") if isinstance(settings, dict) else None
+    return ModelRef.from_dict(model) if isinstance(model, dict) else None
 
 
 def open_store(path: str | Path, runtime: RuntimeOptions | None = None) -> StoreReader:

@@ -1,6 +1,20 @@
 """VAE models: the registry of named models and their ONNX Runtime execution."""
 
+from vaeflow.models.convention import LatentConvention
+from vaeflow.models.latents import decode_latent, encode_latent, from_model_convention, to_model_convention
 from vaeflow.models.onnx_vae import OnnxVAE, RuntimeOptions, load_model
 from vaeflow.models.registry import ModelEntry, ModelRef, Registry
 
-__all__ = ["ModelEntry", "ModelRef", "OnnxVAE", "Registry", "RuntimeOptions", "load_model"]
+__all__ = [
+    "LatentConvention",
+    "ModelEntry",
+    "ModelRef",
+    "OnnxVAE",
+    "Registry",
+    "RuntimeOptions",
+    "decode_latent",
+    "encode_latent",
+    "from_model_convention",
+    "load_model",
+    "to_model_convention",
+]

@@ -30,6 +30,9 @@ LAYOUT_KEY = "vaeflow.layout"
 class RuntimeOptions:
     """How a model runs. ``providers=("auto",)`` takes CUDA when ONNX Runtime offers it.
 
+    ``"cuda"`` (or ``"cuda:N"`` for device N) asks for onnxruntime-gpu's CUDA execution
+    provider, run with I/O binding; ``"cpu"`` for the CPU one.
+
     Images whose height or width exceeds ``tile`` pixels are coded in overlapping tiles
     of ``tile`` pixels, blended across ``overlap`` pixels.
     """
@@ -63,23 +66,46 @@ def _session(path: Any, options: RuntimeOptions) -> Any:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
-    available = ort.get_available_providers()
-    if options.providers == ("auto",):
-        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    else:
-        unknown = [p for p in options.providers if p not in available]
-        if unknown:
-            raise ModelError(f"execution providers {unknown} are not available; available: {available}")
-        wanted = list(options.providers)
+    wanted = _providers(options.providers, ort.get_available_providers())
     try:
         session = ort.InferenceSession(str(path), so, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"model file {path} is not a loadable ONNX model: {exc}") from exc
-    used = session.get_providers()
+    used, first = session.get_providers(), wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
     log.info("loaded %s on %s (%d threads)", path.name, used[0], so.intra_op_num_threads)
-    if used[0] != wanted[0]:
-        log.warning("%s asked for %s but runs on %s", path.name, wanted[0], used[0])
+    if used[0] != first:
+        log.warning("%s asked for %s but runs on %s", path.name, first, used[0])
     return session
+
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _providers(names: tuple[str, ...], available: list[str]) -> list[Any]:
+    """ONNX Runtime's provider list for ``names``: ``auto``, ``cuda[:N]``, ``cpu`` or its own names."""
+    if names == ("auto",):
+        return [p for p in (CUDA, CPU) if p in available]
+    wanted: list[Any] = []
+    for name in names:
+        low = name.lower()
+        if low == "cuda" or low.startswith("cuda:"):
+            if low != "cuda" and not low[5:].isdigit():
+                raise ModelError(f"provider {name!r} is not cuda or cuda:N with N a device number")
+            wanted.append((CUDA, {"device_id": int(low[5:] or 0)}))
+        else:
+            wanted.append(CPU if low == "cpu" else name)
+    names_only = [w if isinstance(w, str) else w[0] for w in wanted]
+    unknown = [p for p in names_only if p not in available]
+    if unknown:
+        hint = ""
+        if CUDA in unknown:
+            hint = (
+                "; CUDA needs onnxruntime-gpu in place of onnxruntime: "
+                "pip uninstall -y onnxruntime && pip install 'vaeflow[gpu]'"
+            )
+        raise ModelError(f"execution providers {unknown} are not available; available: {available}{hint}")
+    return wanted  # ONNX Runtime adds the CPU provider for operators the others lack
 
 
 class _Net:
@@ -94,6 +120,8 @@ class _Net:
         self.layout = meta.get(LAYOUT_KEY, "NCHW")
         if self.layout not in ("NCHW", "NHWC"):
             raise ModelError(f"model file {path} declares layout {self.layout!r}; supported: NCHW, NHWC")
+        cuda = self.session.get_provider_options().get(CUDA, {})
+        self.cuda_device = int(cuda.get("device_id", 0)) if self.provider == CUDA else None
 
     @property
     def provider(self) -> str:
@@ -102,8 +130,23 @@ class _Net:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.layout == "NHWC":
             x = x.transpose(0, 2, 3, 1)
-        y = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        feed = np.ascontiguousarray(x, np.float32)
+        if self.cuda_device is not None:
+            y = self._run_bound(feed, self.cuda_device)
+        else:
+            y = self.session.run([self.output_name], {self.input_name: feed})[0]
         return y.transpose(0, 3, 1, 2) if self.layout == "NHWC" else y
+
+    def _run_bound(self, feed: np.ndarray, device: int) -> np.ndarray:
+        """One run on a CUDA device with I/O binding: input copied once, output kept there until the end."""
+        import onnxruntime as ort  # heavy: loaded only when a model runs
+
+        binding = self.session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(feed, "cuda", device)
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(self.output_name, "cuda", device)
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
 
 
 class OnnxVAE:

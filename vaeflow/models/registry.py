@@ -7,6 +7,11 @@ Entries come from three TOML files, later ones overriding earlier ones by name:
 
 File paths in an entry are relative to the TOML file that holds it. ``[aliases]`` maps
 names such as ``default`` to entries.
+
+An entry may record the latent convention of the model's own ecosystem (what a diffusion
+model trains on): ``convention = "shift_scale"`` with ``convention_patch``,
+``convention_shift`` and ``convention_scale`` (see ``vaeflow.models.convention``);
+``"none"`` (the default): the model's latent is vaeflow's normalised one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 from vaeflow.durable import atomic_write
 from vaeflow.errors import ModelError
+from vaeflow.models.convention import CONVENTIONS, LatentConvention
 from vaeflow.resources import shipped_models_dir
 
 REGISTRY_FILE = "models.toml"
@@ -36,13 +42,19 @@ class ModelRef:
     """A model as resolved once: what a codec carries, a plan records and a stream names.
 
     Workers and decoders load the model by this reference; a registry that resolves the name
-    to other files (another fingerprint) is refused, naming both.
+    to other files (another fingerprint) is refused, naming both. ``convention`` is how the
+    model's own latents relate to the normalised ones (None: they are the same), as the
+    registry said when the model was resolved: a store records it in its settings, so that
+    its latents read back in the model's convention without the registry. It is not part of
+    the model's identity, and a stream header does not carry it (a reference rebuilt from a
+    header has None).
     """
 
     name: str
     fingerprint: str  # hex: the first bytes of the SHA-256 of the decoder file
     latent_channels: int
     downsample: int
+    convention: LatentConvention | None = field(default=None, compare=False)
 
     @property
     def fingerprint_bytes(self) -> bytes:
@@ -53,11 +65,26 @@ class ModelRef:
         return (self.latent_channels, -(-height // s), -(-width // s))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out: dict[str, Any] = {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "latent_channels": self.latent_channels,
+            "downsample": self.downsample,
+        }
+        if self.convention is not None:  # models without one are recorded as before
+            out["convention"] = self.convention.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelRef:
-        return cls(str(data["name"]), str(data["fingerprint"]), int(data["latent_channels"]), int(data["downsample"]))
+        convention = data.get("convention")
+        return cls(
+            str(data["name"]),
+            str(data["fingerprint"]),
+            int(data["latent_channels"]),
+            int(data["downsample"]),
+            LatentConvention.from_dict(convention) if convention is not None else None,
+        )
 
     def describe(self) -> str:
         shape = f"{self.latent_channels} channels, downsample {self.downsample}"
@@ -78,6 +105,10 @@ class ModelEntry:
     description: str = ""
     recon_psnr: float | None = None
     recon_ms_ssim: float | None = None
+    convention: str = "none"
+    convention_patch: int = 1
+    convention_shift: tuple[float, ...] = (0.0,)
+    convention_scale: tuple[float, ...] = (1.0,)
     calibration: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
@@ -106,6 +137,10 @@ class ModelEntry:
             description=str(table.get("description", "")),
             recon_psnr=table.get("recon_psnr"),
             recon_ms_ssim=table.get("recon_ms_ssim"),
+            convention=str(table.get("convention", "none")),
+            convention_patch=int(table.get("convention_patch", 1)),
+            convention_shift=floats("convention_shift", (0.0,)),
+            convention_scale=floats("convention_scale", (1.0,)),
             calibration={k: tuple(tuple(float(v) for v in row) for row in rows) for k, rows in calibration.items()},
             source=base,
         )
@@ -124,21 +159,45 @@ class ModelEntry:
                 raise ModelError(f"{where}: {key} needs 1 or {self.latent_channels} values, got {len(value)}")
         if any(v == 0 for v in self.latent_scale):
             raise ModelError(f"{where}: latent_scale must not be zero")
+        if self.convention not in CONVENTIONS:
+            raise ModelError(f"{where}: unknown convention {self.convention!r}; known: {', '.join(CONVENTIONS)}")
+        if self.convention_patch < 1:
+            raise ModelError(f"{where}: convention_patch must be at least 1, got {self.convention_patch}")
+        patched = self.latent_channels * self.convention_patch**2
+        for key in ("convention_shift", "convention_scale"):
+            if len(getattr(self, key)) not in (1, patched):
+                raise ModelError(f"{where}: {key} needs 1 or {patched} values, got {len(getattr(self, key))}")
+        if any(v == 0 for v in self.convention_scale):
+            raise ModelError(f"{where}: convention_scale must not be zero")
 
     def fingerprint(self) -> bytes:
         """First bytes of the SHA-256 of the decoder file: what a stream needs to decode."""
         return file_fingerprint(self.decoder)
 
+    def latent_convention(self) -> LatentConvention | None:
+        """The map from the normalised latent to the model's own; None for models without a convention."""
+        if self.convention == "none":
+            return None
+        return LatentConvention(
+            self.latent_channels, self.convention_patch, self.convention_shift, self.convention_scale,
+            self.latent_shift, self.latent_scale,
+        )  # fmt: skip
+
     def ref(self) -> ModelRef:
-        return ModelRef(self.name, self.fingerprint().hex(), self.latent_channels, self.downsample)
+        return ModelRef(
+            self.name, self.fingerprint().hex(), self.latent_channels, self.downsample, self.latent_convention()
+        )
 
     def to_toml_table(self, base: Path) -> dict[str, Any]:
         table = {k: v for k, v in asdict(self).items() if v is not None and k not in ("name", "source")}
         for key in ("encoder", "decoder"):
             path = Path(table[key])
             table[key] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-        for key in ("input_range", "latent_scale", "latent_shift"):
+        for key in ("input_range", "latent_scale", "latent_shift", "convention_shift", "convention_scale"):
             table[key] = list(table[key])
+        if self.convention == "none":  # entries without a convention of their own stay as they were
+            for key in ("convention", "convention_patch", "convention_shift", "convention_scale"):
+                del table[key]
         table["calibration"] = {k: [list(row) for row in rows] for k, rows in self.calibration.items()}
         if not table["calibration"]:
             del table["calibration"]
