@@ -12,6 +12,8 @@ import numpy as np
 import zarr
 
 from vaeflow.codec.api import decompress, decompress_latent, info
+from vaeflow.dataset.location import StoreLocation, describe, open_root
+from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
 from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
@@ -28,7 +30,7 @@ class Failure:
 
 
 @contextmanager
-def damage(path: Path, what: str) -> Iterator[None]:
+def damage(path: Path | str, what: str) -> Iterator[None]:
     """Turn whatever zarr or numpy raise on damaged files into one clear ``VaeflowError``."""
     try:
         yield
@@ -46,14 +48,12 @@ class StoreReader:
 
     meta: dict[str, Any]
 
-    def __init__(self, path: str | Path, runtime: RuntimeOptions | None = None) -> None:
-        self.path = Path(path)
-        try:
-            self._root = zarr.open_consolidated(self.path, mode="r")
-        except (
-            FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError
-        ) as exc:  # fmt: skip  # zarr raises all of these on damaged metadata
-            raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
+    def __init__(
+        self, path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.location, self.storage_options = path, storage_options  # what reopens it (in a DataLoader worker)
+        self.path = describe(path)  # a local Path, a URL or the zarr store object's name
+        self._root = open_root(path, storage_options)
         meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
@@ -74,6 +74,7 @@ class StoreReader:
             self._bpp = read(index, "bpp")
             self._offsets = read(self._root, "streams/offsets").astype(np.int64)
             self._data = array(self._root, "streams/data")
+            self._spans = SpanReader(self._data)
         self._rows = {p: i for i, p in enumerate(self._paths)}
         self._check_index()
 
@@ -158,18 +159,14 @@ class StoreReader:
     def read_stream(self, name: str) -> bytes:
         start, end = self.stream_range(name)
         with damage(self.path, f"stream data of {name!r}"):
-            return np.asarray(self._data[start:end]).tobytes()
+            return self._spans.read([(start, end)])[0]
 
     def read_streams(self, names: list[str]) -> list[bytes]:
-        """Several streams with one read of the data they span (neighbours in the index are
-        neighbours in the data, so a batch in index order reads little more than it needs)."""
+        """Several streams with one read of each run of neighbours (neighbours in the index are
+        neighbours in the data, so a batch in index order is one range read); runs are read concurrently."""
         rows = [self._row(n) for n in names]
-        if not rows:
-            return []
-        low, high = int(self._offsets[min(rows)]), int(self._offsets[max(rows) + 1])
         with damage(self.path, "stream data"):
-            span = np.asarray(self._data[low:high]).tobytes()
-        return [span[int(self._offsets[r]) - low : int(self._offsets[r + 1]) - low] for r in rows]
+            return self._spans.read([(int(self._offsets[r]), int(self._offsets[r + 1])) for r in rows])
 
     def entries(self) -> Iterator[tuple[str, tuple[int, int], int, float]]:
         """(name, (height, width), bytes, bpp) of each stored image, from the index alone."""
@@ -184,6 +181,10 @@ class StoreReader:
     def read_latent(self, name: str) -> np.ndarray:
         """The dequantized latent (C, h, w), decoded from the stream without the VAE."""
         return decompress_latent(self.read_stream(name))
+
+    def read_latents(self, names: list[str]) -> list[np.ndarray]:
+        """The dequantized latents of ``names``, their streams fetched as by ``read_streams``."""
+        return [decompress_latent(data) for data in self.read_streams(names)]
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
@@ -228,6 +229,9 @@ class StoreReader:
         }
 
 
-def open_store(path: str | Path, runtime: RuntimeOptions | None = None) -> StoreReader:
-    """Open a finished vaeflow store for reading."""
-    return StoreReader(path, runtime)
+def open_store(
+    path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+) -> StoreReader:
+    """Open a finished vaeflow store for reading: a local path, an fsspec URL (``s3://``, ``gs://``, ``memory://``,
+    ``file://``, ``http(s)://``; ``storage_options`` go to its file system) or a zarr store object."""
+    return StoreReader(path, runtime, storage_options)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from vaeflow.durable import fsync, sync_tree
 from vaeflow.errors import VaeflowError
@@ -30,6 +29,7 @@ from vaeflow.errors import VaeflowError
 STORE_FORMAT = "vaeflow-store"
 STORE_VERSION = 1
 DATA_CHUNK = 4 << 20
+STREAM_CHUNK = 16 << 10  # inner chunk of streams/data's shards
 STATUS_OK, STATUS_FAILED = 0, 1
 
 
@@ -127,10 +127,11 @@ def write_index(
         data = array(root, "streams/data")
         data.resize((new_total,))
     else:
-        # zstd cannot shrink the streams, but it keeps a partly filled last chunk small on disk
+        # uncompressed (streams do not shrink), so that a reader fetches any stream's bytes alone; shards of
+        # small inner chunks keep a partly filled last shard small on disk (unwritten inner chunks are left out)
         data = root.create_array(
-            "streams/data", shape=(new_total,), chunks=(DATA_CHUNK,), dtype="uint8",
-            compressors=ZstdCodec(level=1), fill_value=0, overwrite=True,
+            "streams/data", shape=(new_total,), shards=(DATA_CHUNK,), chunks=(STREAM_CHUNK,), dtype="uint8",
+            compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
     buffer, position = bytearray(), total

@@ -1,0 +1,98 @@
+"""Where a store lives: a local path, an fsspec URL (``s3://``, ``gs://``, ``memory://``, ``file://``,
+``http(s)://``) or a zarr store object, opened as the store's zarr root group for reading."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import zarr
+from zarr.abc.store import Store
+
+from vaeflow.errors import VaeflowError
+
+StoreLocation = str | os.PathLike[str] | Store
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+# zarr raises all of these on missing or damaged metadata
+NOT_A_STORE = (
+    FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError,
+)  # fmt: skip
+
+
+def is_url(location: object) -> bool:
+    return isinstance(location, str) and URL.match(location) is not None
+
+
+def local_path(location: StoreLocation) -> Path | None:
+    """The local folder ``location`` names (``file://`` URLs included), or None for remote URLs and store objects."""
+    if isinstance(location, Store):
+        return None
+    if isinstance(location, str) and location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    if is_url(location):
+        return None
+    return Path(location)
+
+
+def describe(location: StoreLocation) -> Path | str:
+    """How messages name the store: its local path, its URL, or the store object."""
+    path = local_path(location)
+    return path if path is not None else location if isinstance(location, str) else str(location)
+
+
+def open_root(location: StoreLocation, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """The root group of the store at ``location``, from its consolidated metadata, read-only."""
+    path = local_path(location)
+    if path is not None:
+        if storage_options:
+            raise VaeflowError(f"storage_options apply to URLs, not to the local path {path}")
+        try:
+            return zarr.open_consolidated(path, mode="r")
+        except NOT_A_STORE as exc:
+            raise VaeflowError(f"{path} is not a finished vaeflow store: {exc}") from exc
+    if isinstance(location, Store):
+        if storage_options:
+            raise VaeflowError("storage_options apply to URLs; configure the zarr store object itself")
+        return _open_remote(location, str(location))
+    url = str(location)
+    return _open_remote(_fsspec_store(url, storage_options or {}), url)
+
+
+def _fsspec_store(url: str, storage_options: dict[str, Any]) -> Store:
+    from zarr.storage import FsspecStore
+
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        return FsspecStore.from_url(url, storage_options=storage_options, read_only=True)
+    except ImportError as exc:
+        package = PACKAGES.get(scheme, f"the fsspec package for {scheme}://")
+        hint = "pip install 'vaeflow[remote]'" if package == "s3fs" else f"pip install {package}"
+        raise VaeflowError(f"reading {url} needs {package}: {hint}") from exc
+    except ValueError as exc:  # fsspec: an unknown protocol
+        raise VaeflowError(
+            f"cannot open {url}: {exc}; give a local path or an fsspec URL (s3://, gs://, memory://, file://, https://)"
+        ) from exc
+    except Exception as exc:  # credentials, endpoints: each file system raises its own
+        raise VaeflowError(f"cannot open {url}: {type(exc).__name__}: {exc}; check its storage_options") from exc
+
+
+def _open_remote(store: Store, name: str) -> zarr.Group:
+    try:
+        return zarr.open_consolidated(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise VaeflowError(
+            f"no vaeflow store at {name}: nothing found there; check the bucket or host, the path and, "
+            "for private buckets, the credentials in storage_options"
+        ) from exc
+    except PermissionError as exc:
+        raise VaeflowError(f"{name} refused access: {exc}; check the credentials in storage_options") from exc
+    except NOT_A_STORE as exc:
+        raise VaeflowError(f"{name} is not a finished vaeflow store: {exc}") from exc
+    except Exception as exc:  # network errors differ with every file system
+        raise VaeflowError(
+            f"cannot reach {name}: {type(exc).__name__}: {exc}; check the address, the endpoint_url and the "
+            "network (storage_options)"
+        ) from exc
