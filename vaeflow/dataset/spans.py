@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import threading
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ class SpanReader:
         self.unit = self.shard if self.layout == "shards" else self.chunk  # one object in the store
         self._indices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._chunks: OrderedDict[int, bytes] = OrderedDict()
+        self._chunks_lock = threading.Lock()  # readers may be shared by threads
 
     def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each range; neighbouring ranges are fetched together, all of them concurrently."""
@@ -132,16 +134,21 @@ class SpanReader:
     def _read_chunked(self, start: int, end: int) -> bytes:
         """Whole chunks through zarr (compressed data can only be read so), the last few kept."""
         out = bytearray()
-        for chunk in range(start // self.chunk, -(-end // self.chunk) if end > start else start // self.chunk):
-            if chunk not in self._chunks:
-                low, high = chunk * self.chunk, min(self.size, (chunk + 1) * self.chunk)
-                self._chunks[chunk] = np.asarray(self.data[low:high]).tobytes()
-                while len(self._chunks) > CACHED_CHUNKS:
-                    self._chunks.popitem(last=False)
-            self._chunks.move_to_end(chunk)
-            base = chunk * self.chunk
-            out += self._chunks[chunk][max(start, base) - base : min(end, base + self.chunk) - base]
+        with self._chunks_lock:
+            for chunk in range(start // self.chunk, -(-end // self.chunk) if end > start else start // self.chunk):
+                out += self._cached_chunk(chunk, start, end)
         return bytes(out)
+
+    def _cached_chunk(self, chunk: int, start: int, end: int) -> bytes:
+        """The part of ``start:end`` in ``chunk``, fetching the chunk unless it is kept."""
+        if chunk not in self._chunks:
+            low, high = chunk * self.chunk, min(self.size, (chunk + 1) * self.chunk)
+            self._chunks[chunk] = np.asarray(self.data[low:high]).tobytes()
+            while len(self._chunks) > CACHED_CHUNKS:
+                self._chunks.popitem(last=False)
+        self._chunks.move_to_end(chunk)
+        base = chunk * self.chunk
+        return self._chunks[chunk][max(start, base) - base : min(end, base + self.chunk) - base]
 
 
 async def _gather(coroutines: list[Coroutine[Any, Any, bytes]]) -> list[bytes]:
