@@ -39,8 +39,7 @@ def open_or_build(src: Path, store: Path) -> vaeflow.StoreReader:
     if not (store / "zarr.json").exists():
         print(f"compressing {src} with the latent-store preset into {store} (once; reused with --store) ...")
         start = time.perf_counter()
-        options = vaeflow.JobOptions(scheduler="sync", progress=True)
-        report = vaeflow.compress_dataset(src, store, pipeline="latent-store", options=options)
+        report = vaeflow.compress_dataset(src, store, pipeline="latent-store", scheduler="sync")
         print(f"  {report.stored} images in {time.perf_counter() - start:.0f} s")
     reader = vaeflow.open_store(store)
     preset = (reader.meta.get("settings") or {}).get("pipeline")

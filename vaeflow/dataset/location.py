@@ -10,6 +10,7 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import Store
+from zarr.storage import FsspecStore
 
 from vaeflow.errors import VaeflowError
 
@@ -62,8 +63,6 @@ def open_root(location: StoreLocation, storage_options: dict[str, Any] | None = 
 
 
 def _fsspec_store(url: str, storage_options: dict[str, Any]) -> Store:
-    from zarr.storage import FsspecStore
-
     scheme = url.split("://", 1)[0].lower()
     try:
         return FsspecStore.from_url(url, storage_options=storage_options, read_only=True)

@@ -19,12 +19,13 @@ import vaeflow  # noqa: E402
 from vaeflow.errors import VaeflowError  # noqa: E402
 from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream  # noqa: E402
 
-from .loading_stores import SIZES, mixed_store  # noqa: E402
+from .helpers import MIXED_SIZES as SIZES  # noqa: E402
+from .helpers import S3Bucket  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mixed_store(tmp_path_factory.mktemp("loading"))
+def store(mixed_store: Path) -> Path:
+    return mixed_store
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +244,16 @@ def test_stream_parts_are_contiguous_runs_in_store_order(store: Path) -> None:
     runs = list(stream.runs())
     assert [i for run in runs for i in run] == list(range(len(SIZES)))
     assert all(len({stream.shapes[i] for i in run}) == 1 and len(run) <= 4 for run in runs)
+
+
+def test_dataloader_workers_read_s3(s3: S3Bucket, store: Path, latents: dict[str, np.ndarray]) -> None:
+    url = s3.put(store, "torch/store.zarr")
+    dataset = LatentDataset(url, dtype=torch.float32, storage_options=s3.options)
+    seen = []
+    for batch in DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset, 3), num_workers=2):
+        for name, latent in zip(batch["name"], batch["latent"], strict=True):
+            assert np.array_equal(latent.numpy(), latents[name])
+            seen.append(name)
+    stream = LatentStream(url, batch_size=None, dtype=torch.float32, storage_options=s3.options)
+    streamed = [item["name"] for item in DataLoader(stream, batch_size=None, num_workers=2)]
+    assert sorted(seen) == sorted(streamed) == sorted(latents)
