@@ -42,7 +42,8 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
     for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
         sync_tree(plan.store / part)
     store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
-    store_io.write_meta(plan.store, {**meta, "complete": True, "stored_bytes": total, "rows": first + count})
+    finished = {"complete": True, "stored_bytes": total, "rows": first + count, "version": store_io.data_version(meta)}
+    store_io.write_meta(plan.store, {**meta, **finished})
     fsync(plan.store / "zarr.json")
 
 

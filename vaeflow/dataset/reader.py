@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from vaeflow.codec.api import decompress, decompress_latent, info
+from vaeflow.dataset import store as store_io
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, read_text_column, subgroup
@@ -57,6 +58,11 @@ class StoreReader:
         meta = self._root.attrs.get("vaeflow")
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
+        if meta.get("version") not in range(1, store_io.STORE_VERSION + 1):
+            raise VaeflowError(
+                f"{self.path} is store format {meta.get('version')!r}; this vaeflow reads formats 1 to "
+                f"{store_io.STORE_VERSION} (a newer vaeflow may read it)"
+            )
         if meta.get("complete") is not True:
             raise VaeflowError(
                 f"{self.path} is not a finished vaeflow store: a job is writing it or was interrupted "
@@ -155,6 +161,11 @@ class StoreReader:
     def stream_range(self, name: str) -> tuple[int, int]:
         row = self._row(name)
         return int(self._offsets[row]), int(self._offsets[row + 1])
+
+    def read_span(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of the stream data, however many streams they hold."""
+        with damage(self.path, "stream data"):
+            return self._spans.read([(start, end)])[0]
 
     def read_stream(self, name: str) -> bytes:
         start, end = self.stream_range(name)
