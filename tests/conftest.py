@@ -9,7 +9,9 @@ absent. ``pytest -m "not shared"`` runs what a plain clone can.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ import skimage.data
 from hypothesis import settings
 
 from vaeflow.imageio import read_rgb
+
+from .helpers import S3Bucket
+from .helpers import mixed_store as build_mixed_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VAEFLOW_SHARED", REPO.parent / "shared"))
@@ -87,6 +92,33 @@ def taef2_weights() -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def photo_paths() -> list[Path]:
     return sorted(need(PHOTOS).glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
+    """A finished store of 12 real photo crops in four shapes (tests/helpers.py MIXED_SIZES), every one stored."""
+    return build_mixed_store(tmp_path_factory.mktemp("mixed"), photos)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Bucket]:
+    """A real S3 API on loopback (moto's server mode), reached through s3fs."""
+    server_module = pytest.importorskip("moto.server", reason="S3 tests need moto[server] (dev extra)")
+    pytest.importorskip("s3fs", reason="S3 tests need s3fs (dev extra)")
+    boto3 = pytest.importorskip("boto3", reason="S3 tests need boto3 (dev extra)")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, **credentials).create_bucket(Bucket="vaeflow-tests")
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "us-east-1"}}  # fmt: skip
+        yield S3Bucket("vaeflow-tests", options)
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

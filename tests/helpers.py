@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,38 @@ def sync_job(src: Path, store: Path, **kwargs: Any) -> Any:
     from vaeflow import compress_dataset
 
     return compress_dataset(src, store, scheduler="sync", **kwargs)
+
+
+# (height, width) of each image of the mixed store: four shapes in groups of 5, 4, 2 and 1; latents (4, h/8, w/8)
+MIXED_SIZES = [(64, 64)] * 5 + [(64, 96)] * 4 + [(96, 64)] * 2 + [(80, 80)]
+
+
+def mixed_store(root: Path, photos: list[np.ndarray]) -> Path:
+    """``root/store.zarr``: crops of ``photos`` of MIXED_SIZES (named so that store order mixes the shapes)."""
+    src = root / "src"
+    src.mkdir()
+    for i, (h, w) in enumerate(MIXED_SIZES):
+        top, left = 13 * i, 23 * i  # within the 256 x 384 photos
+        crop = photos[i % len(photos)][top : top + h, left : left + w]
+        assert crop.shape[:2] == (h, w), f"the photos are too small for a {h}x{w} crop at {top},{left}"
+        Image.fromarray(crop).save(src / f"{i % 3}-{i:02d}.png")
+    from vaeflow import JobOptions
+
+    report = sync_job(src, root / "store.zarr", options=JobOptions(progress=False))
+    assert report.stored == len(MIXED_SIZES) and report.failed == 0
+    return root / "store.zarr"
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A bucket on an S3 server on loopback, and the storage_options that reach it."""
+
+    name: str
+    options: dict[str, Any]
+
+    def put(self, local: Path, key: str) -> str:
+        """Upload the folder ``local`` as ``key``; returns its s3:// URL."""
+        import s3fs
+
+        s3fs.S3FileSystem(**self.options).put(str(local), f"{self.name}/{key}", recursive=True)
+        return f"s3://{self.name}/{key}"

@@ -32,8 +32,9 @@ def test_golden_stream_decodes_to_its_recorded_pixels_and_latent(name: str) -> N
     assert sha(pixels) == expected["pixels_sha256"]
 
 
-def test_golden_store_reads_every_image_as_recorded() -> None:
-    expected = MANIFEST["store"]
+@pytest.mark.parametrize("store", ["store", "store_v2"])
+def test_golden_store_reads_every_image_as_recorded(store: str) -> None:
+    expected = MANIFEST[store]
     reader = vaeflow.open_store(GOLDEN / expected["path"])
     assert sorted(reader.names) == sorted(expected["images"])
     for name, want in expected["images"].items():

@@ -45,7 +45,8 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
         sync_tree(plan.store / part)
     store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
     done = {k: v for k, v in meta.items() if k not in ("retrying", "adding")}
-    store_io.write_meta(plan.store, {**done, "complete": True, "stored_bytes": total, "rows": first + count})
+    finished = {"complete": True, "stored_bytes": total, "rows": first + count, "version": store_io.data_version(meta)}
+    store_io.write_meta(plan.store, {**done, **finished})
     fsync(plan.store / "zarr.json")
 
 

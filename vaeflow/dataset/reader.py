@@ -22,6 +22,9 @@ import zarr
 
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress, decompress_latent, info
+from vaeflow.dataset import store as store_io
+from vaeflow.dataset.location import StoreLocation, describe, open_root
+from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import OLD_INDEX, STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, subgroup
 from vaeflow.errors import VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
@@ -39,7 +42,7 @@ class Failure:
 
 
 @contextmanager
-def damage(path: Path, what: str) -> Iterator[None]:
+def damage(path: Path | str, what: str) -> Iterator[None]:
     """Turn whatever zarr or numpy raise on damaged files into one clear ``VaeflowError``."""
     try:
         yield
@@ -57,8 +60,11 @@ class StoreReader:
 
     meta: dict[str, Any]
 
-    def __init__(self, path: str | Path, runtime: RuntimeOptions | None = None) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.location, self.storage_options = path, storage_options  # what reopens it (in a DataLoader worker)
+        self.path = describe(path)  # a local Path, a URL or the zarr store object's name
         self.runtime = runtime
         self.meta = self._read_meta()
         rows = self.meta.get("rows")
@@ -75,6 +81,7 @@ class StoreReader:
             self._bpp = read(index, "bpp")[:rows]
             offsets = read(self._root, "streams/offsets")[: rows + 1]
             self._data = array(self._root, "streams/data")
+            self._spans = SpanReader(self._data)
         self._offsets = _checked_offsets(offsets, self._data.shape[0], "stream offsets", self.path)
         self._rows = {p: i for i, p in enumerate(self._paths)}
         self._check_index()
@@ -83,17 +90,24 @@ class StoreReader:
         """The store's attributes; a finished store opens consolidated, one in the middle of an
         ``--add`` from its own metadata, showing the previous generation's rows."""
         try:
-            self._root = zarr.open_consolidated(self.path, mode="r")
+            self._root = open_root(self.location, self.storage_options)
             meta = self._root.attrs.get("vaeflow")
             if isinstance(meta, dict) and meta.get("complete") is not True and _earlier_generation(meta):
-                self._root = zarr.open_group(self.path, mode="r", use_consolidated=False)
+                self._root = open_root(self.location, self.storage_options, consolidated=False)
                 meta = self._root.attrs.get("vaeflow")
         except (
             FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError
         ) as exc:  # fmt: skip  # zarr raises all of these on damaged metadata
+            if isinstance(exc, VaeflowError):
+                raise
             raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
+        if meta.get("version") not in range(1, store_io.STORE_VERSION + 1):
+            raise VaeflowError(
+                f"{self.path} is store format {meta.get('version')!r}; this vaeflow reads formats 1 to "
+                f"{store_io.STORE_VERSION} (a newer vaeflow may read it)"
+            )
         if meta.get("complete") is not True and not _earlier_generation(meta):
             raise VaeflowError(
                 f"{self.path} is not a finished vaeflow store: a job is writing it or was interrupted "
@@ -180,10 +194,15 @@ class StoreReader:
         row = self._row(name)
         return int(self._offsets[row]), int(self._offsets[row + 1])
 
+    def read_span(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` of the stream data, however many streams they hold."""
+        with damage(self.path, "stream data"):
+            return self._spans.read([(start, end)])[0]
+
     def read_stream(self, name: str) -> bytes:
         start, end = self.stream_range(name)
         with damage(self.path, f"stream data of {name!r}"):
-            return np.asarray(self._data[start:end]).tobytes()
+            return self._spans.read([(start, end)])[0]
 
     def checked_stream(self, name: str) -> bytes:
         """The stream of ``name``, refused (naming it) if its header disagrees with the index."""
@@ -192,15 +211,11 @@ class StoreReader:
         return data
 
     def read_streams(self, names: list[str]) -> list[bytes]:
-        """Several streams with one read of the data they span (neighbours in the index are
-        neighbours in the data, so a batch in index order reads little more than it needs)."""
+        """Several streams with one read of each run of neighbours (neighbours in the index are
+        neighbours in the data, so a batch in index order is one range read); runs are read concurrently."""
         rows = [self._row(n) for n in names]
-        if not rows:
-            return []
-        low, high = int(self._offsets[min(rows)]), int(self._offsets[max(rows) + 1])
         with damage(self.path, "stream data"):
-            span = np.asarray(self._data[low:high]).tobytes()
-        return [span[int(self._offsets[r]) - low : int(self._offsets[r + 1]) - low] for r in rows]
+            return self._spans.read([(int(self._offsets[r]), int(self._offsets[r + 1])) for r in rows])
 
     def entries(self) -> Iterator[tuple[str, tuple[int, int], int, float]]:
         """(name, (height, width), bytes, bpp) of each stored image, from the index alone."""
@@ -239,6 +254,10 @@ class StoreReader:
         if convention == "normalised" or own is None:
             return latent
         return own.to_model(latent[None])[0]
+
+    def read_latents(self, names: list[str]) -> list[np.ndarray]:
+        """The dequantized latents of ``names``, their streams fetched as by ``read_streams``."""
+        return [decompress_latent(data) for data in self.read_streams(names)]
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
@@ -296,7 +315,7 @@ def _earlier_generation(meta: dict[str, Any]) -> bool:
     return isinstance(generation, int) and generation >= 1 and isinstance(rows, int) and rows > 0
 
 
-def _checked_offsets(offsets: np.ndarray, limit: int, what: str, path: Path) -> np.ndarray:
+def _checked_offsets(offsets: np.ndarray, limit: int, what: str, path: Path | str) -> np.ndarray:
     """Offsets (N+1) from the file as int64, refused unless they start at 0, never run backwards
     and stay within ``limit``; compared as unsigned, so no value can wrap around."""
     values = np.asarray(offsets)
@@ -310,7 +329,7 @@ def _checked_offsets(offsets: np.ndarray, limit: int, what: str, path: Path) -> 
     return unsigned.astype(np.int64)
 
 
-def _text_column(group: zarr.Group, name: str, rows: int, path: Path) -> list[str]:
+def _text_column(group: zarr.Group, name: str, rows: int, path: Path | str) -> list[str]:
     """The first ``rows`` texts of a column, its offsets checked before they are used."""
     data = array(group, f"{name}_bytes")
     offsets = _checked_offsets(read(group, f"{name}_offsets")[: rows + 1], data.shape[0], f"{name} offsets", path)
@@ -321,7 +340,7 @@ def _text_column(group: zarr.Group, name: str, rows: int, path: Path) -> list[st
         raise VaeflowError(f"{path} has a damaged index: a {name} is not UTF-8") from exc
 
 
-def check_stream_shape(path: Path, name: str, data: bytes, shape: np.ndarray) -> None:
+def check_stream_shape(path: Path | str, name: str, data: bytes, shape: np.ndarray) -> None:
     """Refuse a stream whose header gives another image size than the index."""
     header, _ = stream_format.unpack(data)
     if (header.height, header.width) != (int(shape[0]), int(shape[1])):
@@ -337,6 +356,9 @@ def _recorded_model(settings: Any) -> ModelRef | None:
     return ModelRef.from_dict(model) if isinstance(model, dict) else None
 
 
-def open_store(path: str | Path, runtime: RuntimeOptions | None = None) -> StoreReader:
-    """Open a finished vaeflow store for reading."""
-    return StoreReader(path, runtime)
+def open_store(
+    path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+) -> StoreReader:
+    """Open a finished vaeflow store for reading: a local path, an fsspec URL (``s3://``, ``gs://``, ``memory://``,
+    ``file://``, ``http(s)://``; ``storage_options`` go to its file system) or a zarr store object."""
+    return StoreReader(path, runtime, storage_options)

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from vaeflow.durable import fsync, sync_tree
 from vaeflow.errors import VaeflowError
 
 STORE_FORMAT = "vaeflow-store"
-STORE_VERSION = 1
-DATA_CHUNK = 4 << 20
+STORE_VERSION = 2  # 2: streams/data in shards of uncompressed inner chunks; 1: in zstd chunks (still read)
+DATA_CHUNK = 4 << 20  # streams/data's shards (format 1: its chunks)
+STREAM_CHUNK = 16 << 10  # the inner chunks of streams/data's shards
 STATUS_OK, STATUS_FAILED = 0, 1
 
 
@@ -133,10 +133,12 @@ def write_index(
         data = array(root, "streams/data")
         data.resize((new_total,))
     else:
-        # zstd cannot shrink the streams, but it keeps a partly filled last chunk small on disk
+        # format 2: uncompressed (streams do not shrink), so that a reader can fetch any stream's bytes alone;
+        # small inner chunks keep the last shard small on disk (inner chunks past the end are left out). A store
+        # of format 1 keeps its zstd chunks when images are added (see data_version)
         data = root.create_array(
-            "streams/data", shape=(new_total,), chunks=(DATA_CHUNK,), dtype="uint8",
-            compressors=ZstdCodec(level=1), fill_value=0, overwrite=True,
+            "streams/data", shape=(new_total,), shards=(DATA_CHUNK,), chunks=(STREAM_CHUNK,), dtype="uint8",
+            compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
     buffer, position = bytearray(), total
@@ -174,6 +176,12 @@ def write_index(
     write_text_column(skipped_group, "path", [p for p, _ in skipped])
     write_text_column(skipped_group, "reason", [r for _, r in skipped])
     return new_total
+
+
+def data_version(meta: dict[str, Any]) -> int:
+    """The store format once ``write_index`` has run: streams/data is made anew (format 2) unless it holds
+    streams already, which keep their layout."""
+    return int(meta.get("version") or STORE_VERSION) if meta.get("stored_bytes") else STORE_VERSION
 
 
 NEXT_INDEX, OLD_INDEX = "index-next", "index-previous"

@@ -6,9 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from vaeflow.dataset.reader import check_stream_shape, damage, open_store
+from vaeflow.dataset.reader import check_stream_shape, open_store
 from vaeflow.errors import VaeflowError
 
 WINDOW = 64 << 20  # bytes of stream data read at a time
@@ -52,10 +50,7 @@ def verify_store(path: str | Path) -> VerifyReport:
         try:
             if end > window_start + len(window):
                 window_start, window = begin, b""
-                with damage(store.path, "stream data"):
-                    window = np.asarray(
-                        store.data[begin : max(end, min(begin + WINDOW, store.data.shape[0]))]
-                    ).tobytes()
+                window = store.read_span(begin, max(end, min(begin + WINDOW, store.data.shape[0])))
                 report.bytes_read += len(window)
             check_stream_shape(store.path, name, window[begin - window_start : end - window_start], shapes[name])
         except VaeflowError as exc:

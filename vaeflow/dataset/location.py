@@ -1,0 +1,106 @@
+"""Where a store lives: a local path, an fsspec URL (``s3://``, ``gs://``, ``memory://``, ``file://``,
+``http(s)://``) or a zarr store object, opened as the store's zarr root group for reading."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import zarr
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore
+
+from vaeflow.errors import VaeflowError
+
+StoreLocation = str | os.PathLike[str] | Store
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+# zarr raises all of these on missing or damaged metadata
+NOT_A_STORE = (
+    FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError,
+)  # fmt: skip
+
+
+def is_url(location: object) -> bool:
+    return isinstance(location, str) and URL.match(location) is not None
+
+
+def local_path(location: StoreLocation) -> Path | None:
+    """The local folder ``location`` names (``file://`` URLs included), or None for remote URLs and store objects."""
+    if isinstance(location, Store):
+        return None
+    if isinstance(location, str) and location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    if is_url(location):
+        return None
+    return Path(location)
+
+
+def describe(location: StoreLocation) -> Path | str:
+    """How messages name the store: its local path, its URL, or the store object."""
+    path = local_path(location)
+    return path if path is not None else location if isinstance(location, str) else str(location)
+
+
+def open_root(
+    location: StoreLocation, storage_options: dict[str, Any] | None = None, consolidated: bool = True
+) -> zarr.Group:
+    """The root group of the store at ``location``, read-only: from its consolidated metadata, or
+    (``consolidated=False``, a store that an ``--add`` is writing) from each node's own."""
+    path = local_path(location)
+    if path is not None:
+        if storage_options:
+            raise VaeflowError(f"storage_options apply to URLs, not to the local path {path}")
+        try:
+            return _open(path, consolidated)
+        except NOT_A_STORE as exc:
+            raise VaeflowError(f"{path} is not a finished vaeflow store: {exc}") from exc
+    if isinstance(location, Store):
+        if storage_options:
+            raise VaeflowError("storage_options apply to URLs; configure the zarr store object itself")
+        return _open_remote(location, str(location), consolidated)
+    url = str(location)
+    return _open_remote(_fsspec_store(url, storage_options or {}), url, consolidated)
+
+
+def _open(store: Path | Store, consolidated: bool) -> zarr.Group:
+    if consolidated:
+        return zarr.open_consolidated(store, mode="r", zarr_format=3)
+    return zarr.open_group(store, mode="r", use_consolidated=False, zarr_format=3)
+
+
+def _fsspec_store(url: str, storage_options: dict[str, Any]) -> Store:
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        return FsspecStore.from_url(url, storage_options=storage_options, read_only=True)
+    except ImportError as exc:
+        package = PACKAGES.get(scheme, f"the fsspec package for {scheme}://")
+        hint = "pip install 'vaeflow[remote]'" if package == "s3fs" else f"pip install {package}"
+        raise VaeflowError(f"reading {url} needs {package}: {hint}") from exc
+    except ValueError as exc:  # fsspec: an unknown protocol
+        raise VaeflowError(
+            f"cannot open {url}: {exc}; give a local path or an fsspec URL (s3://, gs://, memory://, file://, https://)"
+        ) from exc
+    except Exception as exc:  # credentials, endpoints: each file system raises its own
+        raise VaeflowError(f"cannot open {url}: {type(exc).__name__}: {exc}; check its storage_options") from exc
+
+
+def _open_remote(store: Store, name: str, consolidated: bool) -> zarr.Group:
+    try:
+        return _open(store, consolidated)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise VaeflowError(
+            f"no vaeflow store at {name}: nothing found there; check the bucket or host, the path and, "
+            "for private buckets, the credentials in storage_options"
+        ) from exc
+    except PermissionError as exc:
+        raise VaeflowError(f"{name} refused access: {exc}; check the credentials in storage_options") from exc
+    except NOT_A_STORE as exc:
+        raise VaeflowError(f"{name} is not a finished vaeflow store: {exc}") from exc
+    except Exception as exc:  # network errors differ with every file system
+        raise VaeflowError(
+            f"cannot reach {name}: {type(exc).__name__}: {exc}; check the address, the endpoint_url and the "
+            "network (storage_options)"
+        ) from exc

@@ -1,0 +1,151 @@
+"""Byte ranges of ``streams/data``, fetched exactly in store format 2.
+
+Format 2 writes ``streams/data`` as shards of uncompressed inner chunks, each shard's index at its end
+(docs/format.md), so any range can be fetched alone. zarr (3.1) reads a slice of such an array by fetching the
+shard's index again for every slice, then each inner chunk the slice touches, one request after another: over
+S3 (moto's server on loopback) a 25 KB stream took 3.6 requests and 1.8x its bytes, a batch of 16 neighbours
+26 requests, and reads were about 4x (single streams) and 30x (batches) slower than here. This reader keeps each
+shard's index once read and fetches a range with one request per shard it touches, exactly its bytes, all
+concurrently. Any other layout (format 1's zstd chunks, which can only be read whole) is read through zarr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import google_crc32c  # zarr's own checksum of shard indexes (a dependency of zarr)
+import numpy as np
+import zarr
+from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+EMPTY = 2**64 - 1  # the index entry of an inner chunk left out (all fill value)
+MERGE_GAP = 64 << 10  # ranges closer than this are fetched as one
+CACHED_INDEXES = 4096  # shard indexes kept: 16 MiB for 16 KiB inner chunks of 4 MiB shards
+
+
+def exact_layout(data: zarr.Array) -> bool:
+    """Whether ``data`` is a 1-D array of shards of uncompressed inner chunks with the index at the end, filled
+    with zeros (format 2's ``streams/data``)."""
+    codecs = data.metadata.codecs  # type: ignore[union-attr]
+    if data.ndim != 1 or data.shards is None or data.fill_value != 0:
+        return False
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return False
+    sharding = codecs[0]
+    return (
+        sharding.index_location == ShardingCodecIndexLocation.end
+        and len(sharding.codecs) == 1 and isinstance(sharding.codecs[0], BytesCodec)
+        and sharding.index_codecs == (BytesCodec(endian="little"), Crc32cCodec())
+    )  # fmt: skip
+
+
+class SpanReader:
+    """Reads ``[start, end)`` byte ranges of a 1-D uint8 zarr array (``streams/data``)."""
+
+    def __init__(self, data: zarr.Array) -> None:
+        self.data = data
+        self.size = int(data.shape[0])
+        self.exact = exact_layout(data)
+        if self.exact:
+            self.shard, self.chunk = int(data.shards[0]), int(data.chunks[0])  # type: ignore[index]
+        self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()  # used only on zarr's event loop
+
+    def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each range; ranges close together are fetched as one."""
+        for start, end in ranges:
+            if not 0 <= start <= end <= self.size:
+                raise ValueError(f"byte range {start}:{end} is outside the data (0:{self.size})")
+        runs = merge(ranges)
+        if self.exact:
+            spans = sync(_gather([self._read_run(a, b) for a, b in runs]))
+        else:
+            spans = [np.asarray(self.data[a:b]).tobytes() for a, b in runs]
+        starts = [a for a, _ in runs]
+        out = []
+        for start, end in ranges:
+            run = bisect.bisect_right(starts, start) - 1
+            out.append(spans[run][start - starts[run] : end - starts[run]])
+        return out
+
+    async def _read_run(self, start: int, end: int) -> bytes:
+        """One request per shard the range touches, each for the bytes of the range in that shard."""
+        parts = []
+        for shard in range(start // self.shard, max(start, end - 1) // self.shard + 1):
+            base = shard * self.shard
+            parts.append(self._read_in_shard(shard, max(start, base) - base, min(end, base + self.shard) - base))
+        return b"".join(await _gather(parts))
+
+    async def _read_in_shard(self, shard: int, low: int, high: int) -> bytes:
+        """Bytes ``low:high`` of shard ``shard``: the inner chunks they span lie in order, so one request."""
+        if high <= low:
+            return b""
+        key = self.data.metadata.encode_chunk_key((shard,))  # type: ignore[union-attr]
+        index = await self._index(shard, key)
+        pieces: list[list[int]] = []  # [offset in the shard object, or -1 for a left-out chunk; length]
+        for inner in range(low // self.chunk, -(-high // self.chunk)):
+            a, b = max(low, inner * self.chunk), min(high, (inner + 1) * self.chunk)
+            offset, nbytes = int(index[inner, 0]), int(index[inner, 1])
+            if offset != EMPTY and nbytes != self.chunk:
+                raise ValueError(f"shard {key} holds an inner chunk of {nbytes} bytes, not {self.chunk}")
+            at = -1 if offset == EMPTY else offset + a - inner * self.chunk
+            if pieces and at >= 0 and pieces[-1][0] >= 0 and pieces[-1][0] + pieces[-1][1] == at:
+                pieces[-1][1] += b - a
+            else:
+                pieces.append([at, b - a])
+        return b"".join(await _gather([self._piece(key, at, n) for at, n in pieces]))
+
+    async def _piece(self, key: str, at: int, n: int) -> bytes:
+        if at < 0:
+            return bytes(n)  # an inner chunk left out: the fill value
+        raw = await self._get(key, RangeByteRequest(at, at + n), n)
+        if raw is None:
+            raise ValueError(f"{key} is missing")
+        return raw
+
+    async def _index(self, shard: int, key: str) -> np.ndarray:
+        """The shard's (offset, length) of each inner chunk, checked against its CRC32C, kept once read."""
+        if shard not in self._indexes:
+            inner = self.shard // self.chunk
+            raw = await self._get(key, SuffixByteRequest(16 * inner + 4), 16 * inner + 4)
+            if raw is None:  # a shard never written holds only the fill value, as zarr reads it
+                self._indexes[shard] = np.full((inner, 2), EMPTY, np.uint64)
+            elif google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise ValueError(f"shard {key} has a damaged index (CRC32C)")
+            else:
+                self._indexes[shard] = np.frombuffer(raw[:-4], "<u8").reshape(inner, 2)
+            while len(self._indexes) > CACHED_INDEXES:
+                self._indexes.popitem(last=False)
+        return self._indexes[shard]
+
+    async def _get(self, key: str, request: ByteRequest, expected: int) -> bytes | None:
+        """The bytes asked for, or None when there is no such object."""
+        buffer = await (self.data.store_path / key).get(default_buffer_prototype(), request)
+        if buffer is None:
+            return None
+        raw = buffer.to_bytes()
+        if len(raw) != expected:
+            raise ValueError(f"{key} gave {len(raw)} bytes where {expected} were asked for")
+        return raw
+
+
+async def _gather(coroutines: Sequence[Coroutine[Any, Any, bytes]]) -> list[bytes]:
+    return list(await asyncio.gather(*coroutines))
+
+
+def merge(ranges: Sequence[tuple[int, int]], gap: int = MERGE_GAP) -> list[tuple[int, int]]:
+    """Sorted runs covering every range; ranges less than ``gap`` bytes apart share a run."""
+    runs: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if runs and start - runs[-1][1] < gap:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    return [(a, b) for a, b in runs]
