@@ -86,7 +86,7 @@ def test_corrupt_files_are_listed_with_reasons(sync_store: Path) -> None:
     assert set(failures) == BAD
     assert "truncated" in failures["truncated.png"]
     assert all(failures.values())
-    assert store.skipped == [("README.txt", "not an image type (.txt)")]
+    assert store.skipped == [("README.txt", ".txt sidecar without an image of the name README")]
 
 
 def test_conversions_are_noted(sync_store: Path) -> None:

@@ -40,6 +40,16 @@ def register(commands: Any) -> None:
     job.add_argument("--batch-size", type=int, default=8, help="images per VAE run (same padded shape)")
     job.add_argument("--overwrite", action="store_true", help="replace a store written with other settings")
     job.add_argument("--add", action="store_true", help="append new files to a finished store")
+    job.add_argument(
+        "--buckets",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="resize and centre-crop each image to the aspect-ratio bucket of about SIDE x SIDE pixels "
+        "nearest its own (sides multiples of 64, 1:4 to 4:1; --dry-run lists them)",
+    )
+    job.add_argument("--fuse-stages", action="store_true",
+                     help="run each batch's stages in one task, in memory (same bytes, no work store)")  # fmt: skip
     job.add_argument("--retry-failed", action="store_true", help="code again the images the store records as failed")
     job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
@@ -81,6 +91,7 @@ def run_compress(args: argparse.Namespace) -> int:
         raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
     options = JobOptions(
         batch_size=args.batch_size, overwrite=args.overwrite, add=args.add, retry_failed=args.retry_failed,
+        buckets=args.buckets, fuse_stages=args.fuse_stages,
         keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels,
         progress=not args.no_progress, runtime=runtime_from(args),
     )  # fmt: skip

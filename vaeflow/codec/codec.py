@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vaeflow.codec import format as stream_format
+from vaeflow.codec.shapes import batch_shape
 from vaeflow.errors import PipelineError
 from vaeflow.models import ModelRef, Registry, RuntimeOptions, load_model
 from vaeflow.stages import (
@@ -134,8 +135,25 @@ class Codec:
         return self.quantize.steps(self.bands(latent_shape), latent_shape[-3], self.wavelet, table)
 
     # Forward stages, each batch-wise (leading N axis).
+    def batch_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The padded shape an image of this size is encoded at (``vaeflow.codec.shapes``)."""
+        return batch_shape(height, width, self.model.downsample)
+
     def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
+        """Same-size images (N, h, w, 3) -> latents (N, C, ceil(h/s), ceil(w/s)), each image encoded
+        padded to its batch shape, as a dataset job encodes it."""
+        height, width = images.shape[1:3]
+        padded = pad_to(images, self.batch_shape(height, width))
+        return self.crop_latents(self.encode_padded(padded, runtime), (height, width))
+
+    def encode_padded(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
+        """The VAE alone, on images already padded to their batch shape."""
         return self.vae.forward(images, load_model(self.model, runtime))
+
+    def crop_latents(self, latents: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The part of padded latents (.., C, h', w') that belongs to an image of ``size`` (H, W)."""
+        _, h, w = self.model.latent_shape(*size)
+        return latents[..., :h, :w]
 
     def transform(self, latents: np.ndarray) -> np.ndarray:
         return self.wavelet.forward(self.channel.forward(latents))
@@ -253,3 +271,11 @@ class Codec:
     ) -> np.ndarray:
         """Latents -> images through this codec's very model (another fingerprint is refused)."""
         return self.postfilter.inverse(self.vae.inverse(latents, load_model(self.model, runtime), size))
+
+
+def pad_to(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Images (N, h, w, 3) padded with their edge pixels to ``shape`` (H, W)."""
+    h, w = images.shape[1:3]
+    if (h, w) == tuple(shape):
+        return images
+    return np.pad(images, ((0, 0), (0, shape[0] - h), (0, shape[1] - w), (0, 0)), mode="edge")

@@ -21,21 +21,28 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
     first = plan.first_index
     count = len(plan.items) + len(plan.failed_at_scan)
 
+    items = {item.index: item for item in plan.items}
+
     def rows() -> Iterator[store_io.Row]:
         cached: tuple[str, bytes] = ("", b"")
         for index in range(first, first + count):
+            sidecar = plan.sidecars.get(index)
+            caption, metadata = (sidecar.caption or "", sidecar.metadata or "") if sidecar else ("", "")
+            side_notes = list(sidecar.notes) if sidecar else []
             if index in failed_at_scan:
                 item, reason = failed_at_scan[index]
-                yield store_io.Row(item.path, (item.height, item.width), False, reason, b"")
+                yield store_io.Row(item.path, (item.height, item.width), False, reason, b"", caption, metadata)
                 continue
-            entry = entries[index]
+            entry, item = entries[index], items[index]
             key, offset = entry["stream"]
             if cached[0] != key:
                 cached = (key, work.read_streams(key))
-            note = entry["reason"] if not entry["ok"] else "; ".join(entry["notes"])
+            note = entry["reason"] if not entry["ok"] else "; ".join([*entry["notes"], *side_notes])
             shape = (entry["shape"][0], entry["shape"][1])
             data = cached[1][offset : offset + entry["nbytes"]]
-            yield store_io.Row(entry["path"], shape, entry["ok"], note, data)
+            yield store_io.Row(
+                entry["path"], shape, entry["ok"], note, data, caption, metadata, item.source, item.crop or (0, 0)
+            )
 
     new_bytes = sum(entry["nbytes"] for entry in entries.values())
     total = store_io.write_index(

@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -32,6 +33,7 @@ from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
 from vaeflow.errors import ClusterLostError, VaeflowError
 
 RETRIES = 2
+WINDOW_PER_THREAD = 3  # batches in flight per worker thread: enough to keep every thread busy
 CONNECT_TIMEOUT_S = 10
 # What a client raises when its cluster, not a task, went away.
 _CLUSTER_GONE = (CancelledError, ClosedClientError, CommClosedError)
@@ -71,53 +73,94 @@ class DaskExecutor:
         dashboard_link: str | None,
         threads_per_task: int | None,
         performance_report: str | None = None,
+        window: int | None = None,
     ) -> None:
         self.client = client
         self.dashboard_link = dashboard_link
         self.threads_per_task = threads_per_task
         self.performance_report = performance_report
+        self.window = window  # batches on the scheduler at once (None: WINDOW_PER_THREAD per worker thread)
+        self.peak_in_flight = 0
 
     def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[dict[str, Any]], None]) -> None:
+        """Batches go to the scheduler in a window of a few per worker thread, topped up as they
+        finish, so that the client's and the scheduler's memory stay flat however many there are."""
         if not batches:
             return
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
-        graphs = [batch_graph(ctx, b, token) for b in batches]
         report = (
             performance_report(filename=self.performance_report)
             if self.performance_report
             else contextlib.nullcontext()
         )
         check_shared_paths(self.client, [Path(ctx.src), Path(ctx.store)], Path(ctx.store))
-        with report, span("vaeflow-compress"):
-            futures = self.client.compute(graphs, retries=RETRIES)
-            by_key = {f.key: b for f, b in zip(futures, batches, strict=True)}
-            for future in as_completed(futures):
-                batch = by_key[future.key]
+        self.window = self.window or max(2, WINDOW_PER_THREAD * sum(self.client.nthreads().values()))
+        with report, span("vaeflow-compress") as job:
+            spans = stage_spans(job)
+            queue = iter(batches)
+            in_flight: dict[str, Batch] = {}
+            running = as_completed()
+
+            def submit() -> None:
+                batch = next(queue, None)
+                if batch is not None:
+                    future = self.client.compute(batch_graph(ctx, batch, token, ctx.fused, spans), retries=RETRIES)
+                    in_flight[future.key] = batch
+                    running.add(future)
+                    self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
+
+            for _ in range(self.window):
+                submit()
+            for future in running:
+                batch = in_flight.pop(future.key)
                 try:
                     marker = result(self.client, future)
                 except JOB_ERRORS:
                     raise  # the store, the model or the cluster: the job stops, and the same command resumes it
                 except Exception:  # the batch kept failing, or kept killing workers: try image by image
-                    marker = self._isolate(ctx, batch, token)
+                    marker = self._isolate(ctx, batch, token, spans)
                 on_done(marker)
                 future.release()
+                submit()
 
-    def _isolate(self, ctx: TaskContext, batch: Batch, token: str) -> dict[str, Any]:
+    def _isolate(self, ctx: TaskContext, batch: Batch, token: str, spans: Spans) -> dict[str, Any]:
         """One image at a time, because a dying worker also counts against the tasks queued on it:
         run together, innocent images would share the blame of a poison one."""
 
         def run_single(single: Batch) -> dict[str, Any]:
-            return result(self.client, self.client.compute(batch_graph(ctx, single, token), retries=RETRIES))  # type: ignore[no-any-return]
+            graph = batch_graph(ctx, single, token, ctx.fused, spans)
+            return result(self.client, self.client.compute(graph, retries=RETRIES))  # type: ignore[no-any-return]
 
         return code_alone(ctx, batch, run_single)
 
 
-def batch_graph(ctx: TaskContext, batch: Batch, token: str) -> Delayed:
+Spans = dict[str, dict[str, tuple[str, ...]]]
+
+
+def stage_spans(job: str) -> Spans:
+    """One ``distributed`` span per stage inside the job's, so the dashboard splits time by stage."""
+    return {stage: {"name": ("vaeflow-compress", stage), "ids": (job, str(uuid.uuid4()))}
+            for stage in (*tasks.STAGES, "batch")}  # fmt: skip
+
+
+def batch_graph(ctx: TaskContext, batch: Batch, token: str, fused: bool = False, spans: Spans | None = None) -> Delayed:
+    """The batch's tasks, keyed and spanned after their stage (``vae-g0-b3-<job>``), or one
+    ``batch-...`` task when fused."""
     name = f"{batch.key}-{token}"
-    state = delayed(tasks.load, pure=False)(ctx, batch, dask_key_name=f"load-{name}")
-    for task in tasks.STAGE_TASKS:
-        state = delayed(task, pure=False)(ctx, batch, state, dask_key_name=f"{task.__name__}-{name}")
-    return delayed(tasks.write, pure=False)(ctx, batch, state, dask_key_name=f"write-{name}")  # type: ignore[no-any-return]
+
+    def stage(label: str) -> Any:
+        return dask.annotate(span=spans[label]) if spans else contextlib.nullcontext()
+
+    if fused:
+        with stage("batch"):
+            return delayed(tasks.run_fused, pure=False)(ctx, batch, dask_key_name=f"batch-{name}")  # type: ignore[no-any-return]
+    with stage("load"):
+        state = delayed(tasks.load_task, pure=False)(ctx, batch, dask_key_name=f"load-{name}")
+    for task, label in zip(tasks.STAGE_TASKS, tasks.STAGES[1:], strict=False):
+        with stage(label):
+            state = delayed(task, pure=False)(ctx, batch, state, dask_key_name=f"{label}-{name}")
+    with stage("write"):
+        return delayed(tasks.write_task, pure=False)(ctx, batch, state, dask_key_name=f"write-{name}")  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

@@ -147,12 +147,12 @@ def compress_dataset(
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
     """Check the settings against any existing store and build the plan; nothing on disk changes."""
-    settings = {**codec.settings(), "pipeline": preset}
+    settings = {**codec.settings(), "pipeline": preset, "buckets": options.buckets}
     decided = store_policy.decide(
         store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
     )
     scanned = scan(src, options.max_pixels, exclude=store)
-    return build_plan(scanned, src, store, codec, settings, decided, options.batch_size)
+    return build_plan(scanned, src, store, codec, settings, decided, options.batch_size, options.buckets)
 
 
 def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
@@ -181,7 +181,7 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
         runtime = replace(runtime, threads=executor.threads_per_task)
     ctx = TaskContext(
         str(plan.src), str(plan.store), plan.codec, runtime, options.max_pixels, plan.key_prefix,
-        options.keep_intermediates,
+        options.keep_intermediates, options.fuse_stages,
     )  # fmt: skip
     with progress(plan, options.progress) as advance:
         for marker in markers.values():

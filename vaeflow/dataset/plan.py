@@ -1,5 +1,5 @@
-"""The plan of a dataset job: what happens to the store, and the images grouped by padded
-shape and cut into batches.
+"""The plan of a dataset job: what happens to the store, and the images grouped by batch
+shape (``vaeflow.codec.shapes``) and cut into batches.
 
 A plan is built, and every setting checked, before anything runs, and building it changes
 nothing on disk; ``str(plan)`` prints it.
@@ -7,28 +7,32 @@ nothing on disk; ``str(plan)`` prints it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaeflow.codec import shapes
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.policy import StorePolicy
-from vaeflow.dataset.scan import Scan, ScannedImage
+from vaeflow.dataset.scan import Scan, Sidecar
 from vaeflow.errors import PipelineError
 
 BATCH_PIXEL_BUDGET = 16_000_000  # pixels per VAE run, so that big images get small batches
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     index: int  # position in the store's index
     path: str
-    height: int
+    height: int  # the size the image is stored at (its bucket's, with aspect-ratio buckets)
     width: int
     size_bytes: int = 0
+    source: tuple[int, int] | None = None  # with buckets: the size as read, resized to ``resized``,
+    resized: tuple[int, int] | None = None  # then cropped at ``crop`` (top, left) to (height, width)
+    crop: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     key: str  # stable name, e.g. "g0-b3"; it names the batch's tasks and marker
     group: int
@@ -58,6 +62,8 @@ class Plan:
     groups: tuple[Group, ...]
     batches: tuple[Batch, ...]
     batch_size: int
+    buckets: int | None = None  # the area side of aspect-ratio buckets, or None to keep sizes
+    sidecars: dict[int, Sidecar] = field(default_factory=dict, repr=False)  # by index: captions, metadata
 
     @property
     def key_prefix(self) -> str:
@@ -71,6 +77,22 @@ class Plan:
     def megapixels(self) -> float:
         return sum(b.padded_shape[0] * b.padded_shape[1] * len(b.items) for b in self.batches) / 1e6
 
+    @property
+    def batch_fill(self) -> float:
+        """Images per VAE run, as a share of what the batch size allows."""
+        if not self.batches:
+            return float("nan")
+        capacity = [max(1, min(self.batch_size, BATCH_PIXEL_BUDGET // (b.padded_shape[0] * b.padded_shape[1])))
+                    for b in self.batches]  # fmt: skip
+        return sum(len(b.items) for b in self.batches) / sum(capacity)
+
+    @property
+    def padding_overhead(self) -> float:
+        """Pixels coded beyond the images' own (rounded to the model's stride), as a share of those."""
+        s = self.codec.model.downsample
+        own = sum(-(-i.height // s) * s * (-(-i.width // s) * s) for i in self.items)
+        return self.megapixels * 1e6 / own - 1 if own else 0.0
+
     def __str__(self) -> str:
         codec = self.codec
         setting = f"target {codec.target}" if codec.target else f"quality {codec.quantize.quality}"
@@ -81,9 +103,14 @@ class Plan:
             f"  model {codec.model.name} ({codec.model.fingerprint}), {setting}, pipeline {self.settings['pipeline']}",
             f"  images: {len(self.items)} to code, {len(self.failed_at_scan)} unreadable, "
             f"{len(self.skipped)} other files skipped",
-            f"  groups: {len(self.groups)} padded shapes; batches: {len(self.batches)} (up to {self.batch_size} each)",
-            f"  work: {self.megapixels:.1f} megapixels through the VAE in {len(self.batches)} runs",
+            f"  groups: {len(self.groups)} batch shapes; batches: {len(self.batches)} (up to {self.batch_size} each), "
+            f"mean fill {100 * self.batch_fill:.0f}%",
+            f"  work: {self.megapixels:.1f} megapixels through the VAE in {len(self.batches)} runs, "
+            f"{100 * self.padding_overhead:.1f}% of them padding",
         ]
+        if self.buckets:
+            sides = ", ".join(f"{b.width}x{b.height}" for b in shapes.buckets(self.buckets))
+            lines.append(f"  aspect-ratio buckets of about {self.buckets}x{self.buckets} (width x height): {sides}")
         for g in self.groups[:10]:
             h, w = g.padded_shape
             lines.append(f"    group {g.index}: {g.size} images padded to {w}x{h}, latent {g.latent_shape}")
@@ -95,11 +122,17 @@ class Plan:
 
 
 def build_plan(
-    scan: Scan, src: Path, store: Path, codec: Codec, settings: dict[str, Any], policy: StorePolicy, batch_size: int
+    scan: Scan,
+    src: Path,
+    store: Path,
+    codec: Codec,
+    settings: dict[str, Any],
+    policy: StorePolicy,
+    batch_size: int,
+    buckets: int | None = None,
 ) -> Plan:
     if batch_size < 1:
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-    stride = codec.model.downsample
     images = [] if policy.action == "complete" else [i for i in scan.images if i.path not in policy.known]
     if policy.only_retried:
         images = [i for i in images if i.path in policy.retried]
@@ -107,13 +140,20 @@ def build_plan(
     items: list[Item] = []
     failed: list[tuple[Item, str]] = []
     by_shape: dict[tuple[int, int], list[Item]] = {}
+    sidecars: dict[int, Sidecar] = {}
     for i, scanned in enumerate(images):
         item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes)
+        if scanned.sidecar is not None:
+            sidecars[item.index] = scanned.sidecar
         if scanned.error is not None:
             failed.append((item, scanned.error))
             continue
+        if buckets is not None:
+            fitted = shapes.fit_bucket(scanned.height, scanned.width, buckets)
+            item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
+                        fitted.crop_top_left)  # fmt: skip
         items.append(item)
-        by_shape.setdefault(_padded(scanned, stride), []).append(item)
+        by_shape.setdefault(codec.batch_shape(item.height, item.width), []).append(item)
     groups, batches = [], []
     for g, shape in enumerate(sorted(by_shape)):
         members = by_shape[shape]
@@ -135,8 +175,6 @@ def build_plan(
         groups=tuple(groups),
         batches=tuple(batches),
         batch_size=batch_size,
+        buckets=buckets,
+        sidecars=sidecars,
     )
-
-
-def _padded(image: ScannedImage, stride: int) -> tuple[int, int]:
-    return (-(-image.height // stride) * stride, -(-image.width // stride) * stride)

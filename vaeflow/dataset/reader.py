@@ -10,6 +10,7 @@ without a convention of their own, such as ``default``, the two are the same.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,6 +224,60 @@ class StoreReader:
             if status == STATUS_OK:
                 size = (int(self.shapes[row, 0]), int(self.shapes[row, 1]))
                 yield path, size, int(self._offsets[row + 1] - self._offsets[row]), float(self._bpp[row])
+
+    def caption(self, name: str) -> str | None:
+        """The image's caption (from its ``NAME.txt``, ``NAME.caption`` or ``NAME.json``), or None."""
+        return self._optional_text("caption", name)
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """The image's metadata (its ``NAME.json``), or an empty dict."""
+        text = self._optional_text("metadata", name)
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise VaeflowError(f"{self.path} has a damaged index: the metadata of {name!r} is not JSON") from exc
+        return value if isinstance(value, dict) else {}
+
+    def original_size(self, name: str) -> tuple[int, int]:
+        """(height, width) of the image as read, before an aspect-ratio bucket resized it."""
+        return self._pair("original_size", name)
+
+    def crop_top_left(self, name: str) -> tuple[int, int]:
+        """(top, left) of the bucket's crop in the resized image; (0, 0) when not cropped."""
+        return self._pair("crop_top_left", name)
+
+    def target_size(self, name: str) -> tuple[int, int]:
+        """(height, width) the image is stored at."""
+        shape = self.shapes[self._row(name)]
+        return int(shape[0]), int(shape[1])
+
+    @cached_property
+    def _columns(self) -> dict[str, Any]:
+        """The index columns stores from before them may lack, read once (None where absent)."""
+        rows = len(self._paths)
+        with damage(self.path, "index"):
+            index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
+            out: dict[str, Any] = {}
+            for name in ("caption", "metadata"):
+                out[name] = _text_column(index, name, rows, self.path) if f"{name}_offsets" in index else None
+            for name in ("original_size", "crop_top_left"):
+                values = read(index, name)[:rows] if name in index else None
+                if values is not None and values.shape != (rows, 2):
+                    raise VaeflowError(f"{self.path} has a damaged index: {name} is not ({rows}, 2)")
+                out[name] = values
+            return out
+
+    def _optional_text(self, column: str, name: str) -> str | None:
+        values = self._columns[column]
+        text = values[self._row(name)] if values is not None else ""
+        return text or None
+
+    def _pair(self, column: str, name: str) -> tuple[int, int]:
+        row = self._row(name)
+        values = self._columns[column]
+        if values is None:
+            return self.target_size(name) if column == "original_size" else (0, 0)
+        return int(values[row, 0]), int(values[row, 1])
 
     def read_image(self, name: str) -> np.ndarray:
         return decompress(self.checked_stream(name), runtime=self.runtime)

@@ -1,13 +1,17 @@
 """Scanning a folder for images, reading headers only.
 
-The scan never blocks or stops on one entry: symbolic-link loops, links out of the source
-folder, FIFOs, sockets, devices and unreadable folders become skipped rows with their
-reasons; image files whose header cannot be read become failed rows. Sizes are those the
+Captions and metadata in sidecar files (``NAME.txt``, ``NAME.caption``, ``NAME.json``: the
+kohya and img2dataset conventions) travel with their image; a sidecar without an image is
+reported as skipped, a bad one becomes a note. The scan never blocks or stops on one entry:
+symbolic-link loops, links out of the source folder, FIFOs, sockets, devices and unreadable
+folders become skipped rows with their reasons; image files whose header cannot be read
+become failed rows. Sizes are those the
 image is coded at (after EXIF orientation).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -16,17 +20,31 @@ from pathlib import Path
 from vaeflow.errors import ImageReadError, VaeflowError
 from vaeflow.imageio import IMAGE_SUFFIXES, read_header
 
+SIDECAR_SUFFIXES = frozenset({".txt", ".caption", ".json"})
+MAX_SIDECAR_BYTES = 1 << 16
+
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """What files next to an image say of it: ``NAME.txt`` or ``NAME.caption`` (its caption, UTF-8)
+    and ``NAME.json`` (its metadata, a JSON object; its "caption" is used when there is no text file)."""
+
+    caption: str | None = None
+    metadata: str | None = None  # the JSON object, compact
+    notes: tuple[str, ...] = ()  # sidecars that could not be used, and why
+
+
+@dataclass(frozen=True, slots=True)
 class ScannedImage:
     path: str  # relative, POSIX separators
     height: int
     width: int
     size_bytes: int
     error: str | None = None  # set when the header could not be read
+    sidecar: Sidecar | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             else:
                 kept.append(name)
         dirs[:] = kept
+        stems = {Path(n).stem for n in files if Path(n).suffix.lower() in IMAGE_SUFFIXES}
         for name in sorted(files):
             path = here / name
             rel = path.relative_to(src).as_posix()
@@ -72,20 +91,64 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             if reason is not None:
                 skipped.append((rel, reason))
                 continue
+            if path.suffix.lower() in SIDECAR_SUFFIXES:
+                if path.stem not in stems:
+                    skipped.append((rel, f"{path.suffix} sidecar without an image of the name {path.stem}"))
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((rel, f"not an image type ({path.suffix or 'no extension'})"))
                 continue
+            sidecar = read_sidecar(here, path.stem, set(files))
             size = 0
             try:
                 size = path.stat().st_size
                 height, width = read_header(path, max_pixels)
-                images.append(ScannedImage(rel, height, width, size))
+                images.append(ScannedImage(rel, height, width, size, None, sidecar))
             except ImageReadError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, str(exc)))
+                images.append(ScannedImage(rel, 0, 0, size, str(exc), sidecar))
             except OSError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}"))
+                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}", sidecar))
     images.sort(key=lambda im: im.path)
     return Scan(tuple(images), tuple(sorted(skipped)))
+
+
+def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
+    """The caption and metadata files of the image ``stem`` in ``folder`` (None when it has none)."""
+    found = [stem + suffix for suffix in (".txt", ".caption", ".json") if stem + suffix in names]
+    if not found:
+        return None
+    texts: dict[str, str] = {}
+    notes = []
+    for name in found:
+        try:
+            raw = (folder / name).read_bytes() if _not_a_file(folder / name, folder.resolve()) is None else None
+        except OSError as exc:
+            notes.append(f"sidecar {name} cannot be read ({exc.strerror or exc}); ignored")
+            continue
+        if raw is None:
+            notes.append(f"sidecar {name} is not a regular file; ignored")
+        elif len(raw) > MAX_SIDECAR_BYTES:
+            notes.append(f"sidecar {name} is over {MAX_SIDECAR_BYTES} bytes; ignored")
+        else:
+            try:
+                texts[name] = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                notes.append(f"sidecar {name} is not UTF-8; ignored")
+    metadata, from_json = None, None
+    if stem + ".json" in texts:
+        try:
+            value = json.loads(texts[stem + ".json"])
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            metadata = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            from_json = value.get("caption") if isinstance(value.get("caption"), str) else None
+        except ValueError as exc:
+            notes.append(f"sidecar {stem}.json is not a JSON object ({exc}); ignored")
+    captions = [texts[n].strip() for n in (stem + ".txt", stem + ".caption") if n in texts]
+    if len(captions) == 2 and captions[0] != captions[1]:
+        notes.append(f"{stem}.txt and {stem}.caption differ; the caption is {stem}.txt's")
+    caption = captions[0] if captions else from_json
+    return Sidecar(caption, metadata, tuple(notes))
 
 
 def _is_store(folder: Path) -> bool:

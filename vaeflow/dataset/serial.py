@@ -14,7 +14,7 @@ from typing import Any
 
 from vaeflow.dataset.isolation import PoisonInputError, code_alone
 from vaeflow.dataset.plan import Batch
-from vaeflow.dataset.tasks import TaskContext, run_batch
+from vaeflow.dataset.tasks import TaskContext, run_batch, run_fused
 from vaeflow.dataset.work import WorkStore
 
 Marker = dict[str, Any]
@@ -30,7 +30,7 @@ class SerialExecutor:
 
         def attempt(batch: Batch) -> Marker:
             try:
-                return run_batch(ctx, batch)
+                return (run_fused if ctx.fused else run_batch)(ctx, batch)
             except KeyboardInterrupt:
                 work.forget_attempt(batch.key)  # stopped from outside: not this batch's doing
                 raise

@@ -87,6 +87,10 @@ class Row:
     ok: bool
     note: str
     stream: bytes
+    caption: str = ""  # "" when the image has none
+    metadata: str = ""  # a JSON object, or ""
+    original_size: tuple[int, int] | None = None  # before resizing to an aspect-ratio bucket (else: shape)
+    crop_top_left: tuple[int, int] = (0, 0)  # of the bucket's crop in the resized image
 
 
 def read_meta(store: Path) -> dict[str, Any] | None:
@@ -141,10 +145,15 @@ def write_index(
             compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
+    captions, metadata, original, crops = existing["captions"], existing["metadata"], [], []
     buffer, position = bytearray(), total
     for row in rows:
         paths.append(row.path)
         notes.append(row.note)
+        captions.append(row.caption)
+        metadata.append(row.metadata)
+        original.append(row.original_size or row.shape)
+        crops.append(row.crop_top_left)
         nbytes.append(len(row.stream))
         shapes.append(row.shape)
         status.append(STATUS_OK if row.ok else STATUS_FAILED)
@@ -159,6 +168,8 @@ def write_index(
     all_nbytes = np.concatenate([existing["nbytes"], np.array(nbytes, np.int64)])
     all_shapes = np.concatenate([existing["shape"], np.array(shapes, np.int32).reshape(-1, 2)])
     all_status = np.concatenate([existing["status"], np.array(status, np.uint8)])
+    all_original = np.concatenate([existing["original_size"], np.array(original, np.int32).reshape(-1, 2)])
+    all_crops = np.concatenate([existing["crop_top_left"], np.array(crops, np.int32).reshape(-1, 2)])
     offsets = np.zeros(len(paths) + 1, np.uint64)
     np.cumsum(all_nbytes, out=offsets[1:])
     pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
@@ -170,6 +181,10 @@ def write_index(
     _write_array(index, "nbytes", all_nbytes)
     _write_array(index, "bpp", bpp)
     _write_array(index, "status", all_status)
+    write_text_column(index, "caption", captions)
+    write_text_column(index, "metadata", metadata)
+    _write_array(index, "original_size", all_original)
+    _write_array(index, "crop_top_left", all_crops)
     _swap_index(store)
     _write_array(root.require_group("streams"), "offsets", offsets)
     skipped_group = root.require_group("skipped")
@@ -200,21 +215,32 @@ def _swap_index(store: Path) -> None:
 
 
 def previous_index(store: Path, rows: int) -> dict[str, Any]:
-    """The first ``rows`` rows of the store's index (from the old index if a swap was cut short)."""
-    columns: dict[str, Any] = {"paths": [], "notes": [], "nbytes": np.zeros(0, np.int64),
-                               "shape": np.zeros((0, 2), np.int32), "status": np.zeros(0, np.uint8)}  # fmt: skip
+    """The first ``rows`` rows of the store's index (from the old index if a swap was cut short).
+
+    Columns a store from before them lacks come back as their defaults: no captions or
+    metadata, the stored size as the original size, no crop.
+    """
+    columns: dict[str, Any] = {"paths": [], "notes": [], "captions": [], "metadata": [],
+                               "nbytes": np.zeros(0, np.int64), "shape": np.zeros((0, 2), np.int32),
+                               "status": np.zeros(0, np.uint8), "original_size": np.zeros((0, 2), np.int32),
+                               "crop_top_left": np.zeros((0, 2), np.int32)}  # fmt: skip
     if not rows:
         return columns
     root = zarr.open_group(store, mode="r", use_consolidated=False)
     if "index" not in root and OLD_INDEX not in root:
         raise VaeflowError(f"{store} records {rows} rows but has no index: the store is damaged")
     index = subgroup(root, "index" if "index" in root else OLD_INDEX)
+    shape = read(index, "shape")
     columns = {
         "paths": read_text_column(index, "path"),
         "notes": read_text_column(index, "note"),
+        "captions": read_text_column(index, "caption") if "caption_offsets" in index else [""] * len(shape),
+        "metadata": read_text_column(index, "metadata") if "metadata_offsets" in index else [""] * len(shape),
         "nbytes": read(index, "nbytes"),
-        "shape": read(index, "shape"),
+        "shape": shape,
         "status": read(index, "status"),
+        "original_size": read(index, "original_size") if "original_size" in index else shape.copy(),
+        "crop_top_left": read(index, "crop_top_left") if "crop_top_left" in index else np.zeros_like(shape),
     }
     if any(len(v) < rows for v in columns.values()):
         raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")

@@ -1,7 +1,16 @@
-"""The codec stages as batch tasks: each reads its input rows from the work store, runs one
-stage, writes its output rows, and returns only a small ``BatchState``. No Dask here.
+"""The codec stages as batch tasks. No Dask here.
 
-A failure of one image becomes its status row; the rest of the batch goes on.
+Each stage is a function of one batch's rows in memory (``load``, ``vae``, ``transform``,
+``quantize``, ``entropy``), isolating failures: when a stage fails on the batch, it runs
+again image by image, and an image that fails alone becomes its status row while the rest
+of the batch goes on. Two ways to run them over a batch give the same streams and markers:
+
+- one task per stage (the default): each reads its input rows from the work store, runs its
+  stage, writes its output rows, and returns only a small ``BatchState``;
+- fused (``fuse_stages``): one task runs every stage in memory, writing only the streams.
+
+An image is encoded padded to its batch shape (``vaeflow.codec.shapes``); its latent is
+cropped to its own size at once, so its bytes never depend on its batch.
 """
 
 from __future__ import annotations
@@ -9,16 +18,16 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
-from vaeflow.dataset.plan import Batch
+from vaeflow.dataset.plan import Batch, Item
 from vaeflow.dataset.work import WorkStore
 from vaeflow.errors import ClusterLostError, ImageReadError, ModelError
 from vaeflow.imageio import load_image
@@ -27,6 +36,7 @@ from vaeflow.models import RuntimeOptions
 STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
 # Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
 JOB_ERRORS = (OSError, ModelError, ClusterLostError)
+Rows = dict[int, np.ndarray]  # position in the batch -> that image's array
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class TaskContext:
     max_pixels: int
     prefix: str = ""
     keep_intermediates: bool = False
+    fused: bool = False  # a batch's stages in one task (``run_fused``), or one task per stage
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,11 @@ class BatchState:
     spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
     choices: tuple[tuple[float, float] | None, ...] = ()  # rate control: (step, achieved) per image
 
+    @classmethod
+    def start(cls, batch: Batch) -> BatchState:
+        n = len(batch.items)
+        return cls(batch.key, (True,) * n, (None,) * n, ((),) * n)
+
     def ok_positions(self) -> list[int]:
         return [i for i, ok in enumerate(self.ok) if ok]
 
@@ -60,40 +76,17 @@ class BatchState:
         ok[pos], reasons[pos] = False, reason
         return replace(self, ok=tuple(ok), reasons=tuple(reasons))
 
-
-@contextmanager
-def _span(spans: list[tuple[str, float, float, int]], stage: str) -> Iterator[None]:
-    start = time.time()
-    try:
-        yield
-    finally:
-        spans.append((stage, start, time.time(), os.getpid()))
+    def timed(self, stage: str, start: float) -> BatchState:
+        return replace(self, spans=(*self.spans, (stage, start, time.time(), os.getpid())))
 
 
-def _timed(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., BatchState]]:
-    """Record the task's wall-clock span (for traces and the job summary) in its state."""
-
-    def wrap(fn: Callable[..., BatchState]) -> Callable[..., BatchState]:
-        @functools.wraps(fn)  # keeps the module-level name, so tasks pickle by reference
-        def run(ctx: TaskContext, batch: Batch, *state: BatchState) -> BatchState:
-            spans: list[tuple[str, float, float, int]] = []
-            with _span(spans, stage):
-                out = fn(ctx, batch, *state)
-            previous = state[0].spans if state else ()
-            return replace(out, spans=previous + tuple(spans))
-
-        return run
-
-    return wrap
+# The stages, in memory.
 
 
-@_timed("load")
-def load(ctx: TaskContext, batch: Batch) -> BatchState:
-    """Decode each file, pad it to the group's shape (edge pixels) and store it."""
-    n = len(batch.items)
-    state = BatchState(batch.key, (True,) * n, (None,) * n, ((),) * n)
-    work = WorkStore(ctx.store)
-    rows, which, notes = [], [], list(state.notes)
+def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState, Rows]:
+    """Decode each file (bring it to its bucket when the job has buckets) and pad it to the batch shape."""
+    rows: Rows = {}
+    notes = list(state.notes)
     height, width = batch.padded_shape
     for pos, item in enumerate(batch.items):
         try:
@@ -101,137 +94,117 @@ def load(ctx: TaskContext, batch: Batch) -> BatchState:
         except ImageReadError as exc:
             state = state.fail(pos, str(exc))
             continue
-        h, w = loaded.pixels.shape[:2]
-        if (h, w) != (item.height, item.width):
-            state = state.fail(pos, f"image is {w}x{h} but its header said {item.width}x{item.height}")
+        pixels, expected = loaded.pixels, item.source or (item.height, item.width)
+        h, w = pixels.shape[:2]
+        if (h, w) != expected:
+            state = state.fail(pos, f"image is {w}x{h} but its header said {expected[1]}x{expected[0]}")
             continue
-        rows.append(np.pad(loaded.pixels, ((0, height - h), (0, width - w), (0, 0)), mode="edge"))
-        which.append(pos)
+        if item.source is not None:
+            pixels = fit(pixels, item)
+        rows[pos] = np.pad(pixels, ((0, height - item.height), (0, width - item.width), (0, 0)), mode="edge")
         notes[pos] = loaded.notes
-    if rows:
-        work.write_rows(batch, "rgb", ctx.prefix, np.stack(rows), which)
-    return replace(state, notes=tuple(notes))
+    return replace(state, notes=tuple(notes)), rows
 
 
-def _stage(
-    attribute: str, name: str, source: str, target: str, run: Callable[[TaskContext, np.ndarray], np.ndarray]
-) -> Any:
-    """A task that maps the ok rows of ``source`` to ``target`` in one call, isolating failures.
+def fit(pixels: np.ndarray, item: Item) -> np.ndarray:
+    """An image resized (Lanczos) to cover its bucket and centre-cropped to it, as its plan says."""
+    assert item.resized is not None and item.crop is not None
+    resized = Image.fromarray(pixels).resize((item.resized[1], item.resized[0]), Image.Resampling.LANCZOS)
+    top, left = item.crop
+    return np.asarray(resized)[top : top + item.height, left : left + item.width]
 
-    ``name`` labels its Dask keys; ``attribute`` is the module name it is bound to, so that
-    it pickles by reference (workers then run their own module's code and globals).
-    """
 
-    @_timed(name)
-    def task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-        which = state.ok_positions()
-        if not which:
-            return state
-        work = WorkStore(ctx.store)
-        rows = work.read_rows(batch, source, ctx.prefix, which)
+def _isolated(
+    state: BatchState, name: str, rows: Rows, run: Callable[[list[np.ndarray]], list[np.ndarray]]
+) -> tuple[BatchState, Rows]:
+    """``run`` over every row at once; if that fails, over each row alone, failing only its image."""
+    positions = sorted(rows)
+    if not positions:
+        return state, {}
+    try:
+        return state, dict(zip(positions, run([rows[p] for p in positions]), strict=True))
+    except JOB_ERRORS:
+        raise
+    except Exception:  # one bad image must not sink the batch: retry image by image
+        out: Rows = {}
+        for pos in positions:
+            try:
+                out[pos] = run([rows[pos]])[0]
+            except JOB_ERRORS:
+                raise
+            except Exception as exc:
+                state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
+        return state, out
+
+
+def vae(ctx: TaskContext, batch: Batch, state: BatchState, rgb: Rows) -> tuple[BatchState, Rows]:
+    """The VAE encoder over the padded images (batch-shaped latents)."""
+    return _isolated(state, "vae", rgb, lambda xs: list(ctx.codec.encode_padded(np.stack(xs), ctx.runtime)))
+
+
+def transform(ctx: TaskContext, batch: Batch, state: BatchState, latents: Rows) -> tuple[BatchState, Rows]:
+    """Each latent cropped to its image's size, then the channel transform and wavelet."""
+
+    def run(pos: int, latent: np.ndarray) -> np.ndarray:
+        item = batch.items[pos]
+        return ctx.codec.transform(ctx.codec.crop_latents(latent[None], (item.height, item.width)))[0]  # type: ignore[no-any-return]
+
+    return _per_image(state, "transform", latents, run)
+
+
+def _per_image(
+    state: BatchState, name: str, rows: Rows, run: Callable[[int, np.ndarray], np.ndarray]
+) -> tuple[BatchState, Rows]:
+    out: Rows = {}
+    for pos in sorted(rows):
         try:
-            out = run(ctx, rows)
+            out[pos] = run(pos, rows[pos])
         except JOB_ERRORS:
             raise
-        except Exception:  # one bad image must not sink the batch: retry image by image
-            out_rows, kept = [], []
-            for row, pos in zip(rows, which, strict=True):
-                try:
-                    out_rows.append(run(ctx, row[None])[0])
-                    kept.append(pos)
-                except JOB_ERRORS:
-                    raise
-                except Exception as exc:
-                    state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
-            if not kept:
-                return state
-            out, which = np.stack(out_rows), kept
-        work.write_rows(batch, target, ctx.prefix, out, which)
-        return state
-
-    task.__name__, task.__qualname__ = name, attribute
-    return task
+        except Exception as exc:
+            state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
+    return state, out
 
 
-def _encode_latents(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
-    return ctx.codec.encode_latents(x, ctx.runtime)
-
-
-def _transform(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
-    return ctx.codec.transform(x)
-
-
-def _quantize(ctx: TaskContext, x: np.ndarray) -> np.ndarray:
-    return ctx.codec.quantize_coefficients(x)
-
-
-encode = _stage("encode", "vae", "rgb", "latent", _encode_latents)
-transform = _stage("transform", "transform", "latent", "coefficients", _transform)
-_fixed_quantize = _stage("_fixed_quantize", "quantize", "coefficients", "symbols", _quantize)
-
-
-def quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+def quantize(
+    ctx: TaskContext, batch: Batch, state: BatchState, coeffs: Rows, rgb: Rows | None = None
+) -> tuple[BatchState, Rows]:
     """Quantize at the codec's step, or, under rate control, search each image's own step."""
     if ctx.codec.target is None:
-        return _fixed_quantize(ctx, batch, state)
-    return _searched_quantize(ctx, batch, state)
-
-
-@_timed("quantize")
-def _searched_quantize(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    which = state.ok_positions()
-    if not which:
-        return state
-    work = WorkStore(ctx.store)
-    coeffs = work.read_rows(batch, "coefficients", ctx.prefix, which)
-    needs_image = ctx.codec.target is not None and ctx.codec.target.searches_with_image
-    rgb = work.read_rows(batch, "rgb", ctx.prefix, which) if needs_image else None
+        return _per_image(state, "quantize", coeffs, lambda _, c: ctx.codec.quantize_coefficients(c[None])[0])
     choices: list[tuple[float, float] | None] = [None] * len(batch.items)
-    rows, kept = [], []
-    for k, pos in enumerate(which):
+    out: Rows = {}
+    for pos in sorted(coeffs):
         item = batch.items[pos]
-        image = rgb[k, : item.height, : item.width] if rgb is not None else None
+        image = rgb[pos][: item.height, : item.width] if rgb is not None else None
         try:
-            choice = ratecontrol.search(ctx.codec, coeffs[k : k + 1], (item.height, item.width), image, ctx.runtime)
+            choice = ratecontrol.search(ctx.codec, coeffs[pos][None], (item.height, item.width), image, ctx.runtime)
         except ValueError as exc:
             state = state.fail(pos, str(exc))
             continue
-        rows.append(choice.symbols[0])
-        kept.append(pos)
+        out[pos] = choice.symbols[0]
         choices[pos] = (choice.step, choice.achieved)
-    if rows:
-        work.write_rows(batch, "symbols", ctx.prefix, np.stack(rows), kept)
-    return replace(state, choices=tuple(choices))
+    return replace(state, choices=tuple(choices)), out
 
 
-@_timed("entropy")
-def entropy(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    """Code each image's symbols into a stream; the batch's streams go to the work store."""
-    work = WorkStore(ctx.store)
-    which = state.ok_positions()
+def entropy(ctx: TaskContext, batch: Batch, state: BatchState, symbols: Rows) -> tuple[BatchState, list[bytes]]:
+    """Each image's symbols -> its stream (at its own step and with its record, under rate control)."""
     streams = [b""] * len(batch.items)
-    if which:
-        symbols = work.read_rows(batch, "symbols", ctx.prefix, which)
-        sizes = [(batch.items[p].height, batch.items[p].width) for p in which]
-        if state.choices:  # rate control: each image at its own step, with its record
-            for k, pos in enumerate(which):
-                step, achieved = state.choices[pos]  # type: ignore[misc]
-                choice = ratecontrol.Choice(step, symbols[k : k + 1], achieved)
-                streams[pos] = ratecontrol.record(ctx.codec, choice, sizes[k])[0]
+    for pos in sorted(symbols):
+        item = batch.items[pos]
+        size = (item.height, item.width)
+        if state.choices:
+            step, achieved = state.choices[pos]  # type: ignore[misc]
+            streams[pos] = ratecontrol.record(ctx.codec, ratecontrol.Choice(step, symbols[pos][None], achieved), size)[
+                0
+            ]
         else:
-            for pos, stream in zip(which, ctx.codec.entropy_code(symbols, sizes), strict=True):
-                streams[pos] = stream
-    work.write_streams(batch.key, streams)
-    return replace(state, nbytes=tuple(len(s) for s in streams))
+            streams[pos] = ctx.codec.entropy_code(symbols[pos][None], [size])[0]
+    return replace(state, nbytes=tuple(len(s) for s in streams)), streams
 
 
-def write(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
-    """Mark the batch done (durably, last) and return its small marker."""
-    work = WorkStore(ctx.store)
-    start = time.time()
-    if not ctx.keep_intermediates:
-        work.drop_rows(batch, ctx.prefix)
-    spans = [*state.spans, ("write", start, time.time(), os.getpid())]
+def marker(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
+    """The batch's small marker: each image's row, and where its bytes wait in the work store."""
     offsets = np.concatenate([[0], np.cumsum(state.nbytes, dtype=np.int64)])[:-1]
     items = [
         {
@@ -242,26 +215,127 @@ def write(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
             "notes": list(notes),
             "nbytes": nbytes,
             "shape": [item.height, item.width],
-            "stream": [batch.key, int(offset)],  # where its bytes wait in the work store
+            "stream": [batch.key, int(offset)],
         }
         for item, ok, reason, notes, nbytes, offset in zip(
             batch.items, state.ok, state.reasons, state.notes, state.nbytes, offsets, strict=True
         )
     ]
-    marker = {"key": batch.key, "items": items, "spans": [list(s) for s in spans]}
-    work.mark_done(batch.key, marker)
-    return marker
+    return {"key": batch.key, "items": items, "spans": [list(s) for s in state.spans]}
 
 
-STAGE_TASKS = (encode, transform, quantize, entropy)
+# One task per stage, through the work store.
+
+
+def _staged(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., BatchState]]:
+    """Record the task's wall-clock span (for traces and the job summary) in its state."""
+
+    def wrap(fn: Callable[..., BatchState]) -> Callable[..., BatchState]:
+        @functools.wraps(fn)  # keeps the module-level name, so tasks pickle by reference
+        def run(ctx: TaskContext, batch: Batch, *state: BatchState) -> BatchState:
+            start = time.time()
+            out = fn(ctx, batch, *state)
+            return out.timed(stage, start)
+
+        return run
+
+    return wrap
+
+
+def _read(ctx: TaskContext, batch: Batch, name: str, state: BatchState, cropped: bool = False) -> Rows:
+    which = state.ok_positions()
+    shapes: list[tuple[int, ...]] = [ctx.codec.model.latent_shape(batch.items[p].height, batch.items[p].width)
+                                     for p in which]  # fmt: skip
+    rows = WorkStore(ctx.store).read_rows(batch, name, ctx.prefix, which, shapes if cropped else None)
+    return dict(zip(which, rows, strict=True))
+
+
+def _write(ctx: TaskContext, batch: Batch, name: str, rows: Rows) -> None:
+    if rows:
+        positions = sorted(rows)
+        WorkStore(ctx.store).write_rows(batch, name, ctx.prefix, [rows[p] for p in positions], positions)
+
+
+@_staged("load")
+def load_task(ctx: TaskContext, batch: Batch) -> BatchState:
+    state, rgb = load(ctx, batch, BatchState.start(batch))
+    _write(ctx, batch, "rgb", rgb)
+    return state
+
+
+@_staged("vae")
+def vae_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    state, latents = vae(ctx, batch, state, _read(ctx, batch, "rgb", state))
+    _write(ctx, batch, "latent", latents)
+    return state
+
+
+@_staged("transform")
+def transform_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    state, coeffs = transform(ctx, batch, state, _read(ctx, batch, "latent", state))
+    _write(ctx, batch, "coefficients", coeffs)
+    return state
+
+
+@_staged("quantize")
+def quantize_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    coeffs = _read(ctx, batch, "coefficients", state, cropped=True)
+    target = ctx.codec.target
+    rgb = _read(ctx, batch, "rgb", state) if target is not None and target.searches_with_image else None
+    state, symbols = quantize(ctx, batch, state, coeffs, rgb)
+    _write(ctx, batch, "symbols", symbols)
+    return state
+
+
+@_staged("entropy")
+def entropy_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
+    state, streams = entropy(ctx, batch, state, _read(ctx, batch, "symbols", state, cropped=True))
+    WorkStore(ctx.store).write_streams(batch.key, streams)
+    return state
+
+
+def write_task(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
+    """Mark the batch done (durably, last) and return its small marker."""
+    work = WorkStore(ctx.store)
+    start = time.time()
+    if not ctx.keep_intermediates:
+        work.drop_rows(batch, ctx.prefix)
+    done = marker(ctx, batch, state.timed("write", start))
+    work.mark_done(batch.key, done)
+    return done
+
+
+STAGE_TASKS = (vae_task, transform_task, quantize_task, entropy_task)
 
 
 def run_batch(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
-    """Every stage of one batch in this process: what the in-process executor runs."""
-    state = load(ctx, batch)
+    """Every stage task of one batch in this process, through the work store."""
+    state = load_task(ctx, batch)
     for task in STAGE_TASKS:
         state = task(ctx, batch, state)
-    return write(ctx, batch, state)
+    return write_task(ctx, batch, state)
+
+
+def run_fused(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
+    """Every stage of one batch in memory, in one task: the same streams and marker as ``run_batch``."""
+    state = BatchState.start(batch)
+    stamp = time.time()
+    state, rgb = load(ctx, batch, state)
+    state, stamp = state.timed("load", stamp), time.time()
+    state, latents = vae(ctx, batch, state, rgb)
+    state, stamp = state.timed("vae", stamp), time.time()
+    state, coeffs = transform(ctx, batch, state, latents)
+    state, stamp = state.timed("transform", stamp), time.time()
+    state, symbols = quantize(ctx, batch, state, coeffs, rgb)
+    state, stamp = state.timed("quantize", stamp), time.time()
+    state, streams = entropy(ctx, batch, state, symbols)
+    state = state.timed("entropy", stamp)
+    work = WorkStore(ctx.store)
+    work.write_streams(batch.key, streams)
+    if ctx.keep_intermediates:
+        for name, rows in (("rgb", rgb), ("latent", latents), ("coefficients", coeffs), ("symbols", symbols)):
+            _write(ctx, batch, name, rows)
+    return write_task(ctx, batch, state)
 
 
 def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]:
@@ -269,7 +343,7 @@ def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]
     n = len(batch.items)
     state = BatchState(batch.key, (False,) * n, (reason,) * n, ((),) * n, (0,) * n)
     WorkStore(ctx.store).write_streams(batch.key, [])
-    return write(ctx, batch, state)
+    return write_task(ctx, batch, state)
 
 
 def single_batches(batch: Batch) -> list[Batch]:
@@ -282,10 +356,10 @@ def single_batches(batch: Batch) -> list[Batch]:
 
 def merged_marker(ctx: TaskContext, batch: Batch, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The marker of a batch coded image by image: its images' entries, marked done under its key."""
-    marker = {
+    merged = {
         "key": batch.key,
         "items": [item for part in parts for item in part["items"]],
         "spans": [span for part in parts for span in part["spans"]],
     }
-    WorkStore(ctx.store).mark_done(batch.key, marker)
-    return marker
+    WorkStore(ctx.store).mark_done(batch.key, merged)
+    return merged

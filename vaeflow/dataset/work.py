@@ -41,6 +41,11 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *(min(s, TILE) for s in shape[1:]))
 
 
+def _corner(row: int, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
+    """The index of a row's top-left corner of ``shape``."""
+    return (row, *(slice(0, n) for n in shape))
+
+
 class WorkStore:
     def __init__(self, store: Path | str) -> None:
         self.root = Path(store) / WORK_DIR
@@ -71,15 +76,24 @@ class WorkStore:
     def array(self, batch: Batch, name: str, prefix: str) -> zarr.Array:
         return _open_cached(self.root / f"{prefix}g{batch.group}" / name)
 
-    def write_rows(self, batch: Batch, name: str, prefix: str, rows: np.ndarray, which: list[int]) -> None:
-        """Write ``rows`` into the batch's rows ``which`` (positions within the batch)."""
+    def write_rows(self, batch: Batch, name: str, prefix: str, rows: list[np.ndarray], which: list[int]) -> None:
+        """Write ``rows`` into the batch's rows ``which`` (positions within the batch); a row smaller
+        than the group's (a latent cropped to its image) fills the top-left corner."""
         arr = self.array(batch, name, prefix)
         for row, pos in zip(rows, which, strict=True):
-            arr[batch.start + pos] = row
+            if row.shape == arr.shape[1:]:
+                arr[batch.start + pos] = row
+            else:
+                arr[_corner(batch.start + pos, row.shape)] = row
 
-    def read_rows(self, batch: Batch, name: str, prefix: str, which: list[int]) -> np.ndarray:
+    def read_rows(
+        self, batch: Batch, name: str, prefix: str, which: list[int], shapes: list[tuple[int, ...]] | None = None
+    ) -> list[np.ndarray]:
+        """The batch's rows ``which``; with ``shapes``, each row's top-left corner of that shape."""
         arr = self.array(batch, name, prefix)
-        return np.stack([arr[batch.start + pos] for pos in which])
+        if shapes is None:
+            return [np.asarray(arr[batch.start + pos]) for pos in which]
+        return [np.asarray(arr[_corner(batch.start + pos, shape)]) for pos, shape in zip(which, shapes, strict=True)]
 
     def write_streams(self, key: str, streams: list[bytes]) -> None:
         data = np.frombuffer(b"".join(streams), np.uint8)
