@@ -13,7 +13,9 @@ from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_
 from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
 from vaeflow.dataset.job import compress_dataset, plan_job
+from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions, JobOptions
+from vaeflow.dataset.upload import staging_dir
 from vaeflow.dataset.verify import verify_store
 from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
 from vaeflow.reports.trace import write_trace
@@ -28,7 +30,17 @@ def register(commands: Any) -> None:
         "compress", help="compress a folder of images into a zarr store (or one image to a .vfl stream)"
     )
     p.add_argument("src", type=Path, help="folder of images (searched recursively), or one image file")
-    p.add_argument("dst", type=Path, nargs="?", help="output store (OUT.zarr), or .vfl file for one image")
+    p.add_argument("dst", nargs="?", help="output store (OUT.zarr or s3://bucket/OUT.zarr), or .vfl file for one image")
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="storage_options",
+        help="for a store on object storage: an fsspec option (endpoint_url=..., anon=true); repeatable",
+    )
+    p.add_argument("--staging", type=Path, default=None,
+                   help="for a store on object storage: the local folder written before the upload")  # fmt: skip
     add_codec_options(p)
     add_runtime_options(p)
     job = p.add_argument_group("dataset job")
@@ -84,11 +96,27 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_ls)
 
 
+def storage_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as fsspec options; values are read as JSON where they parse (true, 3, {...})."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def run_compress(args: argparse.Namespace) -> int:
     if args.src.is_file():
+        args.dst = Path(args.dst) if args.dst is not None else None
         return _compress_file(args)
     if args.dst is None:
         raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
+    store: str | Path = args.dst if is_url(args.dst) else Path(args.dst)
     options = JobOptions(
         batch_size=args.batch_size, overwrite=args.overwrite, add=args.add, retry_failed=args.retry_failed,
         buckets=args.buckets, fuse_stages=args.fuse_stages,
@@ -102,11 +130,13 @@ def run_compress(args: argparse.Namespace) -> int:
     target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
     if args.dry_run:
         codec = resolve_codec(args.model, args.quality, args.pipeline, target)
-        print(plan_job(args.src, args.dst, codec, args.pipeline or "default", options, not args.no_resume))
+        local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
+        print(plan_job(args.src, Path(local), codec, args.pipeline or "default", options, not args.no_resume))
         return 0
     report = compress_dataset(
-        args.src, args.dst, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,
+        args.src, store, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,
         resume=not args.no_resume, options=options, cluster=cluster,
+        storage_options=storage_options(args.storage_options), staging=args.staging,
     )  # fmt: skip
     print(report)
     if args.trace:

@@ -10,6 +10,7 @@ finish.
 from __future__ import annotations
 
 import errno
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from vaeflow.codec.codec import Codec
 from vaeflow.dataset import policy as store_policy
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.assemble import assemble, finish
+from vaeflow.dataset.location import is_url
 from vaeflow.dataset.lock import StoreLock
 from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.plan import Batch, Plan, build_plan
@@ -30,6 +32,7 @@ from vaeflow.dataset.reader import open_store
 from vaeflow.dataset.scan import scan
 from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.dataset.tasks import TaskContext
+from vaeflow.dataset.upload import UploadReport, download, staging_dir, upload
 from vaeflow.dataset.work import WorkStore
 from vaeflow.errors import StoreWriteError, VaeflowError
 from vaeflow.resources import vaeflow_version
@@ -68,6 +71,7 @@ class JobReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     dashboard_link: str | None = None
     spans: list[list[Any]] = field(default_factory=list, repr=False)
+    upload: UploadReport | None = None  # for a store on object storage
 
     @property
     def ok(self) -> bool:
@@ -91,6 +95,10 @@ class JobReport:
             else "  nothing new to code",
             f"  wall time {self.wall_s:.1f} s; slowest stage {slowest}; stage time: {shares or '-'}",
         ]
+        if self.upload is not None:
+            up = self.upload
+            lines.append(f"  uploaded to {up.url}: {up.uploaded} objects ({up.bytes_sent:,} bytes) sent and verified, "
+                         f"{up.kept} already there, {up.removed} stale ones removed")  # fmt: skip
         if self.failed:
             lines.append(f"  failed images are listed by `vaeflow ls {self.store} --failed` (index/status, index/note)")
         return "\n".join(lines)
@@ -111,6 +119,8 @@ def compress_dataset(
     retry_failed: bool = False,
     options: JobOptions | None = None,
     cluster: ClusterOptions | None = None,
+    storage_options: dict[str, Any] | None = None,
+    staging: str | Path | None = None,
 ) -> JobReport:
     """Compress every image under ``src`` into the zarr store ``store``.
 
@@ -122,6 +132,11 @@ def compress_dataset(
     processes by default, ``"sync"`` in this process, or an existing scheduler's address.
     A store left by an interrupted run with the same settings is resumed (``resume=False``
     starts over); ``retry_failed`` codes again the images a finished store records as failed.
+
+    ``store`` may be an fsspec URL (``s3://bucket/out.zarr``, with ``storage_options``): the job
+    then writes a local copy at ``staging`` (default ``$VAEFLOW_HOME/staging/...``) and uploads it
+    when complete, verifying every object (``vaeflow.dataset.upload``); the same call resumes an
+    interrupted job or upload. The staged copy is removed once the upload is verified.
     """
     options = options or JobOptions()
     if retry_failed:
@@ -133,6 +148,18 @@ def compress_dataset(
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
     preset = pipeline if isinstance(pipeline, str) else ("custom" if pipeline is not None else "default")
     codec = resolve_codec(model, quality, pipeline, target)
+    if is_url(store):
+        url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
+        if not (local / "zarr.json").exists():  # no staged copy: continue from the remote store, if any
+            download(url, local, storage_options)
+        report = compress_dataset(
+            src, local, model=model, quality=quality, pipeline=pipeline, target=target, client=client,
+            resume=resume, options=options, cluster=cluster,
+        )  # fmt: skip
+        report.upload = upload(local, url, storage_options)
+        report.store = url  # type: ignore[assignment]
+        shutil.rmtree(local, ignore_errors=True)
+        return report
     src, store = Path(src).absolute(), Path(store).absolute()  # workers elsewhere see the same absolute paths
     with StoreLock(store):
         plan = plan_job(src, store, codec, preset, options, resume)

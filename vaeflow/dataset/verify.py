@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vaeflow.dataset.reader import check_stream_shape, open_store
 from vaeflow.errors import VaeflowError
@@ -34,12 +35,12 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_store(path: str | Path) -> VerifyReport:
+def verify_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> VerifyReport:
     """Check magic, version, lengths and both CRC32s of every stored stream, and that its header
     agrees with the index on the image's size, reading the data array in large windows; the
     index itself is checked when the store is opened."""
     start = time.perf_counter()
-    store = open_store(path)
+    store = open_store(path, storage_options=storage_options)
     report = VerifyReport(Path(path))
     rows = [(name, *store.stream_range(name)) for name in store.names]
     shapes = dict(zip(store.paths, store.shapes, strict=True))

@@ -1,0 +1,131 @@
+"""Writing a store to object storage: the job writes it locally, then every file is uploaded and verified.
+
+``vaeflow compress SRC s3://bucket/out.zarr`` codes into a local staging copy (where resuming
+and durability work as for any local store), then uploads it file by file. Each object is
+verified after upload (its size, and its content: by the ETag where the store gives an MD5,
+else by reading it back); an object already there and verified is not sent again, so an
+interrupted upload resumes where it stopped. The root ``zarr.json``, which says the store is
+complete, goes last, and objects the local store no longer has are removed after it, so that
+readers of the remote store only ever see a finished store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vaeflow.dataset.lock import LOCK_NAME
+from vaeflow.dataset.work import WORK_DIR
+from vaeflow.errors import VaeflowError
+from vaeflow.models.registry import home_dir
+
+ROOT = "zarr.json"
+
+
+@dataclass
+class UploadReport:
+    url: str
+    uploaded: int = 0  # objects sent
+    kept: int = 0  # objects already there and verified
+    removed: int = 0  # stale objects removed
+    bytes_sent: int = 0
+
+
+def staging_dir(url: str) -> Path:
+    """Where a remote store is written first: ``$VAEFLOW_HOME/staging/<a hash of the URL>.zarr``."""
+    return home_dir() / "staging" / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}.zarr"
+
+
+def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
+    try:
+        import fsspec  # optional (the remote extra): only stores on object storage need it
+    except ImportError as exc:
+        raise VaeflowError(f"writing {url} needs fsspec and s3fs: pip install 'vaeflow[remote]'") from exc
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        raise VaeflowError(f"writing {url} needs a file system for it ({exc}): pip install 'vaeflow[remote]'") from exc
+    except (ValueError, TypeError) as exc:
+        raise VaeflowError(f"cannot write {url}: {exc}; check the URL and its storage options") from exc
+    return fs, root.rstrip("/")
+
+
+def _files(local: Path) -> list[str]:
+    """The store's files, relative, POSIX, without the lock or the work store; the root metadata last."""
+    skip = {LOCK_NAME, WORK_DIR}
+    found = sorted(
+        p.relative_to(local).as_posix()
+        for p in local.rglob("*")
+        if p.is_file() and p.relative_to(local).parts[0] not in skip and not p.name.startswith(".vaeflow")
+    )
+    return [f for f in found if f != ROOT] + ([ROOT] if ROOT in found else [])
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(fs: Any, remote: str, local: Path) -> bool:
+    """Whether the object at ``remote`` holds exactly the bytes of ``local``."""
+    try:
+        info = fs.info(remote)
+    except FileNotFoundError:
+        return False
+    if int(info.get("size", -1)) != local.stat().st_size:
+        return False
+    etag = str(info.get("ETag", info.get("etag", ""))).strip('"')
+    if etag and "-" not in etag and len(etag) == 32:  # a single-part upload's ETag is its MD5
+        return etag == _md5(local)
+    return bool(fs.cat_file(remote) == local.read_bytes())
+
+
+def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None) -> UploadReport:
+    """Upload the finished store ``local`` to ``url``, verifying every object (resumable)."""
+    fs, root = _filesystem(url, storage_options or {})
+    report = UploadReport(url)
+    files = _files(local)
+    try:
+        for rel in files:
+            remote = f"{root}/{rel}"
+            if _verified(fs, remote, local / rel):
+                report.kept += 1
+                continue
+            fs.put_file(str(local / rel), remote)
+            if not _verified(fs, remote, local / rel):
+                raise VaeflowError(f"{url}/{rel} does not hold what was uploaded; run the same command again")
+            report.uploaded += 1
+            report.bytes_sent += (local / rel).stat().st_size
+        wanted = {f"{root}/{rel}" for rel in files}
+        stale = [p for p in fs.find(root) if p.rstrip("/") not in wanted]
+        for path in stale:
+            fs.rm_file(path)
+        report.removed = len(stale)
+    except VaeflowError:
+        raise
+    except Exception as exc:  # network and permission errors differ with every file system
+        raise VaeflowError(
+            f"uploading to {url} failed ({type(exc).__name__}: {exc}); the store is kept at {local}: run the same "
+            "command again to resume the upload"
+        ) from exc
+    return report
+
+
+def download(url: str, local: Path, storage_options: dict[str, Any] | None = None) -> bool:
+    """Fetch the store at ``url`` into ``local`` (for ``--add`` when no staged copy is left); False if none."""
+    fs, root = _filesystem(url, storage_options or {})
+    try:
+        if not fs.exists(f"{root}/{ROOT}"):
+            return False
+        shutil.rmtree(local, ignore_errors=True)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get(root, str(local), recursive=True)
+    except Exception as exc:
+        raise VaeflowError(f"cannot fetch {url} ({type(exc).__name__}: {exc}); check its storage options") from exc
+    return True
