@@ -83,8 +83,8 @@ def test_bad_kinds_and_dtypes_are_refused(store: Path) -> None:
         LatentDataset(store, dtype=torch.uint8)  # uint8 is for images
     with pytest.raises(VaeflowError, match="kind"):
         LatentDataset(store, kind="stream")
-    with pytest.raises(VaeflowError, match="latent_scale"):
-        LatentDataset(store, latent_scale="sdxl")
+    with pytest.raises(VaeflowError, match="convention"):
+        LatentDataset(store, convention="sdxl")
 
 
 def test_images_come_through_the_decoder(store: Path) -> None:

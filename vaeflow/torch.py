@@ -25,7 +25,7 @@ size and the crop is (0, 0).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,22 +36,13 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, default_collate,
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress
 from vaeflow.dataset.location import StoreLocation
-from vaeflow.dataset.reader import StoreReader, open_store
+from vaeflow.dataset.reader import LATENT_CONVENTIONS, StoreReader, open_store
 from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
 KINDS = ("latent", "image")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 STREAM_READ = 16  # items per range read when a LatentStream yields single items
-
-
-def _vaeflow_scale(latent: np.ndarray) -> np.ndarray:
-    return latent
-
-
-# How latents are scaled for training. Streams decode to vaeflow's unit-variance scale; a model's own convention
-# (its scaling and shift factors, from the model registry) is one more entry here.
-LATENT_SCALES: dict[str, Callable[[np.ndarray], np.ndarray]] = {"vaeflow": _vaeflow_scale}
 
 
 class _StoreItems:
@@ -64,21 +55,21 @@ class _StoreItems:
         dtype: torch.dtype,
         storage_options: dict[str, Any] | None,
         runtime: RuntimeOptions | None,
-        latent_scale: str,
+        convention: str,
     ) -> None:
         if kind not in KINDS:
             raise VaeflowError(f"kind {kind!r} is not one of {KINDS}")
         if dtype not in FLOAT_DTYPES and not (kind == "image" and dtype == torch.uint8):
             raise VaeflowError(f"dtype {dtype} is not float16, bfloat16 or float32 (or uint8 for images)")
-        if latent_scale not in LATENT_SCALES:
-            raise VaeflowError(f"latent_scale {latent_scale!r} is not one of {sorted(LATENT_SCALES)}")
+        if convention not in LATENT_CONVENTIONS:
+            raise VaeflowError(f"convention {convention!r} is not one of {LATENT_CONVENTIONS}")
         reader = store if isinstance(store, StoreReader) else open_store(store, runtime, storage_options)
-        self.kind, self.dtype, self.latent_scale = kind, dtype, latent_scale
+        self.kind, self.dtype, self.convention = kind, dtype, convention
         self.location, self.storage_options, self.runtime = reader.location, reader.storage_options, reader.runtime
         entries = list(reader.entries())
         self.names: list[str] = [name for name, _, _, _ in entries]
         self.sizes = np.array([size for _, size, _, _ in entries], np.int64).reshape(-1, 2)  # stored (h, w)
-        self.shapes: list[tuple[int, ...]] = _item_shapes(reader, self.names, self.sizes, kind)
+        self.shapes: list[tuple[int, ...]] = _item_shapes(reader, self.names, self.sizes, kind, convention)
         self._reader: StoreReader | None = reader
         self._pid = os.getpid()
 
@@ -98,8 +89,8 @@ class _StoreItems:
         names = [self.names[i] for i in indices]
         reader = self.reader
         if self.kind == "latent":
-            scale = LATENT_SCALES[self.latent_scale]
-            tensors = [torch.from_numpy(scale(latent)).to(self.dtype) for latent in reader.read_latents(names)]
+            latents = reader.read_latents(names, self.convention)
+            tensors = [torch.from_numpy(latent).to(self.dtype) for latent in latents]
         else:
             images = [decompress(data, runtime=self.runtime) for data in reader.read_streams(names)]
             tensors = [self._image_tensor(image) for image in images]
@@ -128,14 +119,21 @@ def _optional(reader: StoreReader, method: str, name: str, default: Any) -> Any:
     return found(name) if callable(found) else default
 
 
-def _item_shapes(reader: StoreReader, names: list[str], sizes: np.ndarray, kind: str) -> list[tuple[int, ...]]:
+def _item_shapes(
+    reader: StoreReader, names: list[str], sizes: np.ndarray, kind: str, convention: str
+) -> list[tuple[int, ...]]:
     """Each item's tensor shape, from the index and one stream header (a store holds one model's latents)."""
     if not names:
         return []
     if kind == "image":
         return [(3, int(h), int(w)) for h, w in sizes]
     header, _ = stream_format.unpack(reader.read_stream(names[0]))
-    return [header.model.latent_shape(int(h), int(w)) for h, w in sizes]
+    shapes: list[tuple[int, ...]] = [header.model.latent_shape(int(h), int(w)) for h, w in sizes]
+    own = reader.convention if convention == "model" else None
+    if own is None:
+        return shapes
+    p = own.patch
+    return [(c * p * p, h // p, w // p) for c, h, w in shapes]
 
 
 class LatentDataset(_StoreItems, Dataset[dict[str, Any]]):
@@ -155,9 +153,9 @@ class LatentDataset(_StoreItems, Dataset[dict[str, Any]]):
         *,
         storage_options: dict[str, Any] | None = None,
         runtime: RuntimeOptions | None = None,
-        latent_scale: str = "vaeflow",
+        convention: str = "model",
     ) -> None:
-        super().__init__(store, kind, dtype, storage_options, runtime, latent_scale)
+        super().__init__(store, kind, dtype, storage_options, runtime, convention)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -286,9 +284,9 @@ class LatentStream(_StoreItems, IterableDataset[dict[str, Any]]):
         world_size: int | None = None,
         storage_options: dict[str, Any] | None = None,
         runtime: RuntimeOptions | None = None,
-        latent_scale: str = "vaeflow",
+        convention: str = "model",
     ) -> None:
-        super().__init__(store, kind, dtype, storage_options, runtime, latent_scale)
+        super().__init__(store, kind, dtype, storage_options, runtime, convention)
         if batch_size is not None and batch_size < 1:
             raise VaeflowError(f"batch_size must be at least 1 or None, got {batch_size}")
         self.batch_size = batch_size

@@ -308,6 +308,14 @@ def test_a_store_gives_latents_in_the_models_own_convention(
     # the store's own record is enough: a registry without the model gives the same latents
     monkeypatch.setenv("VAEFLOW_HOME", str(tmp_path / "empty-home"))
     assert np.array_equal(vaeflow.open_store(store).read_latent("0.png"), reader.read_latent("0.png"))
+    # and the PyTorch loader gives them in the model's convention too (patched channels for FLUX.2)
+    torch = pytest.importorskip("torch")
+    from vaeflow.torch import LatentDataset
+
+    dataset = LatentDataset(store, dtype=torch.float32)
+    assert tuple(dataset[0]["latent"].shape) == reader.read_latent("0.png").shape
+    assert np.array_equal(dataset[0]["latent"].numpy(), reader.read_latent("0.png"))
+    assert tuple(LatentDataset(store, convention="normalised")[0]["latent"].shape) == normalised.shape
 
 
 @pytest.mark.parametrize("name", ["sd", "tiny"])

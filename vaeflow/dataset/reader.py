@@ -310,9 +310,10 @@ class StoreReader:
             return latent
         return own.to_model(latent[None])[0]
 
-    def read_latents(self, names: list[str]) -> list[np.ndarray]:
-        """The dequantized latents of ``names``, their streams fetched as by ``read_streams``."""
-        return [decompress_latent(data) for data in self.read_streams(names)]
+    def read_latents(self, names: list[str], convention: str = "model") -> list[np.ndarray]:
+        """The dequantized latents of ``names`` in ``convention`` (as ``read_latent``), their streams
+        fetched as by ``read_streams``."""
+        return [self._latent(data, convention) for data in self.read_streams(names)]
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
