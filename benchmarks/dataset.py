@@ -72,12 +72,14 @@ def hardware_scaling(folder: Path) -> dict[str, float]:
     return {"one_process_images_per_s": one_rate, "two_processes_images_per_s": two_rate, "ratio": two_rate / one_rate}
 
 
-def job(folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8) -> dict[str, Any]:
+def job(
+    folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8, fuse_stages: bool = False
+) -> dict[str, Any]:
     with local_cluster(workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         runtime = vaeflow.RuntimeOptions(threads=onnx_threads)
         client.run(lambda: vaeflow.load_model("default", runtime))  # warm the workers alike
         start = time.perf_counter()
-        options = JobOptions(progress=False, runtime=runtime, batch_size=batch_size)
+        options = JobOptions(progress=False, runtime=runtime, batch_size=batch_size, fuse_stages=fuse_stages)
         report = compress_dataset(folder, store, client=client, options=options)
         wall = time.perf_counter() - start
         peaks = sorted(client.run(_peak_rss_mb).values())

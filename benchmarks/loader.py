@@ -129,7 +129,7 @@ def in_process(reader: vaeflow.StoreReader, seconds: float) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="vaeflow bench loader", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="a folder of images")
     parser.add_argument("--store", type=Path, help="the vaeflow store to build or reuse (default: a temp folder)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (2)")

@@ -55,6 +55,14 @@ def register(commands: Any) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_diffusers)
 
+    for name, what in (
+        ("loader", "latents/s through a DataLoader against safetensors and webdataset, and bytes"),
+        ("scale", "mixed sizes, batch fill, fused stages, a million planned images, GPU workers"),
+    ):
+        p = sub.add_parser(name, help=what, add_help=False)
+        p.add_argument("args", nargs="*", help=f"see `vaeflow bench {name} --help`")
+        p.set_defaults(run=run_forwarded, bench=name)
+
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
     p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
@@ -114,4 +122,10 @@ def run_diffusers(args: argparse.Namespace) -> int:
     result = diffusers.run(args.threads, args.repeats, args.size)
     print(diffusers.report(result))
     _write_json(args.json, result)
+    return 0
+
+
+def run_forwarded(args: argparse.Namespace) -> int:
+    """Benchmarks with options of their own (``benchmarks/<name>.py``): their arguments go to them as they are."""
+    checkout_module("benchmarks", args.bench, "dev,bench").main(args.args)
     return 0

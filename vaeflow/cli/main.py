@@ -41,7 +41,11 @@ def quiet_dask() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "bench") and hasattr(args, "args"):
+        args.args = [*args.args, *extra]  # a benchmark's own options go to it
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:  # Dask's loggers log at INFO; show them with -v only

@@ -1,0 +1,201 @@
+"""``vaeflow bench scale``: dataset jobs on mixed sizes, a million planned images, GPU workers.
+
+In one run:
+- **Mixed sizes**: a folder of real photos of many sizes (the given folders, plus copies of
+  them resized to a few scales) through the default job on 2 workers, against a bare
+  ``compress()`` loop in one process on all cores; the plan's batch shapes, mean batch fill
+  and padding overhead; 2-worker scaling over 1 worker (one core each); the stages run one
+  task each through the zarr work store against fused into one task per batch.
+- **A million planned images**: a simulated scan of N small images (no files) is planned,
+  its batches' markers made as workers would return them, and the index assembled (stream
+  bytes are synthetic: ``WorkStore.read_streams`` is replaced), each N in a fresh process,
+  for N = 10,000, 100,000 and 1,000,000: planning and assembly time, peak memory, and the
+  tasks the scheduler holds at once (the submission window: a bound that does not grow with N).
+- **GPU workers**, where ONNX Runtime offers CUDA: images/s of the default model on the GPU
+  against the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import vaeflow
+from benchmarks.dataset import _bare_loop, job
+from vaeflow.dataset.distributed import WINDOW_PER_THREAD
+from vaeflow.dataset.job import JobOptions, plan_job
+from vaeflow.imageio import list_images, read_rgb
+
+SCALES = (0.5, 0.75)
+SIZES = (10_000, 100_000, 1_000_000)
+TASKS_PER_BATCH = 6
+
+
+def mixed_folder(folders: list[Path], out: Path) -> list[Path]:
+    """The images of ``folders`` and copies of them resized to ``SCALES`` (Lanczos), as PNG files."""
+    out.mkdir(parents=True)
+    for folder in folders:
+        for path in list_images(folder):
+            image = Image.fromarray(read_rgb(path))
+            image.save(out / f"{folder.name}-{path.stem}.png")
+            for scale in SCALES:
+                size = (round(image.width * scale), round(image.height * scale))
+                image.resize(size, Image.Resampling.LANCZOS).save(out / f"{folder.name}-{path.stem}-{scale}.png")
+    return list_images(out)
+
+
+def mixed(folders: list[Path]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = mixed_folder(folders, root / "src")
+        plan = plan_job(root / "src", root / "plan.zarr", vaeflow.resolve_codec(), "default", JobOptions())
+        shapes = {(-(-i.height // 8) * 8, -(-i.width // 8) * 8) for i in plan.items}
+        cores = os.cpu_count() or 1
+        bare = _bare_loop(paths)
+        staged = job(root / "src", cores, root / "staged.zarr", 1)
+        fused = job(root / "src", cores, root / "fused.zarr", 1, fuse_stages=True)
+        one = job(root / "src", 1, root / "one.zarr", 1)
+        return {
+            "images": len(paths), "stride_shapes": len(shapes), "batch_shapes": len(plan.groups),
+            "batches": len(plan.batches), "batch_fill": plan.batch_fill, "padding": plan.padding_overhead,
+            "bare": bare, "staged": staged, "fused": fused, "one_worker": one, "cores": cores,
+            "same_bytes": bare["bytes"] == staged["bytes"] == fused["bytes"] == one["bytes"],
+        }  # fmt: skip
+
+
+def planned(count: int) -> dict[str, Any]:
+    """In this process: plan ``count`` simulated images, make their markers, assemble the index."""
+    from vaeflow.dataset import assemble, work
+    from vaeflow.dataset.plan import build_plan
+    from vaeflow.dataset.policy import StorePolicy, fresh_meta
+    from vaeflow.dataset.scan import Scan, ScannedImage
+
+    rng = np.random.default_rng(0)
+    sizes = rng.choice([(64, 96), (96, 64), (72, 96), (64, 64), (80, 120)], count)
+    scanned = Scan(tuple(ScannedImage(f"d{i // 1000:04d}/{i:07d}.png", int(h), int(w), 4096)
+                         for i, (h, w) in enumerate(sizes)), ())  # fmt: skip
+    codec = vaeflow.resolve_codec()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "s.zarr"
+        start = time.perf_counter()
+        settings = {**codec.settings(), "pipeline": "default"}
+        plan = build_plan(scanned, Path(tmp), store, codec, settings, StorePolicy("create", fresh_meta(settings)), 8)
+        plan_s = time.perf_counter() - start
+        del scanned
+        stream = b"\x00" * 96  # what a tiny image's stream weighs, roughly
+        markers = {}
+        for batch in plan.batches:
+            n = len(batch.items)
+            size = len(stream)
+            items = [{"index": it.index, "path": it.path, "ok": True, "reason": None, "notes": [], "nbytes": size,
+                      "shape": [it.height, it.width], "stream": [batch.key, k * size]}
+                     for k, it in enumerate(batch.items)]  # fmt: skip
+            markers[batch.key] = {"key": batch.key, "items": items, "spans": [["vae", 0.0, 0.0, 0]] * (n > 0)}
+        work.WorkStore.read_streams = lambda self, key: stream * 8  # type: ignore[method-assign]
+        start = time.perf_counter()
+        vaeflow.dataset.store.write_meta(store, plan.policy.meta)  # type: ignore[attr-defined]
+        assemble.assemble(plan, plan.policy.meta, markers, work.WorkStore(store))
+        assemble_s = time.perf_counter() - start
+        rows = len(vaeflow.open_store(store).names)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"images": count, "batches": len(plan.batches), "plan_s": plan_s, "assemble_s": assemble_s,
+            "peak_rss_gb": peak, "rows": rows}  # fmt: skip
+
+
+def planned_in_child(count: int) -> dict[str, Any]:
+    checkout = Path(__file__).resolve().parents[1]
+    code = f"import json; from benchmarks.scale import planned; print(json.dumps(planned({count})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def gpu(folder: Path) -> dict[str, Any] | None:
+    import onnxruntime as ort  # to ask which providers it offers
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return None
+    paths = list_images(folder)[:8]
+    images = [read_rgb(p) for p in paths]
+    out = {}
+    for label, providers in (("cpu", ("CPUExecutionProvider",)), ("cuda", ("cuda",))):
+        runtime = vaeflow.RuntimeOptions(providers=providers)
+        vaeflow.compress(images[0], runtime=runtime)
+        start = time.perf_counter()
+        for image in images:
+            vaeflow.compress(image, runtime=runtime)
+        out[label] = len(images) / (time.perf_counter() - start)
+    return out
+
+
+def run(folders: list[Path], sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
+    threads = os.cpu_count() or 1
+    return {
+        "mixed": mixed(folders),
+        "planned": [planned_in_child(n) for n in sizes],
+        "window": {"batches": WINDOW_PER_THREAD * threads, "tasks": WINDOW_PER_THREAD * threads * TASKS_PER_BATCH},
+        "gpu": gpu(folders[0]),
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    m = result["mixed"]
+
+    def rate(r: dict[str, Any]) -> float:
+        return float(r["images"] / r["wall_s"])
+
+    lines = [
+        f"vaeflow bench scale: {m['images']} mixed-size images ({m['stride_shapes']} shapes at the model's stride)",
+        f"  plan: {m['batch_shapes']} batch shapes, {m['batches']} batches, mean fill {100 * m['batch_fill']:.0f}%, "
+        f"padding {100 * m['padding']:.1f}% of the pixels",
+        f"  bare compress() loop, 1 process, all cores: {m['bare']['wall_s']:.1f} s ({rate(m['bare']):.2f} images/s)",
+        f"  job, {m['cores']} workers, one task per stage: {m['staged']['wall_s']:.1f} s "
+        f"({rate(m['staged']):.2f} images/s), {m['staged']['wall_s'] / m['bare']['wall_s']:.2f}x the bare loop's time",
+        f"  job, {m['cores']} workers, stages fused: {m['fused']['wall_s']:.1f} s ({rate(m['fused']):.2f} images/s), "
+        f"{m['fused']['wall_s'] / m['bare']['wall_s']:.2f}x; fused / staged "
+        f"{m['fused']['wall_s'] / m['staged']['wall_s']:.2f}",
+        f"  scaling, {m['cores']} workers / 1 worker (one core each): "
+        f"{m['one_worker']['wall_s'] / m['staged']['wall_s']:.2f}x",
+        f"  same bytes in every run: {m['same_bytes']}",
+        "  planned jobs (simulated scans, synthetic streams; a fresh process each):",
+    ]  # fmt: skip
+    for p in result["planned"]:
+        lines.append(
+            f"    {p['images']:>9,} images: plan {p['plan_s']:.2f} s, assemble {p['assemble_s']:.1f} s, "
+            f"peak memory {p['peak_rss_gb']:.2f} GB, {p['rows']:,} rows"
+        )
+    w = result["window"]
+    lines.append(f"  tasks on the scheduler at once: at most {w['tasks']} ({w['batches']} batches), whatever the size")
+    g = result["gpu"]
+    lines.append(f"  GPU: {g['cuda']:.2f} images/s against {g['cpu']:.2f} on the CPU" if g else "  GPU: none here")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vaeflow bench scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "folders", type=Path, nargs="+", help="folders of photos (e.g. ../shared/data/photos ../shared/data/kodak)"
+    )
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="planned job sizes")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = run(args.folders, tuple(int(s) for s in args.sizes.split(",")))
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
