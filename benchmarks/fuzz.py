@@ -66,8 +66,12 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+GOLDEN_V1 = Path(__file__).resolve().parents[1] / "tests" / "golden" / "v1"
+
+
 def seed_streams() -> list[bytes]:
-    """Small real streams of every pipeline, from a synthetic but natural-looking image."""
+    """Small real streams of every pipeline (format 2, both coders), from a synthetic but natural-looking
+    image, and the golden format-1 streams (both of its coders)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:40, 0:56]
     base = 128 + 60 * np.sin(xx / 6.0)[..., None] * np.cos(yy / 9.0)[..., None] + rng.normal(0, 12, (40, 56, 3))
@@ -75,6 +79,7 @@ def seed_streams() -> list[bytes]:
     streams = [vaeflow.compress(image[:h, :w], pipeline=p) for p in ("default", "plain", "latent-store")
                for h, w in ((40, 56), (9, 17), (1, 1))]  # fmt: skip
     streams.append(vaeflow.compress(image, pipeline="plain", quality=95))
+    streams += [path.read_bytes() for path in sorted(GOLDEN_V1.glob("*.vfl"))]
     return streams
 
 

@@ -1,6 +1,8 @@
 """The stream format: header round trips, framing overhead, and damage of every kind detected."""
 
+import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,8 +28,47 @@ def test_header_round_trips(stream: bytes) -> None:
     header, payload = stream_format.unpack(stream)
     assert (header.height, header.width) == (96, 136)
     assert header.model == vaeflow.load_model("default").ref
-    assert header.quantize.quality == 50 and header.entropy == Entropy("context")
+    assert header.quantize.quality == 50 and header.entropy == Entropy("classes")
+    assert header.version == stream_format.VERSION == 2
     assert stream_format.pack(header, bytes(payload)) == stream
+
+
+GOLDEN_V1 = sorted((Path(__file__).parents[1] / "golden" / "v1").glob("*.vfl"))
+
+
+@pytest.mark.parametrize("path", GOLDEN_V1, ids=lambda p: p.stem)
+def test_a_v1_header_repacks_as_v1_byte_for_byte(path: Path) -> None:
+    data = path.read_bytes()
+    header, payload = stream_format.unpack(data)
+    assert header.version == 1 and data[4] == 1
+    assert stream_format.pack(header, bytes(payload)) == data
+    assert vaeflow.info(data)["format_version"] == 1
+
+
+def test_format_1_cannot_carry_what_format_2_added(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    with pytest.raises(ValueError, match="format 1 cannot hold coder 'classes'"):
+        stream_format.pack(replace(header, version=1), bytes(payload))
+    # a v1 stream naming the class coder's byte code is damage, not a class-coded stream
+    v1 = GOLDEN_V1[0].read_bytes()
+    v1_header, v1_payload = stream_format.unpack(v1)
+    assert v1_header.entropy.coder in stream_format.CODER_CODES[: stream_format.V1_CODERS]
+    forged = stream_format.pack(replace(v1_header, version=2, entropy=Entropy("classes")), bytes(v1_payload))
+    head_end = len(forged) - len(v1_payload) - 8
+    head = b"VAEF\x01" + forged[5:head_end]  # the same header as format 1, its checksum made anew
+    forged = head + zlib.crc32(head).to_bytes(4, "little") + forged[head_end + 4 :]
+    with pytest.raises(CorruptStreamError, match="entropy coder #2; this version knows 2"):
+        vaeflow.decompress(forged)
+
+
+def test_the_drop_record_round_trips(kodak: list[np.ndarray]) -> None:
+    data = vaeflow.compress(kodak[0][:128, :192], pipeline="latent-store")
+    header, payload = stream_format.unpack(data)
+    assert header.record is not None and header.record.drop_limit == pytest.approx(0.1)
+    assert header.record.drop is not None and 0 <= header.record.drop <= 0.1
+    target = vaeflow.info(data)["target"]
+    assert target["max_psnr_drop"] == pytest.approx(0.1) and target["psnr_drop"] == pytest.approx(header.record.drop)
+    assert stream_format.pack(header, bytes(payload)) == data
 
 
 def test_every_stage_option_has_a_byte_code() -> None:
@@ -60,7 +101,7 @@ def test_wrong_magic(stream: bytes) -> None:
 
 def test_newer_version_is_refused_by_name(stream: bytes) -> None:
     newer = stream[:4] + bytes([stream_format.VERSION + 1]) + stream[5:]
-    with pytest.raises(CorruptStreamError, match="version 2 is not supported"):
+    with pytest.raises(CorruptStreamError, match=r"version 3 is not supported \(this vaeflow reads 1, 2\)"):
         vaeflow.decompress(newer)
 
 

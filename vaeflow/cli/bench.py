@@ -58,6 +58,7 @@ def register(commands: Any) -> None:
     for name, what in (
         ("loader", "latents/s through a DataLoader against safetensors and webdataset, and bytes"),
         ("scale", "mixed sizes, batch fill, fused stages, a million planned images, GPU workers"),
+        ("latents", "latent-store read speed against fp16+zstd zarr and .npy, bytes, encode time, bounds"),
     ):
         p = sub.add_parser(name, help=what, add_help=False)
         p.add_argument("args", nargs="*", help=f"see `vaeflow bench {name} --help`")

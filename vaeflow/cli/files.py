@@ -10,9 +10,9 @@ from typing import Any
 
 import vaeflow
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
-from vaeflow.codec.api import rate_target, resolve_codec
+from vaeflow.codec.api import rate_target
 from vaeflow.dataset.decompress import decompress_store
-from vaeflow.dataset.job import compress_dataset, plan_job
+from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
 from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.upload import staging_dir
@@ -129,9 +129,9 @@ def run_compress(args: argparse.Namespace) -> int:
     )  # fmt: skip
     target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
     if args.dry_run:
-        codec = resolve_codec(args.model, args.quality, args.pipeline, target)
         local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
-        print(plan_job(args.src, Path(local), codec, args.pipeline or "default", options, not args.no_resume))
+        codec, preset, options = job_codec(Path(local), args.model, args.quality, args.pipeline, target, options)
+        print(plan_job(args.src, Path(local), codec, preset, options, not args.no_resume))
         return 0
     report = compress_dataset(
         args.src, store, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,24 @@ def decompress_latent(data: bytes | memoryview) -> np.ndarray:
     return codec.untransform(codec.dequantize(symbols))[0]  # type: ignore[no-any-return]
 
 
+def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray]:
+    """The dequantized latents of many streams, as ``decompress_latent`` gives them; streams of one
+    codec and latent shape are decoded together (one entropy-decoder call per class and batch,
+    one dequantization and inverse transform per batch)."""
+    opened = [open_stream(data) for data in streams]
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, (header, _, codec) in enumerate(opened):
+        groups[(codec, header.latent_shape)].append(i)
+    out: list[np.ndarray] = [np.empty(0)] * len(streams)
+    for (codec, shape), members in groups.items():
+        payloads = [opened[i][1] for i in members]
+        symbols = codec.entropy.inverse_many(payloads, shape, codec.bands(shape))
+        latents = codec.untransform(codec.dequantize(symbols))
+        for i, latent in zip(members, latents, strict=True):
+            out[i] = latent
+    return out
+
+
 def decompress(
     data: bytes | memoryview, *, runtime: RuntimeOptions | None = None, timer: StageTimer | None = None
 ) -> np.ndarray:
@@ -151,7 +170,7 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
     codec = Codec.from_header(header)
     pixels = header.height * header.width
     out = {
-        "format_version": stream_format.VERSION,
+        "format_version": header.version,
         "model": header.model.name,
         "fingerprint": header.model.fingerprint,
         "shape": (header.height, header.width),
@@ -164,5 +183,9 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
         "bpp": 8.0 * len(data) / pixels,
     }
     if header.record:
-        out["target"] = {"kind": header.record.kind, "value": header.record.value, "achieved": header.record.achieved}
+        record = header.record
+        target: dict[str, Any] = {"kind": record.kind, "value": record.value, "achieved": record.achieved}
+        if record.drop is not None:
+            target |= {"max_psnr_drop": record.drop_limit, "psnr_drop": record.drop}
+        out["target"] = target
     return out

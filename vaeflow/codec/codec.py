@@ -55,34 +55,49 @@ class Codec:
     postfilter: PostFilter = field(default_factory=PostFilter)
     target: RateTarget | None = None
     allocation_table: AllocationTable | None = None
+    band_gains: tuple[tuple[float, ...], ...] | None = None  # the decoder's calibrated sensitivity (encoder side)
 
     @classmethod
     def resolve(cls, pipeline: Pipeline, model: str | None = None) -> Codec:
         """The codec of a complete pipeline; ``model`` replaces the pipeline's model name.
 
-        A model without a calibration for decoder allocation with this channel transform and
-        wavelet gets uniform steps, with a warning saying how to calibrate it; the stream
-        records the allocation it used, so it always decodes.
+        The channel transform ``auto`` becomes the one the model is calibrated for (Hadamard
+        first, where the channel count allows it). A model without a calibration for decoder
+        allocation with this channel transform and wavelet gets uniform steps, with a warning
+        saying how to calibrate it (the stream records the allocation it used, so it always
+        decodes); a PSNR-drop target, which is predicted from the calibration, refuses instead.
         """
         missing = [n for n in ("vae", "quantize", "entropy") if pipeline.stage(n) is None]
         if missing or pipeline.stages[-1].output_kind != "streams":
             raise PipelineError(f"a codec pipeline runs from images to streams; it lacks {', '.join(missing)}")
         named: VAE = VAE(model) if model is not None else pipeline.stage("vae")  # type: ignore[assignment]
         entry = Registry.load().resolve(named.model)
+        wavelet: Wavelet = pipeline.stage("wavelet") or Wavelet("haar", 0)  # type: ignore[assignment]
+        channel: ChannelTransform = pipeline.stage("channel") or ChannelTransform("identity")  # type: ignore[assignment]
+        if channel.transform == "auto":
+            channel = fitting_transform(entry.calibration, entry.latent_channels, wavelet)
         codec = cls(
             model=entry.ref(),
             vae=VAE(entry.name),  # an alias such as "default" resolved
-            channel=pipeline.stage("channel") or ChannelTransform("identity"),  # type: ignore[arg-type]
-            wavelet=pipeline.stage("wavelet") or Wavelet("haar", 0),  # type: ignore[arg-type]
+            channel=channel,
+            wavelet=wavelet,
             quantize=pipeline.stage("quantize"),  # type: ignore[arg-type]
             entropy=pipeline.stage("entropy"),  # type: ignore[arg-type]
             postfilter=pipeline.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
             target=pipeline.target,
         )
         codec.channel.check(codec.model.latent_channels)
+        gains = entry.calibration.get(codec.calibration_key)
+        if gains is None and codec.target is not None and codec.target.max_psnr_drop is not None:
+            raise PipelineError(
+                f"model {entry.name!r} has no calibration for {codec.calibration_key!r}, which a PSNR-drop limit "
+                f"needs; run `vaeflow models calibrate {entry.name} --data PHOTOS --channel {codec.channel.transform} "
+                f"--wavelet {codec.wavelet.name} --levels {codec.wavelet.levels}`"
+            )
+        if gains is not None:
+            codec = replace(codec, band_gains=tuple(tuple(float(g) for g in row) for row in gains))
         if codec.quantize.allocation != "decoder":
             return codec
-        gains = entry.calibration.get(codec.calibration_key)
         if gains is None:
             log.warning(
                 "model %r has no calibration for %r, so steps are uniform; run `vaeflow models calibrate %s "
@@ -279,3 +294,14 @@ def pad_to(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if (h, w) == tuple(shape):
         return images
     return np.pad(images, ((0, 0), (0, shape[0] - h), (0, shape[1] - w), (0, 0)), mode="edge")
+
+
+def fitting_transform(calibration: dict[str, Any], channels: int, wavelet: Wavelet) -> ChannelTransform:
+    """The channel transform a model is calibrated for with ``wavelet``: Hadamard first where the
+    channel count is a power of two; uncalibrated, Hadamard or identity as the count allows."""
+    power_of_two = channels & (channels - 1) == 0
+    usable = ("hadamard", "identity") if power_of_two else ("identity",)
+    for transform in usable:
+        if f"{transform}-{wavelet.name}-{wavelet.levels}" in calibration:
+            return ChannelTransform(transform)
+    return ChannelTransform(usable[0])

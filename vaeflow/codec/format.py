@@ -18,21 +18,28 @@ from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, Targ
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
-VERSION = 1
+VERSION = 2  # what this vaeflow writes
+VERSIONS = (1, 2)  # what it reads
 MAX_HEADER_BYTES = 1024
 MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
 MAX_LATENT_CHANNELS = 1024
 MAX_DOWNSAMPLE = 64
 MAX_MODEL_NAME_BYTES = 64
 
-# Byte codes of format v1: an index into each table. Never reorder; append only.
+# Byte codes: an index into each table. Never reorder; append only.
 CHANNEL_CODES = ("hadamard", "identity")
 WAVELET_CODES = ("haar", "cdf53", "cdf97")
-CODER_CODES = ("laplace", "context")
+CODER_CODES = ("laplace", "context", "classes")  # format 1 knows the first two
+V1_CODERS = 2
 TARGET_CODES = ("bpp", "psnr", "latent")
 FLAG_DECODER_ALLOCATION = 1
 FLAG_TARGET = 2
 FLAG_RDO = 4
+FLAG_DROP = 8  # format 2: a PSNR-drop record follows the rate-control record
+FLAGS = {
+    1: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO,
+    2: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
+}
 ROUNDING_UNITS = 256  # rounding offset in 1/256
 SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
 
@@ -50,6 +57,7 @@ class StreamHeader:
     entropy: Entropy
     postfilter: PostFilter
     record: TargetRecord | None = None
+    version: int = VERSION
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -57,6 +65,13 @@ class StreamHeader:
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
+    """The stream of ``header`` and ``payload``, in the header's format version."""
+    if header.version not in VERSIONS:
+        raise ValueError(f"format version {header.version} is not one of {VERSIONS}")
+    if header.version == 1 and (
+        CODER_CODES.index(header.entropy.coder) >= V1_CODERS or (header.record and header.record.drop is not None)
+    ):
+        raise ValueError(f"format 1 cannot hold coder {header.entropy.coder!r} or a PSNR-drop record")
     body = ByteWriter()
     body.text(header.model.name)
     fingerprint = header.model.fingerprint_bytes
@@ -79,15 +94,19 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
     body.u8(round(header.postfilter.sigma * SIGMA_UNITS))
     flags = FLAG_DECODER_ALLOCATION if quantize.allocation == "decoder" else 0
     flags |= (FLAG_TARGET if header.record else 0) | (FLAG_RDO if quantize.rdo else 0)
+    flags |= FLAG_DROP if header.record and header.record.drop is not None else 0
     body.u8(flags)
     if header.record:
         body.u8(TARGET_CODES.index(header.record.kind))
         body.f32(header.record.value)
         body.f32(header.record.achieved)
+        if header.record.drop is not None:
+            body.f32(header.record.drop_limit or 0.0)
+            body.f32(header.record.drop)
     body.varint(len(payload))
     head = ByteWriter()
     head.raw(MAGIC)
-    head.u8(VERSION)
+    head.u8(header.version)
     encoded = body.getvalue()
     head.varint(len(encoded))
     head.raw(encoded)
@@ -112,8 +131,10 @@ def unpack(
     if bytes(reader.take(min(4, len(view)))) != MAGIC:
         raise CorruptStreamError("not a vaeflow stream (wrong magic number)")
     version = reader.u8()
-    if version != VERSION:
-        raise CorruptStreamError(f"stream format version {version} is not supported (this vaeflow reads {VERSION})")
+    if version not in VERSIONS:
+        raise CorruptStreamError(
+            f"stream format version {version} is not supported (this vaeflow reads {', '.join(map(str, VERSIONS))})"
+        )
     body_len = reader.varint(MAX_HEADER_BYTES)
     body = reader.take(body_len)
     header_end = reader.pos
@@ -148,14 +169,15 @@ def unpack(
     rounding = h.u8() / ROUNDING_UNITS
     if not 0 < rounding <= 0.5:
         raise CorruptStreamError(f"stream holds an invalid rounding offset {rounding}")
-    coder = _pick(CODER_CODES, h.u8(), "entropy coder")
+    coder = _pick(CODER_CODES[: V1_CODERS if version == 1 else None], h.u8(), "entropy coder")
     sigma = h.u8() / SIGMA_UNITS
     flags = h.u8()
-    if flags & ~(FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO):
+    if flags & ~FLAGS[version] or (flags & FLAG_DROP and not flags & FLAG_TARGET):
         raise CorruptStreamError(f"stream sets unknown flags {flags:#x}")
-    record = None
+    record: tuple[str, float, float, float | None, float | None] | None = None
     if flags & FLAG_TARGET:
-        record = (_pick(TARGET_CODES, h.u8(), "rate-control target"), h.f32(), h.f32())
+        kind, value, achieved = _pick(TARGET_CODES, h.u8(), "rate-control target"), h.f32(), h.f32()
+        record = (kind, value, achieved, *((h.f32(), h.f32()) if flags & FLAG_DROP else (None, None)))
     payload_len = h.varint()
     h.expect_end()
     if reader.remaining != payload_len + 4:
@@ -184,6 +206,7 @@ def unpack(
             entropy=Entropy(coder),
             postfilter=PostFilter(sigma),
             record=TargetRecord(*record) if record else None,
+            version=version,
         )
     except PipelineError as exc:
         raise CorruptStreamError(f"stream header holds impossible settings: {exc}") from exc

@@ -36,6 +36,31 @@ class Choice:
     step: float
     symbols: np.ndarray  # (1, C, h, w)
     achieved: float
+    drop: float | None = None  # with a PSNR-drop limit: the dB lost against decoding the exact latent
+    decodes: int = 0  # VAE decodes the search ran (the exact latent's included)
+
+
+PREDICTION_MARGIN = 0.95  # aim the predicted drop this far below the limit, so that the check rarely fails
+CHECKS = 4  # verifying decodes before falling back to a search by decodes alone
+UNDERSHOOT = 0.8  # a checked drop below this share of the limit earns one try at a larger step
+
+
+def predicted_drop(codec: Codec, coeffs: np.ndarray, step: float, exact_mse: float, pixels: int) -> float:
+    """The PSNR drop (dB) that quantizing ``coeffs`` at ``step`` should cost, from the decoder's calibration.
+
+    Calibration measured the image's squared error added per unit of coefficient error energy
+    in each channel and subband (``band_gains``); the quantizer's actual error in each band,
+    weighted so, predicts the error the decoded image gains over decoding the exact latent.
+    """
+    trial = codec.with_step(step)
+    error = (trial.dequantize(trial.quantize_coefficients(coeffs)) - coeffs).astype(np.float64) ** 2
+    gains = np.asarray(codec.band_gains, np.float64)
+    added = 0.0
+    for j, band in enumerate(codec.bands(coeffs.shape)):
+        added += float((error[0, :, band.rows, band.cols].sum(axis=(1, 2)) * gains[:, j]).sum())
+    if exact_mse == 0.0:
+        return math.inf if added > 0 else 0.0
+    return 10.0 * math.log10(1.0 + added / (3 * pixels) / exact_mse)
 
 
 def _met(kind: str, value: float, achieved: float) -> bool:
@@ -87,36 +112,7 @@ def search(
         limit = target.max_psnr_drop
         if limit is None:
             return bounded
-        exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])  # type: ignore[arg-type]
-
-        def drop(c: Choice) -> float:
-            """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
-            mse = metrics.mse(image, decoded(codec.with_step(c.step), c.symbols))  # type: ignore[arg-type]
-            if exact_mse == 0.0:
-                return 0.0 if mse == 0.0 else math.inf
-            return 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
-
-        def within_both(c: Choice) -> bool:
-            return c.achieved <= value and drop(c) <= limit
-
-        top, first = float(np.log2(bounded.step)), drop(bounded)
-        if first <= limit:
-            return bounded
-        # The drop grows about as the step squared: try just below that guess, then further down.
-        guess = top + 0.5 * math.log2(limit / first) - 0.05 if math.isfinite(first) else top - 0.5
-        upper = top
-        for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
-            if below <= low:
-                break
-            feasible = attempt(below)
-            if within_both(feasible):
-                return _largest(attempt, within_both, feasible, upper)
-            upper = below
-        if within_both(fine):
-            return _largest(attempt, within_both, fine, upper)
-        raise ValueError(
-            f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {drop(fine):.3f} dB"
-        )
+        return _within_drop(codec, coeffs, latent, size, image, runtime, attempt, bounded, fine, limit)  # type: ignore[arg-type]
     if fine.achieved < value and not _met(kind, value, fine.achieved):
         raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")
     if coarse.achieved > value and not _met(kind, value, coarse.achieved):
@@ -136,6 +132,93 @@ def search(
     if not _met(kind, value, best.achieved):  # steps too coarse to land closer: the record says what was reached
         log.warning("%s target %s met only to %.4g after %d tries", kind, value, best.achieved, MAX_ITERATIONS)
     return best
+
+
+def _within_drop(
+    codec: Codec,
+    coeffs: np.ndarray,
+    latent: np.ndarray,
+    size: tuple[int, int],
+    image: np.ndarray,
+    runtime: RuntimeOptions | None,
+    attempt: Callable[[float], Choice],
+    bounded: Choice,
+    fine: Choice,
+    limit: float,
+) -> Choice:
+    """The largest step within the latent bound whose decoded PSNR is within ``limit`` dB of the exact
+    latent's: predicted from the calibration, then checked by decoding it (refined only when the check
+    fails). The exact latent is decoded once, as the reference."""
+    exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])
+    decodes = 1
+    pixels = size[0] * size[1]
+
+    losses: dict[float, float] = {}  # step -> its measured drop: each step decoded once
+
+    def drop(c: Choice) -> float:
+        """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
+        nonlocal decodes
+        if c.step not in losses:
+            decodes += 1
+            trial = codec.with_step(c.step)
+            latents = trial.untransform(trial.dequantize(c.symbols))
+            mse = metrics.mse(image, trial.decode_images(latents, size, runtime)[0])
+            lossless = 0.0 if mse == 0.0 else math.inf
+            losses[c.step] = lossless if exact_mse == 0.0 else 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
+        return losses[c.step]
+
+    def found(c: Choice, lost: float) -> Choice:
+        return Choice(c.step, c.symbols, c.achieved, lost, decodes)
+
+    if codec.band_gains is not None:
+
+        def largest_predicted(aim: float, top: float) -> Choice:
+            """The largest step within the latent bound whose predicted drop is at most ``aim``."""
+            if predicted_drop(codec, coeffs, bounded.step, exact_mse, pixels) <= aim:
+                return bounded
+            return _largest(
+                attempt, lambda c: predicted_drop(codec, coeffs, c.step, exact_mse, pixels) <= aim, fine, top
+            )
+
+        aim, top = limit * PREDICTION_MARGIN, float(np.log2(bounded.step))
+        for _ in range(CHECKS):
+            chosen = largest_predicted(aim, top)
+            lost = drop(chosen)
+            predicted = predicted_drop(codec, coeffs, chosen.step, exact_mse, pixels)
+            if lost <= limit:
+                if chosen is bounded or not 0 < lost < UNDERSHOOT * limit:
+                    return found(chosen, lost)
+                # well inside the limit: one larger step, as the drop grows with the step squared, checked once
+                up = math.log2(chosen.step) + 0.5 * math.log2(PREDICTION_MARGIN * limit / lost)
+                up = min(up, math.log2(bounded.step))
+                larger = attempt(up)
+                higher = drop(larger) if larger.step > chosen.step else math.inf
+                return found(larger, higher) if higher <= limit else found(chosen, lost)
+            # the prediction was short by the factor the check shows: aim lower by as much
+            aim *= PREDICTION_MARGIN * (predicted / lost if math.isfinite(lost) and lost > 0 else 0.5)
+            top = float(np.log2(chosen.step))
+    # no calibration, or the prediction kept missing: search by decodes
+    top, first = float(np.log2(bounded.step)), drop(bounded)
+    if first <= limit:
+        return found(bounded, first)
+    guess = top + 0.5 * math.log2(limit / first) - 0.05 if math.isfinite(first) else top - 0.5
+    upper = top
+    for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
+        if below <= LOG2_STEP_RANGE[0]:
+            break
+        feasible = attempt(below)
+        lost = drop(feasible)
+        if lost <= limit:
+            best = _largest(attempt, lambda c: drop(c) <= limit, feasible, upper)
+            return found(best, drop(best) if best is not feasible else lost)
+        upper = below
+    lost = drop(fine)
+    if lost <= limit:
+        best = _largest(attempt, lambda c: drop(c) <= limit, fine, upper)
+        return found(best, drop(best) if best is not fine else lost)
+    raise ValueError(
+        f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {lost:.3f} dB"
+    )
 
 
 def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], feasible: Choice, high: float) -> Choice:
@@ -168,5 +251,6 @@ def record(codec: Codec, choice: Choice, size: tuple[int, int]) -> list[bytes]:
     target = codec.target
     if target is None:
         raise ValueError("the codec has no rate-control target")
-    kept = TargetRecord(target.kind, target.value, choice.achieved)
+    drop_limit = target.max_psnr_drop if choice.drop is not None else None
+    kept = TargetRecord(target.kind, target.value, choice.achieved, drop_limit, choice.drop)
     return codec.with_step(choice.step).entropy_code(choice.symbols, [size], kept)

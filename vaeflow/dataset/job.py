@@ -146,8 +146,7 @@ def compress_dataset(
         cluster = replace(cluster, scheduler=scheduler or cluster.scheduler, workers=workers or cluster.workers)
     if client is None and cluster.scheduler == "sync" and cluster.performance_report:
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
-    preset = pipeline if isinstance(pipeline, str) else ("custom" if pipeline is not None else "default")
-    codec = resolve_codec(model, quality, pipeline, target)
+    codec, preset, options = job_codec(store, model, quality, pipeline, target, options)
     if is_url(store):
         url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
         if not (local / "zarr.json").exists():  # no staged copy: continue from the remote store, if any
@@ -170,6 +169,26 @@ def compress_dataset(
                 if exc.errno in WRITE_ERRORS:
                     raise write_error(store, exc) from exc
                 raise
+
+
+def job_codec(
+    store: str | Path,
+    model: str | None,
+    quality: int | None,
+    pipeline: PipelineLike,
+    target: RateTarget | None,
+    options: JobOptions,
+) -> tuple[Codec, str, JobOptions]:
+    """The job's codec and preset name. ``--add`` and ``--retry-failed`` continue with the store's
+    own settings when none are asked for (a store written by an earlier default keeps it)."""
+    preset = pipeline if isinstance(pipeline, str) else ("custom" if pipeline is not None else "default")
+    recorded = None
+    if (options.add or options.retry_failed) and not is_url(store):
+        recorded = store_policy.recorded_codec(Path(store))
+    if recorded is not None and model is None and quality is None and pipeline is None and target is None:
+        pipeline, model, preset, buckets = recorded
+        options = replace(options, buckets=options.buckets or buckets)
+    return resolve_codec(model, quality, pipeline, target), preset, options
 
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:

@@ -141,6 +141,25 @@ def comparable(settings: Any) -> dict[str, Any]:
     return _given({"model": identity, "codec": described, **rest})
 
 
+def recorded_codec(store: Path) -> tuple[Pipeline, str, str, int | None] | None:
+    """The pipeline, model name, preset name and buckets an existing store was written with (what
+    ``--add`` and ``--retry-failed`` continue with when no other settings are asked for), or None."""
+    existing = store_io.read_meta(store)
+    settings = comparable(existing.get("settings")) if existing else {}
+    name = settings.get("model", {}).get("name")
+    try:
+        pipeline = Pipeline.from_dict(settings.get("codec") or {}, f"the settings of {store}")
+    except (PipelineError, TypeError):
+        return None
+    if not isinstance(name, str):
+        return None
+    raw = existing.get("settings") if existing else None
+    preset = raw.get("pipeline") if isinstance(raw, dict) else None
+    buckets = settings.get("buckets")
+    preset = preset if isinstance(preset, str) else "custom"
+    return pipeline, name, preset, buckets if isinstance(buckets, int) else None
+
+
 def _given(value: Any) -> Any:
     """Without the keys left at None, so that options added later compare equal when unused."""
     if isinstance(value, dict):

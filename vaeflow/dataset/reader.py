@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from vaeflow.codec import format as stream_format
-from vaeflow.codec.api import decompress, decompress_latent, info
+from vaeflow.codec.api import decompress, decompress_latent, decompress_latents, info
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
@@ -311,9 +311,15 @@ class StoreReader:
         return own.to_model(latent[None])[0]
 
     def read_latents(self, names: list[str], convention: str = "model") -> list[np.ndarray]:
-        """The dequantized latents of ``names`` in ``convention`` (as ``read_latent``), their streams
-        fetched as by ``read_streams``."""
-        return [self._latent(data, convention) for data in self.read_streams(names)]
+        """The dequantized latents of ``names`` in ``convention`` (as ``read_latent``): their streams
+        fetched as by ``read_streams`` and decoded together where they share a shape."""
+        if convention not in LATENT_CONVENTIONS:
+            raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
+        latents = decompress_latents(self.read_streams(names))
+        own = self.convention
+        if convention == "normalised" or own is None:
+            return latents
+        return [own.to_model(latent[None])[0] for latent in latents]
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)
@@ -330,16 +336,16 @@ class StoreReader:
             raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
         if convention not in LATENT_CONVENTIONS:
             raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
-        decode: Any = {
-            "image": lambda data: decompress(data, runtime=self.runtime),
-            "latent": lambda data: self._latent(data, convention),
-            "stream": lambda data: data,
-        }[kind]
         names = self.names
         for start in range(0, len(names), batch_size):
             chunk = names[start : start + batch_size]
-            values: list[Any] = [decode(data) for data in self.read_streams(chunk)]
-            if kind != "stream" and len({v.shape for v in values}) == 1:
+            values: list[Any]
+            if kind == "latent":
+                values = self.read_latents(chunk, convention)  # decoded together where shapes agree
+            else:
+                streams = self.read_streams(chunk)
+                values = streams if kind == "stream" else [decompress(s, runtime=self.runtime) for s in streams]
+            if kind != "stream" and len({np.shape(v) for v in values}) == 1:
                 yield chunk, np.stack(values)
             else:
                 yield chunk, values

@@ -61,7 +61,7 @@ class BatchState:
     notes: tuple[tuple[str, ...], ...]
     nbytes: tuple[int, ...] = ()
     spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
-    choices: tuple[tuple[float, float] | None, ...] = ()  # rate control: (step, achieved) per image
+    choices: tuple[tuple[float, float, float | None] | None, ...] = ()  # rate control: (step, achieved, drop)
 
     @classmethod
     def start(cls, batch: Batch) -> BatchState:
@@ -172,7 +172,7 @@ def quantize(
     """Quantize at the codec's step, or, under rate control, search each image's own step."""
     if ctx.codec.target is None:
         return _per_image(state, "quantize", coeffs, lambda _, c: ctx.codec.quantize_coefficients(c[None])[0])
-    choices: list[tuple[float, float] | None] = [None] * len(batch.items)
+    choices: list[tuple[float, float, float | None] | None] = [None] * len(batch.items)
     out: Rows = {}
     for pos in sorted(coeffs):
         item = batch.items[pos]
@@ -183,7 +183,7 @@ def quantize(
             state = state.fail(pos, str(exc))
             continue
         out[pos] = choice.symbols[0]
-        choices[pos] = (choice.step, choice.achieved)
+        choices[pos] = (choice.step, choice.achieved, choice.drop)
     return replace(state, choices=tuple(choices)), out
 
 
@@ -194,10 +194,9 @@ def entropy(ctx: TaskContext, batch: Batch, state: BatchState, symbols: Rows) ->
         item = batch.items[pos]
         size = (item.height, item.width)
         if state.choices:
-            step, achieved = state.choices[pos]  # type: ignore[misc]
-            streams[pos] = ratecontrol.record(ctx.codec, ratecontrol.Choice(step, symbols[pos][None], achieved), size)[
-                0
-            ]
+            step, achieved, drop = state.choices[pos]  # type: ignore[misc]
+            choice = ratecontrol.Choice(step, symbols[pos][None], achieved, drop)
+            streams[pos] = ratecontrol.record(ctx.codec, choice, size)[0]
         else:
             streams[pos] = ctx.codec.entropy_code(symbols[pos][None], [size])[0]
     return replace(state, nbytes=tuple(len(s) for s in streams)), streams

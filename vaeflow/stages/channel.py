@@ -11,7 +11,8 @@ import numpy as np
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
 
-TRANSFORMS = ("hadamard", "identity")
+TRANSFORMS = ("hadamard", "identity")  # what a stream may hold
+AUTO = "auto"  # in a pipeline: the transform the model is calibrated for, chosen when the codec is resolved
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,14 @@ class ChannelTransform(Stage):
     transform: str = "hadamard"
 
     def __post_init__(self) -> None:
-        if self.transform not in TRANSFORMS:
-            raise PipelineError(f"unknown channel transform {self.transform!r}; choose one of {TRANSFORMS}")
+        if self.transform not in (*TRANSFORMS, AUTO):
+            raise PipelineError(f"unknown channel transform {self.transform!r}; choose one of {(*TRANSFORMS, AUTO)}")
 
     def check(self, channels: int) -> None:
-        """Refuse a channel count this transform cannot take (Hadamard: powers of two)."""
+        """Refuse a channel count this transform cannot take (Hadamard: powers of two), and ``auto``,
+        which a resolved codec never holds."""
+        if self.transform == AUTO:
+            raise PipelineError("channel transform 'auto' is chosen when the codec is resolved")
         if self.transform == "hadamard":
             hadamard_matrix(channels)
 

@@ -2,7 +2,10 @@
 
 - ``laplace``: one quantized-Laplace model per channel and subband (``coders.laplace``);
 - ``context``: each detail coefficient's Laplace scale predicted from what the decoder
-  already has (``coders.context``).
+  already has, row by row (``coders.context``; stream format 1);
+- ``classes``: each coefficient coded with one of 64 fixed tables, its class known before its
+  pass from what earlier passes decoded, so that every class decodes in one call over arrays
+  (``coders.classes``; format 2, every preset but ``plain``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import numpy as np
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
-from vaeflow.stages.coders import context, laplace
+from vaeflow.stages.coders import classes, context, laplace
 from vaeflow.stages.wavelet import Subband
 
-CODERS: dict[str, ModuleType] = {"laplace": laplace, "context": context}
+CODERS: dict[str, ModuleType] = {"laplace": laplace, "context": context, "classes": classes}
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Entropy(Stage):
     input_kind: ClassVar[str] = "symbols"
     output_kind: ClassVar[str] = "streams"
 
-    coder: str = "context"
+    coder: str = "classes"
 
     def __post_init__(self) -> None:
         if self.coder not in CODERS:
@@ -44,6 +47,16 @@ class Entropy(Stage):
     ) -> np.ndarray:
         """A payload -> int32 symbols of ``shape`` (C, h, w); damage raises CorruptStreamError."""
         return CODERS[self.coder].decode(payload, shape, bands)  # type: ignore[no-any-return]
+
+    def inverse_many(
+        self, payloads: list[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
+    ) -> np.ndarray:
+        """Payloads of one shape -> (N, C, h, w) int32 symbols, in as few calls as the coder allows."""
+        if self.coder == "classes":
+            return classes.decode_many(payloads, shape, bands)
+        return (
+            np.stack([self.inverse(p, shape, bands) for p in payloads]) if payloads else np.zeros((0, *shape), np.int32)
+        )
 
     def information_bits(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
         """Ideal code length in bits of one image's symbols under the coder's own models."""

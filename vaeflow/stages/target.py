@@ -69,12 +69,17 @@ class RateTarget:
 
 @dataclass(frozen=True)
 class TargetRecord:
-    """What a rate-controlled stream records: the target's kind and value, and the figure reached."""
+    """What a rate-controlled stream records: the target's kind and value, and the figure reached;
+    beside a latent error bound, the PSNR-drop limit and the drop reached (format 2)."""
 
     kind: str
     value: float
     achieved: float
+    drop_limit: float | None = None
+    drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise PipelineError(f"unknown target kind {self.kind!r}; choose one of {KINDS}")
+        if (self.drop_limit is None) != (self.drop is None) or (self.drop_limit is not None and self.kind != "latent"):
+            raise PipelineError("a PSNR-drop record needs both its limit and the drop, beside a latent error bound")
