@@ -3,6 +3,11 @@
 - A 60-image job on a local cluster of 3 workers, while a thread kills a random worker
   process (SIGKILL) every 0.5-2 s; reported: images lost (expected 0), kills made, and whether
   the store is byte-identical to an undisturbed in-process run.
+- The same job through ``vaeflow compress --scheduler ADDRESS`` on a cluster of real ``dask scheduler``
+  and ``dask worker`` processes (2 workers), whose scheduler is killed (SIGKILL) ``scheduler_kills``
+  times mid-job, each time restarted, and the same command run again until it completes; reported:
+  images lost, failed rows (both expected 0), the exit codes, and whether the store is byte-identical
+  to the undisturbed run.
 - The fuzz targets of ``vaeflow.bench.fuzz`` for ``decompress`` and ``open_store``:
   executions, crashes (expected 0) and hangs.
 - ``verify`` over a store of about ``verify_mb`` MB of real streams: seconds per GB.
@@ -14,6 +19,8 @@ import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,6 +31,7 @@ from distributed import Client
 from PIL import Image
 
 import vaeflow
+from benchmarks.cluster import ProcessCluster
 from benchmarks.fuzz import fuzz_decompress, fuzz_store
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.distributed import local_cluster
@@ -71,6 +79,33 @@ def killed_job(src: Path, store: Path, seed: int = 0) -> dict[str, Any]:
     return {"stored": report.stored, "failed": report.failed, "kills": len(kills), "wall_s": wall}
 
 
+def scheduler_killed_job(src: Path, store: Path, root: Path, kills: int) -> dict[str, Any]:
+    """Kill the scheduler ``kills`` times, each after a few more batches are done; rerun the same command."""
+    command = [sys.executable, "-m", "vaeflow", "compress", str(src), str(store), "--batch-size", "1", "--no-progress"]
+    done, codes, start = store / "_work" / "done", [], time.perf_counter()
+    total = len(list(src.iterdir()))
+    for kill in range(kills + 1):
+        cluster = ProcessCluster(root)
+        try:
+            job = subprocess.Popen([*command, "--scheduler", cluster.address], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+            if kill < kills:  # wait for a few more finished batches, then kill the scheduler
+                goal = (kill + 1) * total // (kills + 2)
+                deadline = time.monotonic() + 600
+                while job.poll() is None and time.monotonic() < deadline:
+                    if done.exists() and len(list(done.glob("*.json"))) >= goal:
+                        break
+                    time.sleep(0.05)
+                cluster.kill_scheduler()
+            job.communicate(timeout=900)
+            codes.append(job.returncode)
+        finally:
+            cluster.close()
+    reader = vaeflow.open_store(store)
+    return {"scheduler_kills": kills, "exit_codes": codes, "stored": len(reader.names),
+            "failed": len(reader.failures), "wall_s": time.perf_counter() - start}  # fmt: skip
+
+
 def verify_speed(seed_store: Path, target_mb: int, tmp: Path) -> dict[str, float]:
     """Build a store of about ``target_mb`` MB from a real store's streams, then verify it."""
     reader = vaeflow.open_store(seed_store)
@@ -94,7 +129,7 @@ def verify_speed(seed_store: Path, target_mb: int, tmp: Path) -> dict[str, float
 
 
 def run(folder: Path, images: int = 60, decompress_runs: int = 200_000, store_runs: int = 20_000,
-        verify_mb: int = 256) -> dict[str, Any]:  # fmt: skip
+        verify_mb: int = 256, scheduler_kills: int = 3) -> dict[str, Any]:  # fmt: skip
     tmp = Path(tempfile.mkdtemp())
     try:
         src = tmp / "src"
@@ -104,12 +139,17 @@ def run(folder: Path, images: int = 60, decompress_runs: int = 200_000, store_ru
         chaos = killed_job(src, tmp / "chaos.zarr")
         identical = _tree(tmp / "chaos.zarr") == _tree(reference)
         chaos.update(images=images, lost=images - chaos["stored"], identical_to_undisturbed_run=identical)
+        (tmp / "cluster").mkdir()
+        scheduler = scheduler_killed_job(src, tmp / "scheduler.zarr", tmp / "cluster", scheduler_kills)
+        scheduler.update(images=images, lost=images - scheduler["stored"],
+                         identical_to_undisturbed_run=_tree(tmp / "scheduler.zarr") == _tree(reference))  # fmt: skip
         fuzz = [fuzz_decompress(decompress_runs), fuzz_store(store_runs)]
         verify = verify_speed(reference, verify_mb, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "chaos": chaos,
+        "scheduler": scheduler,
         "fuzz": [
             {
                 "target": f.target,
@@ -132,11 +172,15 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def report(result: dict[str, Any]) -> str:
-    c, v = result["chaos"], result["verify"]
+    c, v, s = result["chaos"], result["verify"], result["scheduler"]
     lines = [
         f"chaos: {c['images']} images, 3 workers, {c['kills']} workers killed at random during the job "
         f"({c['wall_s']:.0f} s): {c['lost']} images lost, {c['failed']} failed; store identical to an "
         f"undisturbed run: {c['identical_to_undisturbed_run']}",
+        f"scheduler: the same job on a dask scheduler and 2 dask workers, the scheduler killed {s['scheduler_kills']} "
+        f"times and the same command run again ({s['wall_s']:.0f} s, exit codes {s['exit_codes']}): {s['lost']} "
+        f"images lost, {s['failed']} failed rows; store identical to an undisturbed run: "
+        f"{s['identical_to_undisturbed_run']}",
     ]
     for f in result["fuzz"]:
         lines.append(

@@ -4,11 +4,8 @@ Each test is one of the failures an independent test of the dataset jobs reprodu
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +18,7 @@ import zarr
 from PIL import Image
 
 import vaeflow
+from benchmarks.cluster import ProcessCluster as Cluster
 from vaeflow import JobOptions, open_store
 from vaeflow.cli.main import main
 from vaeflow.dataset import store as store_io
@@ -41,48 +39,6 @@ def _images(folder: Path, photos: list[np.ndarray], count: int, size: tuple[int,
         top, left = (i * 13) % 100, (i * 29) % 150
         Image.fromarray(image[top : top + size[0], left : left + size[1]]).save(folder / f"{i:02d}.png")
     return folder
-
-
-class Cluster:
-    """A real ``dask scheduler`` and ``dask worker`` processes, the workers in their own working directory."""
-
-    def __init__(self, root: Path, workers: int = 2, prefix: list[str] | None = None) -> None:
-        self.root = root
-        self.file = root / f"scheduler-{time.monotonic_ns()}.json"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-        self.scheduler = subprocess.Popen(
-            [*dask, "--scheduler-file", str(self.file), "--port", "0", "--no-dashboard"],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not self.file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.address = json.loads(self.file.read_text())["address"]
-        elsewhere = root / "workers-cwd"
-        elsewhere.mkdir(exist_ok=True)
-        worker = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", str(workers),
-                  "--nthreads", "1", "--no-dashboard"]  # fmt: skip
-        self.workers = subprocess.Popen(
-            [*(prefix or []), *worker], cwd=elsewhere, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        from distributed import Client
-
-        with Client(self.address, timeout=30) as client:
-            client.wait_for_workers(workers, timeout=120)
-
-    def kill_scheduler(self) -> None:
-        self.scheduler.send_signal(signal.SIGKILL)
-        self.scheduler.wait()
-
-    def close(self) -> None:
-        for proc in (self.scheduler,):
-            proc.kill()
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.workers.pid, signal.SIGKILL)
-        self.workers.wait()
 
 
 @pytest.fixture()

@@ -45,6 +45,7 @@ def register(commands: Any) -> None:
     p.add_argument("--decompress-runs", type=int, default=200_000)
     p.add_argument("--store-runs", type=int, default=20_000)
     p.add_argument("--verify-mb", type=int, default=256)
+    p.add_argument("--scheduler-kills", type=int, default=3, help="times the scheduler is killed mid-job")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(run=run_chaos)
 
@@ -112,7 +113,9 @@ def run_rd(args: argparse.Namespace) -> int:
 
 def run_chaos(args: argparse.Namespace) -> int:
     chaos = checkout_module("benchmarks", "chaos", "dev")
-    result = chaos.run(args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb)
+    result = chaos.run(
+        args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb, args.scheduler_kills
+    )
     print(chaos.report(result))
     _write_json(args.json, result)
     return 0
