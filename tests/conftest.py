@@ -19,6 +19,7 @@ import pytest
 import skimage.data
 from hypothesis import settings
 
+import vaeflow
 from vaeflow.imageio import read_rgb
 
 from .helpers import S3Bucket
@@ -98,6 +99,13 @@ def photo_paths() -> list[Path]:
 def mixed_store(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
     """A finished store of 12 real photo crops in four shapes (tests/helpers.py MIXED_SIZES), every one stored."""
     return build_mixed_store(tmp_path_factory.mktemp("mixed"), photos)
+
+
+@pytest.fixture(scope="session")
+def mixed_latents(mixed_store: Path) -> dict[str, np.ndarray]:
+    """Each latent of ``mixed_store``, read one at a time."""
+    reader = vaeflow.open_store(mixed_store)
+    return {name: reader.read_latent(name) for name in reader.names}
 
 
 @pytest.fixture(scope="session")

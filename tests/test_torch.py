@@ -29,9 +29,8 @@ def store(mixed_store: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def latents(store: Path) -> dict[str, np.ndarray]:
-    reader = vaeflow.open_store(store)
-    return {name: reader.read_latent(name) for name in reader.names}
+def latents(mixed_latents: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return mixed_latents
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from torch import nn
 
 from vaeflow.codec.calibrate import calibrate_model, center_crop
 from vaeflow.convert.onnx_export import export
+from vaeflow.convert.tae import load_state
 from vaeflow.errors import ModelError, VaeflowError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models.onnx_vae import OnnxVAE
@@ -117,18 +118,7 @@ def weights_path(folder: Path) -> Path:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # optional: only .safetensors weights need it
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors and torch raise many types for damaged files
-        raise ModelError(f"cannot read the weights {path}: {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path} does not hold a state dict of tensors")
-    return state
+    return load_state(path, cast=False)
 
 
 def _latent_key(class_name: str, state: dict[str, torch.Tensor]) -> tuple[str, int] | None:

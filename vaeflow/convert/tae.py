@@ -80,7 +80,9 @@ def build_decoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
+def load_state(path: Path, cast: bool = True) -> dict[str, torch.Tensor]:
+    """A weights file's state dict (``.safetensors`` or a torch pickle, read without code), as float32 unless
+    ``cast`` is False; damage is a ModelError naming the file."""
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     try:
@@ -91,10 +93,10 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for bad files
-        raise ModelError(f"cannot read weights {path}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict")
-    return {k: v.float() for k, v in state.items()}
+        raise ModelError(f"cannot read the weights {path}: {exc}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    return {k: v.float() for k, v in state.items()} if cast else state
 
 
 def load_tae(encoder_path: Path, decoder_path: Path) -> tuple[nn.Module, nn.Module]:
