@@ -83,7 +83,7 @@ class DaskExecutor:
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
         graphs = [batch_graph(ctx, b, token) for b in batches]
         report = (
-            performance_report(filename=self.performance_report)
+            performance_report(filename=self.performance_report, mode="inline")  # BokehJS in the page: works offline
             if self.performance_report
             else contextlib.nullcontext()
         )
