@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 STYLE = "border-collapse:collapse;font-size:13px"
@@ -32,3 +34,15 @@ def html_list_table(columns: list[str], rows: Iterable[Iterable[Any]], limit: in
     body = "".join(f"<tr>{r}</tr>" for r in shown)
     tail = f"<p style='font-size:12px'>... and {more} more</p>" if more else ""
     return f"<table style='{STYLE}'><tr>{head}</tr>{body}</table>{tail}"
+
+
+_REMOTE_ICON = re.compile(r"<link\s+rel=\"(?:shortcut )?icon\"\s+href=\"https?://[^\"]*\"\s*/?>\s*", re.IGNORECASE)
+
+
+def without_remote_icon(path: Path) -> None:
+    """Drop a page's icon link to another host (Dask's reports link one), so that opening the page
+    makes no request off this machine."""
+    text = path.read_text(encoding="utf-8")
+    cleaned = _REMOTE_ICON.sub("", text)
+    if cleaned != text:
+        path.write_text(cleaned, encoding="utf-8")

@@ -29,6 +29,7 @@ from vaeflow.dataset.isolation import code_alone
 from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
+from vaeflow.display import without_remote_icon
 from vaeflow.errors import ClusterLostError, VaeflowError
 
 RETRIES = 2
@@ -101,6 +102,8 @@ class DaskExecutor:
                     marker = self._isolate(ctx, batch, token)
                 on_done(marker)
                 future.release()
+        if self.performance_report:
+            without_remote_icon(Path(self.performance_report))
 
     def _isolate(self, ctx: TaskContext, batch: Batch, token: str) -> dict[str, Any]:
         """One image at a time, because a dying worker also counts against the tasks queued on it:
