@@ -31,7 +31,7 @@ from vaeflow import metrics
 from vaeflow.bdrate import bd_rate
 from vaeflow.codec.api import resolve_codec
 from vaeflow.imageio import list_images, read_rgb
-from vaeflow.reports.evaluate import Variant, evaluate
+from vaeflow.reports.evaluation import Variant, evaluate
 from vaeflow.reports.tables import bd_table, leads_below, ms_ssim_db, percent
 from vaeflow.stages import Entropy
 

@@ -10,7 +10,7 @@ from vaeflow.cli.messages import note
 from vaeflow.cli.parsing import UsageError, positive_int, quality_list, scheduler
 from vaeflow.dataset.job import ClusterOptions
 from vaeflow.reports import codecs, results
-from vaeflow.reports.evaluate import evaluate
+from vaeflow.reports.evaluation import evaluate
 from vaeflow.reports.html import write_report
 from vaeflow.reports.plots import save_rd_plot
 from vaeflow.reports.tables import bd_table, crossover_bpp, format_bd_table

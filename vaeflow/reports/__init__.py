@@ -12,7 +12,7 @@ reports.rd_figure(doc)  # a matplotlib figure (the report extra)
 """
 
 from vaeflow.reports.codecs import BASELINES, DEFAULT_BASELINES, reconstruct
-from vaeflow.reports.evaluate import Variant, evaluate
+from vaeflow.reports.evaluation import Variant, evaluate
 from vaeflow.reports.html import write_report
 from vaeflow.reports.matched import Matched, at_bpp
 from vaeflow.reports.plots import rd_figure, save_rd_plot
