@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import vaeflow
-from vaeflow.cli.messages import escaped, note, one_line, print_json
+from vaeflow.cli.messages import error, escaped, note, one_line, print_json
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
 from vaeflow.cli.parsing import UsageError, memory_limit, positive_float, positive_int, scheduler
 from vaeflow.codec.api import rate_target, resolve_codec
@@ -231,7 +230,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
     for name, reason in report.damaged:
-        print(f"vaeflow: damaged stream {escaped(name)} not written: {one_line(reason)}", file=sys.__stderr__)
+        error(f"vaeflow: damaged stream '{escaped(name)}' not written: {one_line(reason)}")
     return 0 if report.ok else EXIT_SOME_FAILED
 
 

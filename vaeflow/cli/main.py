@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vaeflow.cli import bench, evaluate, files, models, samples, train
+from vaeflow.cli import bench, evaluate, files, messages, models, samples, train
 from vaeflow.cli.messages import error_line
 from vaeflow.cli.parsing import (
     EXIT_CODES,
@@ -89,8 +89,12 @@ def quietened(quiet: bool) -> Iterator[None]:
         yield
         return
     os.environ["VAEFLOW_PROGRESS"] = "0"
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-        yield
+    messages.ERRORS.append(sys.stderr)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        messages.ERRORS.pop()
 
 
 def main(argv: list[str] | None = None) -> int:

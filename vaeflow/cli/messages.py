@@ -85,6 +85,14 @@ def print_json(value: Any) -> None:
     print(json.dumps(_plain(value), indent=2, default=str, ensure_ascii=False))
 
 
+ERRORS: list[Any] = []  # the stream errors go to while -q silences the rest (see main.quietened)
+
+
+def error(text: str) -> None:
+    """An error line on stderr, which -q never silences."""
+    print(text, file=ERRORS[-1] if ERRORS else sys.stderr)
+
+
 def note(text: str) -> None:
     """A note for the person at the terminal (on stderr; silent with -q)."""
     print(text, file=sys.stderr)
