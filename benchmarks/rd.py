@@ -31,8 +31,8 @@ from vaeflow import metrics
 from vaeflow.bdrate import bd_rate
 from vaeflow.codec.api import resolve_codec
 from vaeflow.imageio import list_images, read_rgb
-from vaeflow.reports.evaluate import Variant, evaluate
-from vaeflow.reports.tables import bd_table, leads_below, ms_ssim_db
+from vaeflow.reports.evaluation import Variant, evaluate
+from vaeflow.reports.tables import bd_table, leads_below, ms_ssim_db, percent
 from vaeflow.stages import Entropy
 
 QUALITIES = [5, 10, 20, 30, 40, 50, 60]
@@ -174,8 +174,9 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  VAE alone: encode {r['vae_encode_s']:.3f} s, decode {r['vae_decode_s']:.3f} s per image")
         for b in r["baselines"]:
             lines.append(
-                f"  refined vs {b['anchor']:<5}: BD-rate PSNR {b['bd_rate_psnr']:+.1f}%, "
-                f"MS-SSIM {b['bd_rate_ms_ssim']:+.1f}% (common {b['common_bpp'][0]:.3f}..{b['common_bpp'][1]:.3f} bpp)"
+                f"  refined vs {b['anchor']:<5}: BD-rate PSNR {percent(b['bd_rate_psnr'])}, "
+                f"MS-SSIM {percent(b['bd_rate_ms_ssim'])} (common "
+                f"{b['common_bpp'][0]:.3f}..{b['common_bpp'][1]:.3f} bpp)"
             )
         lines.append(f"  beats JPEG on MS-SSIM at every rate <= 0.5 bpp: {r['beats_jpeg_ms_ssim_below_0_5']}")
         s = r["latent_store"]

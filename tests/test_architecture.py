@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vaeflow"
 # Lower layers first; a module may import its own layer and those before it.
 LAYERS = (
     ("foundations", ("vaeflow.errors", "vaeflow.binary", "vaeflow.durable", "vaeflow.imageio", "vaeflow.metrics",
-                     "vaeflow.resources", "vaeflow.timing", "vaeflow.bdrate")),
+                     "vaeflow.resources", "vaeflow.timing", "vaeflow.bdrate", "vaeflow.progressbar", "vaeflow.display",
+                     "vaeflow.samples")),
     ("models", ("vaeflow.models",)),
     ("stages", ("vaeflow.stages",)),
     ("codec", ("vaeflow.codec",)),
@@ -25,7 +26,7 @@ TOOLS = ("benchmarks", "training", "tests")
 # only when used, and Dask (the CLI and the job load it only for work that runs on a cluster).
 OPTIONAL = {"torch", "matplotlib", "jsonschema", "distributed", "dask", "onnx", "safetensors", "diffusers",
             "pillow_avif", "s3fs", "fsspec", "onnxruntime", "vaeflow.dataset.distributed",
-            "vaeflow.convert"}  # fmt: skip
+            "vaeflow.convert", "ipywidgets", "imagecodecs", "tqdm.notebook"}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

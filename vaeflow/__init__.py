@@ -6,6 +6,7 @@ from vaeflow.codec.presets import load_pipeline
 from vaeflow.dataset.job import ClusterOptions, JobOptions, JobReport, compress_dataset
 from vaeflow.dataset.reader import StoreReader, open_store
 from vaeflow.errors import CorruptStreamError, ImageReadError, ModelError, PipelineError, VaeflowError
+from vaeflow.imageio import read_rgb as read_image
 from vaeflow.models import (
     LatentConvention,
     ModelRef,
@@ -16,7 +17,9 @@ from vaeflow.models import (
     load_model,
     to_model_convention,
 )
+from vaeflow.reports import evaluate
 from vaeflow.resources import vaeflow_version
+from vaeflow.samples import SAMPLES, sample_image, write_samples
 from vaeflow.stages import (
     VAE,
     ChannelTransform,
@@ -32,6 +35,7 @@ from vaeflow.stages import (
 __version__ = vaeflow_version()
 
 __all__ = [
+    "SAMPLES",
     "VAE",
     "ChannelTransform",
     "ClusterOptions",
@@ -62,11 +66,15 @@ __all__ = [
     "decompress",
     "decompress_latent",
     "encode_latent",
+    "evaluate",
     "from_model_convention",
     "info",
     "load_model",
     "load_pipeline",
     "open_store",
+    "read_image",
     "resolve_codec",
+    "sample_image",
     "to_model_convention",
+    "write_samples",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
@@ -43,6 +44,37 @@ def bd_rate(
     area_a = PchipInterpolator(qa, ra).integrate(low, high)
     area_t = PchipInterpolator(qt, rt).integrate(low, high)
     return float((10 ** ((area_t - area_a) / (high - low)) - 1) * 100)
+
+
+@dataclass(frozen=True)
+class BDResult:
+    """A BD-rate with what it was integrated over: the common quality range, and the rates each
+    curve spans across it (``None`` throughout when the curves have no quality in common)."""
+
+    percent: float | None
+    quality_range: tuple[float, float] | None
+    anchor_rates: tuple[float, float] | None
+    test_rates: tuple[float, float] | None
+
+
+def bd_rate_detail(
+    anchor_rates: Sequence[float],
+    anchor_quality: Sequence[float],
+    test_rates: Sequence[float],
+    test_quality: Sequence[float],
+) -> BDResult:
+    """``bd_rate`` with the quality range it integrates and the rate range of each curve there."""
+    value = bd_rate(anchor_rates, anchor_quality, test_rates, test_quality)
+    if not math.isfinite(value):
+        return BDResult(None, None, None, None)
+    qa, _ = _curve(anchor_rates, anchor_quality)
+    qt, _ = _curve(test_rates, test_quality)
+    low, high = float(max(qa[0], qt[0])), float(min(qa[-1], qt[-1]))
+
+    def span(rates: Sequence[float], quality: Sequence[float]) -> tuple[float, float]:
+        return (rate_at(rates, quality, low), rate_at(rates, quality, high))
+
+    return BDResult(value, (low, high), span(anchor_rates, anchor_quality), span(test_rates, test_quality))
 
 
 def rate_at(rates: Sequence[float], qualities: Sequence[float], quality: float) -> float:

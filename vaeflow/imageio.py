@@ -107,6 +107,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
+    """The image file at ``path`` as HxWx3 uint8 RGB, converted as a dataset job converts it."""
     return load_image(path).pixels
 
 

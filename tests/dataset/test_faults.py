@@ -110,6 +110,8 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path:
     store = tmp_path / "s.zarr"
     with StoreLock(store), pytest.raises(StoreLockedError, match="being written by process"):
         sync_job(src, store, options=SYNC)
+    assert not store.exists()  # the refused job, and the lock that made the folder, leave nothing behind
+    store.mkdir()
     (store / LOCK_NAME).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7, "heartbeat": 0}))
     assert sync_job(src, store, options=SYNC).stored == 1
     assert not (store / LOCK_NAME).exists()

@@ -141,7 +141,7 @@ def test_bad_addresses_give_clear_errors(store: Path) -> None:
         vaeflow.open_store("nope://bucket/x.zarr")
     with pytest.raises(VaeflowError, match="storage_options apply to URLs, not to the local path"):
         vaeflow.open_store(store, storage_options={"anon": True})
-    with pytest.raises(VaeflowError, match="is not a finished vaeflow store"):
+    with pytest.raises(VaeflowError, match=r"src is not a vaeflow store \(no zarr.json in it\)"):
         vaeflow.open_store(store.parent / "src")
     with pytest.raises(VaeflowError, match=r"no vaeflow store at memory://nothing/here\.zarr"):
         vaeflow.open_store("memory://nothing/here.zarr")

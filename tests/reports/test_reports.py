@@ -12,7 +12,7 @@ import pytest
 
 from vaeflow.bdrate import bd_rate, rate_at
 from vaeflow.reports import results
-from vaeflow.reports.evaluate import evaluate
+from vaeflow.reports.evaluation import evaluate
 from vaeflow.reports.tables import bd_table, crossover_bpp
 
 from ..helpers import image_folder

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vaeflow.cli.parsing import positive_int
 from vaeflow.cli.tools import checkout_module
 
 
@@ -15,18 +16,18 @@ def register(commands: Any) -> None:
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     p = sub.add_parser("codec", help="rate, quality, stage times, coder efficiency, old design")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/kodak")
-    p.add_argument("--qualities", default="10,30,50,70,90")
-    p.add_argument("--model", default="default")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--qualities", default="10,30,50,70,90", help="comma-separated vaeflow qualities")
+    p.add_argument("--model", default="default", help="registered model")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_codec)
 
     p = sub.add_parser("models", help="VAE time per megapixel against bare ONNX Runtime; 24 MP peak memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/kodak")
     p.add_argument("--models", default="default", help="comma-separated registered models")
-    p.add_argument("--limit", type=int, default=4)
+    p.add_argument("--limit", type=positive_int, default=4, help="use only the first N images")
     p.add_argument("--no-big", action="store_true", help="skip the 24-megapixel memory runs")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_models)
 
     p = sub.add_parser("rd", help="BD-rate of each codec refinement, baselines, latent storage, added time")
@@ -34,26 +35,26 @@ def register(commands: Any) -> None:
     p.add_argument("--models", default="default:default",
                    help="comma-separated MODEL:PRESET pairs, the preset being the refined pipeline, "
                         "e.g. default:default,taef2:wide-latent")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--baselines", default="jpeg,webp,avif")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images (default: all)")
+    p.add_argument("--baselines", default="jpeg,webp,avif", help="comma-separated baselines (as vaeflow eval)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_rd)
 
     p = sub.add_parser("chaos", help="images lost under worker kills, fuzzing, verify speed")
     p.add_argument("images", type=Path, help="folder of source photos, e.g. ../shared/data/photos")
-    p.add_argument("--count", type=int, default=60, help="images in the killed job")
-    p.add_argument("--decompress-runs", type=int, default=200_000)
-    p.add_argument("--store-runs", type=int, default=20_000)
-    p.add_argument("--verify-mb", type=int, default=256)
-    p.add_argument("--scheduler-kills", type=int, default=3, help="times the scheduler is killed mid-job")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--count", type=positive_int, default=60, help="images in the killed job")
+    p.add_argument("--decompress-runs", type=positive_int, default=200_000, help="damaged streams to decode")
+    p.add_argument("--store-runs", type=positive_int, default=20_000, help="damaged stores to open and verify")
+    p.add_argument("--verify-mb", type=positive_int, default=256, help="megabytes of streams to verify")
+    p.add_argument("--scheduler-kills", type=positive_int, default=3, help="times the scheduler is killed mid-job")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_chaos)
 
     p = sub.add_parser("diffusers", help="a full-size SDXL-configuration VAE imported, timed against diffusers")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for ONNX Runtime and torch alike")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--size", type=int, default=256, help="the photo's side in pixels")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for ONNX Runtime and torch alike")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs of each (the median is reported)")
+    p.add_argument("--size", type=positive_int, default=256, help="the photo's side in pixels")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_diffusers)
 
     for name, what in (
@@ -67,8 +68,10 @@ def register(commands: Any) -> None:
 
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
-    p.add_argument("--copies", type=int, default=4, help="grow the dataset this many times for the memory check")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--copies", type=positive_int, default=4, help="grow the dataset this many times for the memory check"
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_dataset)
 
 

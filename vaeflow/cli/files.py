@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import vaeflow
+from vaeflow.cli.messages import error, escaped, note, one_line, print_json
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
-from vaeflow.codec.api import rate_target
+from vaeflow.cli.parsing import UsageError, memory_limit, positive_float, positive_int, scheduler
+from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
 from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
 from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.upload import staging_dir
 from vaeflow.dataset.verify import verify_store
+from vaeflow.durable import atomic_write
+from vaeflow.errors import VaeflowError
 from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
+from vaeflow.progressbar import progress_bar
 from vaeflow.reports.trace import write_trace
 from vaeflow.timing import StageTimer
 
@@ -27,10 +33,15 @@ EXIT_SOME_FAILED = 3
 
 def register(commands: Any) -> None:
     p = commands.add_parser(
-        "compress", help="compress a folder of images into a zarr store (or one image to a .vfl stream)"
+        "compress",
+        help="compress a folder of images into a zarr store (or one image to a .vfl stream)",
+        description="Compress every image under SRC into the zarr store DST (a dataset job), or one image "
+        "file SRC into the stream file DST (.vfl; default: SRC with .vfl). Rerunning a finished store does "
+        "nothing; an interrupted one resumes.",
     )
-    p.add_argument("src", type=Path, help="folder of images (searched recursively), or one image file")
-    p.add_argument("dst", nargs="?", help="output store (OUT.zarr or s3://bucket/OUT.zarr), or .vfl file for one image")
+    p.add_argument("src", type=Path, metavar="SRC", help="folder of images (searched recursively), or one image file")
+    p.add_argument("dst", nargs="?", metavar="DST",
+                   help="output store (OUT.zarr, s3://bucket/OUT.zarr); a .vfl file for one image")  # fmt: skip
     p.add_argument(
         "--storage-option",
         action="append",
@@ -44,13 +55,18 @@ def register(commands: Any) -> None:
     add_codec_options(p)
     add_runtime_options(p)
     job = p.add_argument_group("dataset job")
-    job.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    job.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
-    job.add_argument("--threads-per-worker", type=int, default=1)
-    job.add_argument("--memory-limit", default="auto", help="per worker, e.g. 4GB")
-    job.add_argument("--scheduler", default=None, help="'sync' to run in-process, or tcp://host:port of a cluster")
-    job.add_argument("--batch-size", type=int, default=8, help="images per VAE run (same padded shape)")
-    job.add_argument("--overwrite", action="store_true", help="replace a store written with other settings")
+    job.add_argument("--dry-run", action="store_true", help="print the plan and stop; nothing is written")
+    job.add_argument("--workers", type=positive_int, default=None,
+                     help="local worker processes (default: one per core)")  # fmt: skip
+    job.add_argument("--threads-per-worker", type=positive_int, default=1, help="Dask threads in each worker")
+    job.add_argument("--memory-limit", type=memory_limit, default="auto",
+                     help="per worker: 'auto', a size such as 4GB, or a fraction of memory such as 0.5")  # fmt: skip
+    job.add_argument("--scheduler", type=scheduler, default=None,
+                     help="'sync' to run in-process, or tcp://host:port of a running Dask scheduler "
+                          "(default: a new local cluster)")  # fmt: skip
+    job.add_argument("--batch-size", type=positive_int, default=8, help="images per VAE run (same padded shape)")
+    job.add_argument("--overwrite", action="store_true",
+                     help="replace a store written with other settings (or an existing .vfl file)")  # fmt: skip
     job.add_argument("--add", action="store_true", help="append new files to a finished store")
     job.add_argument(
         "--buckets",
@@ -65,34 +81,49 @@ def register(commands: Any) -> None:
     job.add_argument("--retry-failed", action="store_true", help="code again the images the store records as failed")
     job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
-    job.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    job.add_argument("--no-progress", action="store_true")
-    job.add_argument("--report", type=Path, default=None, help="save Dask's performance report (HTML) of the job")
-    p.add_argument("--trace", type=Path, default=None, help="write a Chrome trace-event file of every stage")
-    p.add_argument("--target-bpp", type=float, default=None, help="search each image's step for this bpp")
-    p.add_argument("--target-psnr", type=float, default=None, help="search each image's step for this PSNR")
+    job.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                     help="refuse larger images (decompression bombs)")  # fmt: skip
+    job.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
+    job.add_argument("--report", type=Path, default=None, metavar="HTML",
+                     help="save Dask's performance report of the job (self-contained HTML)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the job report (or the stream's figures) as JSON")
+    p.add_argument("--trace", type=Path, default=None, metavar="JSON",
+                   help="write a Chrome trace-event file of every stage")  # fmt: skip
+    p.add_argument("--target-bpp", type=positive_float, default=None, help="search each image's step for this bpp")
+    p.add_argument("--target-psnr", type=positive_float, default=None, help="search each image's step for this PSNR")
     p.set_defaults(run=run_compress)
 
     p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")
-    p.add_argument("src", type=Path, help="store or .vfl file")
-    p.add_argument("dst", type=Path, nargs="?", help="destination folder (store) or PNG file (stream)")
-    p.add_argument("--names", nargs="*", default=None, help="only these stored names")
-    p.add_argument("--scheduler", default="sync", help="'sync' (default) or tcp://host:port to decode on a cluster")
+    p.add_argument("src", type=Path, metavar="SRC", help="store or .vfl file")
+    p.add_argument("dst", type=Path, nargs="?", metavar="DST",
+                   help="destination folder (store); a PNG file or folder (stream; default SRC with .png)")  # fmt: skip
+    p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="only these stored names (default: all)")
+    p.add_argument("--scheduler", type=scheduler, default="sync",
+                   help="'sync' to decode in-process, or tcp://host:port to decode on a cluster")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace PNG files that exist in the destination")
     add_runtime_options(p)
     p.set_defaults(run=run_decompress)
 
     p = commands.add_parser("info", help="summarise a store, or describe a .vfl stream")
-    p.add_argument("src", type=Path)
+    p.add_argument("src", type=Path, metavar="SRC", help="store or .vfl file")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(run=run_info)
 
     p = commands.add_parser("verify", help="check every stream's checksums in a store, without decoding")
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, metavar="STORE", help="the store to check")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=run_verify)
 
-    p = commands.add_parser("ls", help="list a store's images with their sizes")
-    p.add_argument("store", type=Path)
-    p.add_argument("--failed", action="store_true", help="list the failed images with their reasons")
+    p = commands.add_parser(
+        "ls",
+        help="list a store's images with their sizes",
+        description="One image a line: name, width x height, bytes, bpp, tab-separated under a header. Tabs, "
+        "newlines, backslashes and other control characters in names are escaped (\\t, \\n, \\\\, \\xNN); "
+        "--json gives names as they are.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="the store to list")
+    p.add_argument("--failed", action="store_true", help="list the failed images with their reasons instead")
+    p.add_argument("--json", action="store_true", help="print a JSON array (names unescaped)")
     p.set_defaults(run=run_ls)
 
 
@@ -102,7 +133,7 @@ def storage_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--storage-option takes KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--storage-option takes KEY=VALUE, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -110,24 +141,38 @@ def storage_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_source(path: Path, what: str = "a folder of images, or one image file") -> None:
+    if not path.exists():
+        raise VaeflowError(f"{path} does not exist; give {what}")
+
+
 def run_compress(args: argparse.Namespace) -> int:
+    _check_source(args.src)
     if args.src.is_file():
         args.dst = Path(args.dst) if args.dst is not None else None
         return _compress_file(args)
     if args.dst is None:
-        raise ValueError("compressing a folder needs an output store path, e.g. OUT.zarr")
+        raise UsageError("compressing a folder needs an output store path, e.g. vaeflow compress SRC OUT.zarr")
     store: str | Path = args.dst if is_url(args.dst) else Path(args.dst)
+    if isinstance(store, Path):
+        if store.suffix.lower() == STREAM_SUFFIX:
+            raise VaeflowError(
+                f"{store}: a folder is compressed into a store, not a {STREAM_SUFFIX} stream; give e.g. OUT.zarr"
+            )
+        if store.exists() and not store.is_dir():
+            raise VaeflowError(f"{store} is a file; give a new path for the store, e.g. OUT.zarr")
     options = JobOptions(
         batch_size=args.batch_size, overwrite=args.overwrite, add=args.add, retry_failed=args.retry_failed,
         buckets=args.buckets, fuse_stages=args.fuse_stages,
         keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels,
-        progress=not args.no_progress, runtime=runtime_from(args),
+        progress=not (args.no_progress or args.quiet), runtime=runtime_from(args),
     )  # fmt: skip
     cluster = ClusterOptions(
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit, performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
     target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
+    resolve_codec(args.model, args.quality, args.pipeline, target)  # every setting checked first
     if args.dry_run:
         local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
         codec, preset, options = job_codec(Path(local), args.model, args.quality, args.pipeline, target, options)
@@ -138,78 +183,168 @@ def run_compress(args: argparse.Namespace) -> int:
         resume=not args.no_resume, options=options, cluster=cluster,
         storage_options=storage_options(args.storage_options), staging=args.staging,
     )  # fmt: skip
-    print(report)
     if args.trace:
-        print(f"trace of {len(report.spans)} task spans in {write_trace(report.spans, args.trace)}")
+        path = write_trace(report.spans, args.trace)
+        if not args.quiet:
+            note(f"trace of {len(report.spans)} task spans in {path}")
+    if args.json:
+        print_json({**messages_plain(report), "ok": report.ok, "mean_bpp": report.mean_bpp})
+    elif not args.quiet:
+        print(report)
     return 0 if report.ok else EXIT_SOME_FAILED
 
 
+def messages_plain(report: Any) -> dict[str, Any]:
+    return {f.name: getattr(report, f.name) for f in dataclasses.fields(report) if f.repr}
+
+
+def _stream_target(src: Path, dst: Path | None) -> Path:
+    """Where one image's stream goes; refuses paths that look like a store or are a folder."""
+    if dst is None:
+        return src.with_suffix(STREAM_SUFFIX)
+    if dst.is_dir():
+        raise VaeflowError(
+            f"{dst} is a folder, but {src} is one image: give a stream file such as "
+            f"{dst / src.with_suffix('.vfl').name}, or a folder of images as SRC to make a store"
+        )
+    if dst.suffix.lower() == ".zarr":
+        raise VaeflowError(
+            f"{dst} looks like a store, but {src} is one image: one image goes to a .vfl stream "
+            f"(e.g. {src.with_suffix('.vfl').name}); to make a store, give a folder of images as SRC"
+        )
+    return dst
+
+
 def _compress_file(args: argparse.Namespace) -> int:
+    dst = _stream_target(args.src, args.dst)
+    if dst.exists() and not args.overwrite:
+        raise VaeflowError(f"{dst} exists; pass --overwrite to replace it, or choose another path")
+    if not dst.parent.is_dir():
+        raise VaeflowError(f"{dst.parent} is not a folder; make it first, or choose another path for {dst.name}")
+    resolve_codec(args.model, args.quality, args.pipeline, rate_target(args.target_bpp, args.target_psnr))
     loaded = load_image(args.src, args.max_pixels)
     timer = StageTimer()
     data = vaeflow.compress(
         loaded.pixels, model=args.model, quality=args.quality, pipeline=args.pipeline, runtime=runtime_from(args),
         timer=timer, target_bpp=args.target_bpp, target_psnr=args.target_psnr,
     )  # fmt: skip
-    dst = args.dst or args.src.with_suffix(STREAM_SUFFIX)
-    dst.write_bytes(data)
+    atomic_write(dst, data)
     meta = vaeflow.info(data)
+    if args.trace:
+        write_trace(timer.spans, args.trace)
+    if args.json:
+        print_json({"src": args.src, "dst": dst, "bytes": len(data), "notes": loaded.notes, "info": meta})
+        return 0
     notes = f" ({'; '.join(loaded.notes)})" if loaded.notes else ""
     target = meta.get("target")
     reached = f", {target['kind']} {target['achieved']:.3f} for target {target['value']:g}" if target else ""
-    print(f"{args.src} -> {dst}: {len(data)} bytes, {meta['bpp']:.3f} bpp{reached}{notes}")
-    if args.trace:
-        write_trace(timer.spans, args.trace)
+    if not args.quiet:
+        print(f"{args.src} -> {dst}: {len(data)} bytes, {meta['bpp']:.3f} bpp{reached}{notes}")
     return 0
 
 
 def run_decompress(args: argparse.Namespace) -> int:
+    _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
     if args.src.is_file():
-        image = vaeflow.decompress(args.src.read_bytes(), runtime=runtime_from(args))
-        dst = args.dst or args.src.with_suffix(".png")
-        write_png(dst, image)
-        print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
-        return 0
+        return _decompress_file(args)
     if args.dst is None:
-        raise ValueError("decompressing a store needs a destination folder")
+        raise UsageError("decompressing a store needs a destination folder, e.g. vaeflow decompress OUT.zarr DST_DIR")
+    if args.dst.exists() and not args.dst.is_dir():
+        raise VaeflowError(f"{args.dst} is a file; give a folder to write the PNG files into")
+    vaeflow.open_store(args.src)  # a clear error before anything is made
     store, dst = args.src.absolute(), args.dst.absolute()  # workers elsewhere see the same absolute paths
-    if args.scheduler == "sync":
-        report = decompress_store(store, dst, args.names, runtime_from(args), overwrite=args.overwrite)
-    else:
-        # Dask only when decoding on a cluster
-        from vaeflow.dataset.distributed import check_shared_paths, client_mapper, cluster_client
+    total = len(args.names) if args.names else len(vaeflow.open_store(store).names)
+    with progress_bar(enabled=not args.quiet, total=total, desc="decompress", unit="img") as bar:
+        if args.scheduler == "sync":
+            report = decompress_store(
+                store, dst, args.names, runtime_from(args), run=_counted(bar, map), overwrite=args.overwrite
+            )
+        else:
+            # Dask only when decoding on a cluster
+            from vaeflow.dataset.distributed import check_shared_paths, client_mapper, cluster_client
 
-        with cluster_client(None, ClusterOptions(scheduler=args.scheduler)) as (client, _, _):
-            dst.mkdir(parents=True, exist_ok=True)
-            check_shared_paths(client, [store, dst], dst)
-            mapper = client_mapper(client, "decode")
-            report = decompress_store(store, dst, args.names, runtime_from(args), run=mapper, overwrite=args.overwrite)
-    print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
+            with cluster_client(None, ClusterOptions(scheduler=args.scheduler)) as (client, _, _):
+                dst.mkdir(parents=True, exist_ok=True)
+                check_shared_paths(client, [store, dst], dst)
+                mapper = _counted(bar, client_mapper(client, "decode"))
+                report = decompress_store(store, dst, args.names, runtime_from(args), run=mapper,
+                                          overwrite=args.overwrite)  # fmt: skip
+    if not args.quiet:
+        print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
     for name, reason in report.damaged:
-        print(f"vaeflow: damaged stream {name!r} not written: {reason}", file=sys.stderr)
+        error(f"vaeflow: damaged stream '{escaped(name)}' not written: {one_line(reason)}")
     return 0 if report.ok else EXIT_SOME_FAILED
 
 
+def _counted(bar: Any, mapper: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]:
+    """``mapper`` that advances ``bar`` by each finished batch's images."""
+
+    def run(fn: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+        for item, result in zip(items, mapper(fn, items), strict=True):
+            bar.update(len(item.pairs))
+            yield result
+
+    return run
+
+
+def _decompress_file(args: argparse.Namespace) -> int:
+    dst = args.dst or args.src.with_suffix(".png")
+    if dst.is_dir():
+        dst = dst / args.src.with_suffix(".png").name
+    if dst.exists() and not args.overwrite:
+        raise VaeflowError(f"{dst} exists; pass --overwrite to replace it, or choose another path")
+    if not dst.parent.is_dir():
+        raise VaeflowError(f"{dst.parent} is not a folder; make it first, or choose another path for {dst.name}")
+    image = vaeflow.decompress(args.src.read_bytes(), runtime=runtime_from(args))
+    write_png(dst, image)
+    if not args.quiet:
+        print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
+    _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
     summary = vaeflow.open_store(args.src).summary() if args.src.is_dir() else vaeflow.info(args.src.read_bytes())
-    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        print_json(summary)
+    else:
+        for key, value in summary.items():
+            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+            print(f"{key}: {shown}")
     return 0
 
 
 def run_ls(args: argparse.Namespace) -> int:
     store = vaeflow.open_store(args.store)
     if args.failed:
-        for failure in store.failures:
-            print(f"{failure.path}\t{failure.reason}")
-        for path, reason in store.skipped:
-            print(f"{path}\tskipped: {reason}", file=sys.stderr)
+        failed = [{"path": f.path, "reason": f.reason} for f in store.failures]
+        skipped = [{"path": path, "reason": reason} for path, reason in store.skipped]
+        if args.json:
+            print_json({"failed": failed, "skipped": skipped})
+            return 0
+        print("path\treason")
+        for row in failed:
+            print(f"{escaped(row['path'])}\t{one_line(row['reason'])}")
+        for row in skipped:
+            print(f"{escaped(row['path'])}\tskipped: {one_line(row['reason'])}")
         return 0
-    for name, (h, w), nbytes, bpp in store.entries():
-        print(f"{name}\t{w}x{h}\t{nbytes}\t{bpp:.4f}")
+    rows: list[dict[str, Any]] = [{"name": name, "width": w, "height": h, "bytes": nbytes, "bpp": bpp}
+            for name, (h, w), nbytes, bpp in store.entries()]  # fmt: skip
+    if args.json:
+        print_json(rows)
+        return 0
+    print("name\tsize\tbytes\tbpp")
+    for row in rows:
+        print(f"{escaped(row['name'])}\t{row['width']}x{row['height']}\t{row['bytes']}\t{row['bpp']:.4f}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     report = verify_store(args.store)
-    print(report)
+    if args.json:
+        print_json({"store": report.store, "ok": report.ok, "checked": report.checked,
+                    "damaged": [{"name": n, "reason": r} for n, r in report.damaged],
+                    "bytes_read": report.bytes_read, "seconds": report.seconds})  # fmt: skip
+    else:
+        print(report)
     return 0 if report.ok else EXIT_SOME_FAILED

@@ -1,30 +1,50 @@
 """Entry point: builds the parser from each command module and maps errors to exit codes.
 
-Exit codes: 0 success; 1 an error (the message says what); 2 bad command-line usage;
-3 a dataset job finished but some images failed (they are listed in the store).
+Exit codes: 0 success; 1 an error (one line naming the path or value and what to do);
+2 bad command-line usage (with the command's usage); 3 partial (a job finished but some
+images failed, verify found damaged streams, decompress skipped damaged ones). Output cut
+short by a closed pipe (``vaeflow ls OUT.zarr | head``) ends quietly with 0.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
+import os
 import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from vaeflow.cli import bench, evaluate, files, models, train
+from vaeflow.cli import bench, evaluate, files, messages, models, samples, train
+from vaeflow.cli.messages import error_line
+from vaeflow.cli.parsing import (
+    EXIT_CODES,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_verbosity,
+    finish_parser,
+)  # fmt: skip
 from vaeflow.errors import VaeflowError
 from vaeflow.resources import vaeflow_version
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
-COMMAND_MODULES = (files, models, train, bench, evaluate)
+EXIT_SOME_FAILED = 3
+COMMAND_MODULES = (samples, files, models, train, bench, evaluate)
+LATE_POSITIONALS = ("dst",)  # optional positionals that may also come after the options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaeflow", description="Learned latent codec for image datasets.")
+def build_parser() -> Parser:
+    parser = Parser(prog="vaeflow", description="Learned latent codec for image datasets.", epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"vaeflow {vaeflow_version()}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, providers)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_verbosity(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for module in COMMAND_MODULES:
         module.register(commands)
+    finish_parser(parser)
     return parser
 
 
@@ -33,30 +53,97 @@ DASK_LOGGERS = ("distributed", "distributed.client", "distributed.worker", "dist
 
 
 def quiet_dask() -> None:
-    """Dask's own logs (worker tracebacks, lost connections) only with -v: vaeflow says what happened."""
+    """Dask's own logs (worker tracebacks, lost connections) only with -v: vaeflow says what happened.
+
+    Worker processes read the environment when they start, before any config reaches them, so
+    their loggers are quietened there too.
+    """
     import dask  # its config only (light), before distributed is imported by any command; workers inherit it
 
     dask.config.set({"logging": dict.fromkeys(DASK_LOGGERS, "critical")})
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+    os.environ.setdefault("DASK_LOGGING__TORNADO", "critical")
+    os.environ.setdefault("DASK_LOGGING__BOKEH", "critical")
+
+
+def parse(parser: Parser, argv: list[str] | None) -> Any:
+    """Parse, letting an optional output path come after the options (``compress SRC --opt DST``)."""
+    args, extra = parser.parse_known_args(argv)
+    command_parser = getattr(args, "command_parser", parser)
+    for token in list(extra):
+        slot = next((name for name in LATE_POSITIONALS if getattr(args, name, "") is None), None)
+        if slot is None or token.startswith("-"):
+            break
+        setattr(args, slot, Path(token))
+        extra.remove(token)
+    if extra and hasattr(args, "bench") and hasattr(args, "args"):
+        args.args = [*args.args, *extra]  # a benchmark's own options go to it
+    elif extra:
+        command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+@contextlib.contextmanager
+def quietened(quiet: bool) -> Iterator[None]:
+    """With -q, what commands print on stderr (notes, the dashboard link) goes nowhere; errors are
+    printed afterwards, on the real stderr."""
+    if not quiet:
+        yield
+        return
+    os.environ["VAEFLOW_PROGRESS"] = "0"
+    messages.ERRORS.append(sys.stderr)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        messages.ERRORS.pop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and hasattr(args, "bench") and hasattr(args, "args"):
-        args.args = [*args.args, *extra]  # a benchmark's own options go to it
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    level = logging.INFO if args.verbose else logging.WARNING
+    args = parse(parser, argv)
+    verbose, quiet = int(getattr(args, "verbose", 0) or 0), bool(getattr(args, "quiet", False))
+    args.verbose, args.quiet = verbose, quiet and not verbose
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.root.handlers:  # Dask's loggers log at INFO; show them with -v only
         handler.setLevel(level)
-    if not args.verbose:
+    if not verbose:
         quiet_dask()
     try:
-        return int(args.run(args) or EXIT_OK)
-    except (VaeflowError, ValueError, OSError) as exc:
-        print(f"vaeflow: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        with quietened(args.quiet):
+            code = int(args.run(args) or EXIT_OK)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
+    except UsageError as exc:
+        args.command_parser.print_usage(sys.stderr)
+        print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (VaeflowError, ValueError, OSError, ImportError) as exc:
+        return _failed(exc, verbose)
     except KeyboardInterrupt:
         print("vaeflow: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, and how to see more
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else "; run again with -v for the traceback"
+        print(f"vaeflow: internal error: {type(exc).__name__}: {error_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _failed(exc: BaseException, verbose: int) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"vaeflow: error: {error_line(exc)}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``| head``): stop quietly, and keep Python from complaining at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from vaeflow.cli.parsing import positive_int
 from vaeflow.codec.calibrate import calibrate_model
 from vaeflow.errors import ModelError
 from vaeflow.imageio import list_images, read_rgb
@@ -33,8 +34,8 @@ def register(commands: Any) -> None:
     )
     p.add_argument("folder", type=Path, nargs="?", metavar="DIR", help="diffusers VAE folder (config.json + weights)")
     p.add_argument("--encoder", type=Path, help=".pth or .safetensors encoder state dict")
-    p.add_argument("--decoder", type=Path)
-    p.add_argument("--name", required=True)
+    p.add_argument("--decoder", type=Path, help=".pth or .safetensors decoder state dict")
+    p.add_argument("--name", required=True, help="the name to register the model under")
     p.add_argument("--license", default=None, help="default: MIT for tae, the folder's model card for diffusers")
     p.add_argument("--data", type=Path, default=None, help="diffusers: photos for latent statistics and calibration")
     p.add_argument("--fp16", action="store_true", help="diffusers: float16 graphs, for GPUs")
@@ -43,24 +44,25 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_import)
 
     p = sub.add_parser("calibrate", help="measure how much each channel and subband matters through the decoder")
-    p.add_argument("name")
+    p.add_argument("name", help="registered model name")
     p.add_argument("--data", type=Path, required=True, help="calibration photos (not the evaluation set)")
-    p.add_argument("--channel", default="hadamard", choices=["hadamard", "identity"])
-    p.add_argument("--wavelet", default="cdf97", choices=["haar", "cdf53", "cdf97"])
-    p.add_argument("--levels", type=int, default=3)
-    p.add_argument("--limit", type=int, default=8, help="number of photos (centre crops)")
+    p.add_argument("--channel", default="hadamard", choices=["hadamard", "identity"], help="channel transform")
+    p.add_argument("--wavelet", default="cdf97", choices=["haar", "cdf53", "cdf97"], help="wavelet")
+    p.add_argument("--levels", type=positive_int, default=3, help="wavelet levels")
+    p.add_argument("--limit", type=positive_int, default=8, help="number of photos (centre crops)")
     p.set_defaults(run=run_calibrate)
 
     p = sub.add_parser("add", help="register ONNX encoder and decoder files exported elsewhere")
-    p.add_argument("--encoder", type=Path, required=True)
-    p.add_argument("--decoder", type=Path, required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--latent-channels", type=int, required=True)
-    p.add_argument("--downsample", type=int, default=8)
-    p.add_argument("--input-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--encoder", type=Path, required=True, help="ONNX encoder file")
+    p.add_argument("--decoder", type=Path, required=True, help="ONNX decoder file")
+    p.add_argument("--name", required=True, help="the name to register the model under")
+    p.add_argument("--latent-channels", type=positive_int, required=True, help="channels of the latent")
+    p.add_argument("--downsample", type=positive_int, default=8, help="the encoder's spatial downsampling factor")
+    p.add_argument("--input-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="the pixel range the encoder takes")  # fmt: skip
     p.add_argument("--latent-scale", type=float, default=1.0, help="e.g. 0.18215 for SD, 0.13025 for SDXL")
-    p.add_argument("--latent-shift", type=float, default=0.0)
-    p.add_argument("--license", default="unknown")
+    p.add_argument("--latent-shift", type=float, default=0.0, help="subtracted from the raw latent before scaling")
+    p.add_argument("--license", default="unknown", help="the model's licence, recorded in the registry")
     p.set_defaults(run=run_add)
 
 

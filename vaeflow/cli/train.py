@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from vaeflow.cli.parsing import positive_int
 from vaeflow.cli.tools import checkout_module
 
 
@@ -15,18 +16,18 @@ def register(commands: Any) -> None:
     p = sub.add_parser("run", help="train until --steps or --minutes; run again to resume")
     p.add_argument("--data", required=True, help="folder of training photos (never the evaluation set)")
     p.add_argument("--workdir", required=True, help="checkpoint and log folder")
-    p.add_argument("--steps", type=int, default=20000, help="total steps of the schedule")
+    p.add_argument("--steps", type=positive_int, default=20000, help="total steps of the schedule")
     p.add_argument("--minutes", type=float, default=9.0, help="stop and checkpoint after this long")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
     p.add_argument("--init", default=None, help="start a new phase from these weights (e.g. models/f8c4-v1/weights.pt)")
     p.set_defaults(run=run_train)
     p = sub.add_parser("export", help="write ONNX files and register them as the shipped default")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="the training run's checkpoint folder")
     p.add_argument("--data", required=True, help="photos for the latent statistics")
     p.add_argument("--out", default="models", help="the repository's models/ folder")
-    p.add_argument("--name", default="f8c4-v1")
+    p.add_argument("--name", default="f8c4-v1", help="the name to register the exported model under")
     p.add_argument("--eval", default=None, help="evaluation images for the recorded reconstruction figures")
     p.set_defaults(run=run_export)
 

@@ -25,6 +25,7 @@ from vaeflow.errors import ModelError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import RuntimeOptions, load_model
 from vaeflow.models.registry import REGISTRY_FILE, Registry, register
+from vaeflow.progressbar import progress_bar
 from vaeflow.stages import ChannelTransform, Wavelet
 
 NOISE_AMPLITUDE = 0.1  # uniform noise in [-a, a] on normalised coefficients (about half a mid-quality step)
@@ -44,7 +45,7 @@ def band_gains(
     model = load_model(codec.model, runtime)
     rng = np.random.default_rng(seed)
     totals: np.ndarray | None = None
-    for image in images:
+    for image in progress_bar(iterable=images, total=len(images), desc="calibrate", unit="photo"):
         crop = center_crop(image, CROP)
         coeffs = codec.transform(model.encode(crop[None]))[0]
         bands = codec.bands(coeffs.shape)

@@ -30,6 +30,7 @@ from vaeflow.dataset.isolation import code_alone
 from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
+from vaeflow.display import without_remote_icon
 from vaeflow.errors import ClusterLostError, VaeflowError
 
 RETRIES = 2
@@ -89,7 +90,7 @@ class DaskExecutor:
             return
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
         report = (
-            performance_report(filename=self.performance_report)
+            performance_report(filename=self.performance_report, mode="inline")  # BokehJS in the page: works offline
             if self.performance_report
             else contextlib.nullcontext()
         )
@@ -122,6 +123,8 @@ class DaskExecutor:
                 on_done(marker)
                 future.release()
                 submit()
+        if self.performance_report:
+            without_remote_icon(Path(self.performance_report))
 
     def _isolate(self, ctx: TaskContext, batch: Batch, token: str, spans: Spans) -> dict[str, Any]:
         """One image at a time, because a dying worker also counts against the tasks queued on it:

@@ -34,6 +34,7 @@ from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.dataset.tasks import TaskContext
 from vaeflow.dataset.upload import UploadReport, download, staging_dir, upload
 from vaeflow.dataset.work import WorkStore
+from vaeflow.display import html_table
 from vaeflow.errors import StoreWriteError, VaeflowError
 from vaeflow.resources import vaeflow_version
 from vaeflow.stages import RateTarget
@@ -102,6 +103,18 @@ class JobReport:
         if self.failed:
             lines.append(f"  failed images are listed by `vaeflow ls {self.store} --failed` (index/status, index/note)")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        ratio = f"{self.bytes_in / self.bytes_out:.1f}x" if self.bytes_out else "-"
+        total = sum(self.stage_seconds.values()) or 1.0
+        shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in self.stage_seconds.items()) or "-"
+        rows = [("images stored", f"{self.stored} of {self.images}"), ("failed", self.failed),
+                ("other files skipped", self.skipped), ("batches resumed", self.resumed_batches),
+                ("bytes in / out", f"{self.bytes_in:,} / {self.bytes_out:,} ({ratio})"),
+                ("mean bpp", f"{self.mean_bpp:.3f}" if self.bytes_out else "-"), ("wall time", f"{self.wall_s:.1f} s"),
+                ("stage time", shares), ("dashboard", self.dashboard_link or "-")]  # fmt: skip
+        footer = f"failed images: vaeflow ls {self.store} --failed" if self.failed else ""
+        return html_table(f"vaeflow job: {self.store}", rows, footer)
 
 
 def compress_dataset(

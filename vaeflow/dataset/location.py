@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -53,6 +54,7 @@ def open_root(
     if path is not None:
         if storage_options:
             raise VaeflowError(f"storage_options apply to URLs, not to the local path {path}")
+        _check_local(path, consolidated)
         try:
             return _open(path, consolidated)
         except NOT_A_STORE as exc:
@@ -63,6 +65,29 @@ def open_root(
         return _open_remote(location, str(location), consolidated)
     url = str(location)
     return _open_remote(_fsspec_store(url, storage_options or {}), url, consolidated)
+
+
+def _check_local(path: Path, consolidated: bool) -> None:
+    """Say plainly why a local path is no store, before zarr's own messages would."""
+    if not path.exists():
+        raise VaeflowError(f"{path} does not exist; give the folder that `vaeflow compress SRC OUT.zarr` wrote")
+    if not path.is_dir():
+        raise VaeflowError(f"{path} is a file, not a store (a store is a folder; `vaeflow info` also reads .vfl files)")
+    if not (path / "zarr.json").is_file():
+        raise VaeflowError(
+            f"{path} is not a vaeflow store (no zarr.json in it); stores are written by `vaeflow compress`"
+        )
+    if not consolidated:
+        return
+    try:
+        root = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return  # damaged or unreadable: zarr's error, as damage, says so below
+    if isinstance(root, dict) and root.get("node_type") == "group" and not root.get("consolidated_metadata"):
+        raise VaeflowError(
+            f"{path} is not a finished vaeflow store: a job is writing it or was interrupted "
+            "(run the same command again to finish it)"
+        )
 
 
 def _open(store: Path | Store, consolidated: bool) -> zarr.Group:

@@ -48,6 +48,7 @@ class StoreLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._created = False
 
     def _record(self) -> str:
         return json.dumps({**self._owner, "heartbeat": time.time()})
@@ -101,6 +102,7 @@ class StoreLock:
         )
 
     def acquire(self) -> None:
+        self._created = not self.path.parent.exists()  # a job that fails before writing leaves no folder
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._create():
             self._take_over()
@@ -149,6 +151,9 @@ class StoreLock:
         if self._thread is not None:
             self._thread.join()
         self.path.unlink(missing_ok=True)
+        if self._created:
+            with contextlib.suppress(OSError):  # kept when anything was written into it
+                self.path.parent.rmdir()
 
     def __enter__(self) -> StoreLock:
         self.acquire()

@@ -15,6 +15,7 @@ from vaeflow.codec import shapes
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.policy import StorePolicy
 from vaeflow.dataset.scan import Scan, Sidecar
+from vaeflow.display import html_list_table, html_table
 from vaeflow.errors import PipelineError
 
 BATCH_PIXEL_BUDGET = 16_000_000  # pixels per VAE run, so that big images get small batches
@@ -119,6 +120,13 @@ class Plan:
         for item, reason in self.failed_at_scan[:10]:
             lines.append(f"  unreadable: {item.path}: {reason}")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head, *rest = str(self).splitlines()
+        groups = [(g.index, g.size, f"{g.padded_shape[1]}x{g.padded_shape[0]}", g.latent_shape) for g in self.groups]
+        table = html_list_table(["group", "images", "padded to", "latent"], groups)
+        return html_table(head, [(line.split(":", 1)[0].strip(), line.split(":", 1)[-1].strip()) for line in rest
+                                 if not line.startswith("    ")]) + table  # fmt: skip
 
 
 def build_plan(

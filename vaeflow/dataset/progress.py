@@ -1,4 +1,4 @@
-"""The job's progress bar: images done and failed, and images per second."""
+"""The job's progress bar: images done and failed, and images per second (on a terminal or in a notebook)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from vaeflow.dataset.plan import Plan
+from vaeflow.progressbar import progress_bar
 
 Marker = dict[str, Any]
 
@@ -23,7 +22,7 @@ def progress(plan: Plan, enabled: bool) -> Iterator[Callable[[Marker], None]]:
     failed = len(plan.failed_at_scan)
     done = [0, failed]
     started = time.perf_counter()
-    with tqdm(total=len(plan.items) + failed, unit="img", desc="compress", initial=failed) as bar:
+    with progress_bar(total=len(plan.items) + failed, unit="img", desc="compress", initial=failed) as bar:
 
         def advance(marker: Marker) -> None:
             ok = sum(1 for i in marker["items"] if i["ok"])

@@ -27,6 +27,7 @@ from vaeflow.dataset import store as store_io
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import OLD_INDEX, STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, subgroup
+from vaeflow.display import html_list_table, html_table
 from vaeflow.errors import VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
@@ -369,6 +370,17 @@ class StoreReader:
             "settings": self.meta.get("settings"),
             "vaeflow_version": self.meta.get("vaeflow_version"),
         }
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        model = (s["settings"] or {}).get("model")
+        rows = [("images", s["images"]), ("failed", s["failed"]), ("other files skipped", s["skipped"]),
+                ("bytes", f"{s['bytes']:,}"), ("mean bpp", f"{s['mean_bpp']:.3f}"),
+                ("model", model.get("name") if isinstance(model, dict) else model),
+                ("written by", f"vaeflow {s['vaeflow_version']}")]  # fmt: skip
+        entries = ((n, f"{w}x{h}", b, f"{bpp:.4f}") for n, (h, w), b, bpp in self.entries())
+        listing = html_list_table(["name", "size", "bytes", "bpp"], entries)
+        return html_table(f"vaeflow store: {self.path}", rows) + listing
 
 
 def _earlier_generation(meta: dict[str, Any]) -> bool:

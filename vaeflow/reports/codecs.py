@@ -1,4 +1,4 @@
-"""The codecs an evaluation runs: vaeflow at several qualities, and Pillow's JPEG, WebP and AVIF.
+"""The codecs an evaluation runs: vaeflow at several qualities, and JPEG, WebP, AVIF, JPEG XL and JPEG 2000.
 
 Each run reads one image file and returns that image's figures for every setting, in the
 results schema's metric names. Reconstructions are not kept; ``reconstruct`` makes one
@@ -20,36 +20,87 @@ from vaeflow import metrics
 from vaeflow.codec.api import compress, decompress, resolve_codec
 from vaeflow.imageio import read_rgb
 
-BASELINES = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
-BASELINE_QUALITIES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+@dataclass(frozen=True)
+class Baseline:
+    """A conventional codec to compare with: its name in reports, what its setting means, and defaults."""
+
+    label: str
+    setting: str  # what one setting is, for reports
+    settings: tuple[int, ...]  # the default settings, lowest rate first
+    library: str
+
+
+# Qualities from 5: below that JPEG and WebP are far from any practical setting and flatter the comparison.
+QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+BASELINES = {
+    "jpeg": Baseline("JPEG", "quality", QUALITIES, "Pillow"),
+    "webp": Baseline("WEBP", "quality (method 6)", QUALITIES, "Pillow"),
+    "avif": Baseline("AVIF", "quality", QUALITIES, "Pillow"),
+    "jxl": Baseline("JPEG XL", "quality (effort 7)", QUALITIES, "imagecodecs (libjxl)"),
+    "jp2": Baseline("JPEG 2000", "compression ratio", (400, 200, 120, 80, 50, 30, 20, 12), "Pillow (OpenJPEG)"),
+}
+BASELINE_QUALITIES = QUALITIES
+DEFAULT_BASELINES = ("jpeg", "webp", "avif")
+PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "jp2": "JPEG2000"}
+RATIO_SETTINGS = frozenset({"jp2"})  # settings are compression ratios: a higher setting is a lower rate
 
 
 def check_baselines(names: list[str]) -> None:
+    """Refuse unknown baselines, and those this installation cannot write, saying what to install."""
     for name in names:
         if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+            raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+        if name == "jxl":
+            if not _jpegxl_available():
+                raise ValueError("the jxl baseline needs imagecodecs with JPEG XL: pip install 'vaeflow[baselines]'")
+            continue
         if name == "avif" and not features.check("avif"):
             with contextlib.suppress(ImportError):
                 import pillow_avif  # noqa: F401  # Pillow before 11.3: AVIF through the plugin
             if "AVIF" in Image.SAVE:
                 continue
-        if not features.check(name if name != "jpeg" else "jpg"):
-            hint = " (Pillow 11.3 or later, or pillow-avif-plugin, can)" if name == "avif" else ""
-            raise ValueError(f"this Pillow cannot write {name.upper()}{hint}")
+        feature = {"jpeg": "jpg", "jp2": "jpg_2000"}.get(name, name)
+        if not features.check(feature):
+            hint = {"avif": " (Pillow 11.3 or later, or pillow-avif-plugin, can)",
+                    "jp2": " (a Pillow built with OpenJPEG, as its wheels are, can)"}.get(name, "")  # fmt: skip
+            raise ValueError(f"this Pillow cannot write {BASELINES[name].label}{hint}")
 
 
-def pillow_encode(image: np.ndarray, name: str, quality: int) -> bytes:
+def _jpegxl_available() -> bool:
+    try:
+        import imagecodecs  # optional (the baselines extra), only for JPEG XL
+    except ImportError:
+        return False
+    return bool(imagecodecs.JPEGXL.available)
+
+
+def baseline_encode(image: np.ndarray, name: str, setting: int) -> bytes:
+    """``image`` through a baseline codec at one setting (a quality, or a ratio for JPEG 2000)."""
+    if name == "jxl":
+        import imagecodecs  # optional (the baselines extra), only for JPEG XL
+
+        return bytes(imagecodecs.jpegxl_encode(image, level=setting, effort=7))
     buffer = io.BytesIO()
-    options: dict[str, Any] = {"quality": quality}
+    options: dict[str, Any] = {"quality": setting}
     if name == "webp":
         options["method"] = 6
-    Image.fromarray(image).save(buffer, format=BASELINES[name], **options)
+    if name == "jp2":
+        options = {"quality_mode": "rates", "quality_layers": [float(setting)], "irreversible": True}
+    Image.fromarray(image).save(buffer, format=PILLOW_FORMATS[name], **options)
     return buffer.getvalue()
 
 
-def pillow_decode(data: bytes) -> np.ndarray:
+def baseline_decode(data: bytes, name: str = "") -> np.ndarray:
+    if name == "jxl":
+        import imagecodecs  # optional (the baselines extra), only for JPEG XL
+
+        return np.asarray(imagecodecs.jpegxl_decode(data))[..., :3]
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
+
+
+pillow_encode, pillow_decode = baseline_encode, baseline_decode  # the names before JPEG XL
 
 
 def _figures(
@@ -89,9 +140,9 @@ def _run_baseline(image: np.ndarray, spec: RunSpec) -> dict[str, list[float]]:
     rows = []
     for quality in spec.settings:
         start = time.perf_counter()
-        data = pillow_encode(image, spec.codec, quality)
+        data = baseline_encode(image, spec.codec, quality)
         encoded = time.perf_counter()
-        decoded = pillow_decode(data)
+        decoded = baseline_decode(data, spec.codec)
         rows.append(_figures(image, decoded, len(data), encoded - start, time.perf_counter() - encoded))
     return _collect(rows)
 
@@ -121,5 +172,5 @@ def reconstruct(
     if codec == "vaeflow":
         data = compress(image, model=model, quality=setting, pipeline=pipeline)
         return decompress(data), len(data)
-    data = pillow_encode(image, codec, setting)
-    return pillow_decode(data), len(data)
+    data = baseline_encode(image, codec, setting)
+    return baseline_decode(data, codec), len(data)

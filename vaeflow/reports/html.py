@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vaeflow import metrics
 from vaeflow.imageio import read_rgb
-from vaeflow.reports import codecs
+from vaeflow.reports import codecs, matched
 from vaeflow.reports.plots import figure_svg, rd_figure, residual_png
-from vaeflow.reports.tables import bd_table
+from vaeflow.reports.tables import METRIC_SCALES, NO_COMMON_RANGE, bd_table, integrated, percent
 
 CROP = 256
 
@@ -34,33 +35,36 @@ def _nearest(entry: dict[str, Any], bpp: float, image: str) -> int:
     return int(np.argmin([abs(b - bpp) for b in series]))
 
 
+def _setting_name(entry: dict[str, Any], setting: int) -> str:
+    return f"ratio {setting}:1" if entry["codec"] in codecs.RATIO_SETTINGS else f"q{setting}"
+
+
 def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: str | None = None) -> str:
-    """Original, vaeflow at its middle setting, and each baseline at about the same bpp."""
+    """Original and every codec at the setting nearest one target bpp (vaeflow's middle setting),
+    each searched over its whole setting range on this image, with the bpp each reached."""
     folder = Path(doc["dataset"]["path"])
     image = read_rgb(folder / image_name)
     vf = next(e for e in doc["codecs"] if e["codec"] == "vaeflow")
-    setting_index = len(vf["settings"]) // 2
-    target_bpp = vf["per_image"][image_name]["bpp"][setting_index]
+    target_bpp = vf["per_image"][image_name]["bpp"][len(vf["settings"]) // 2]
     top, left = max(0, (image.shape[0] - CROP) // 2), max(0, (image.shape[1] - CROP) // 2)
     window = np.s_[top : top + CROP, left : left + CROP]
     cells = [("original", image[window], "")]
     residual = b""
     for entry in doc["codecs"]:
-        index = setting_index if entry is vf else _nearest(entry, target_bpp, image_name)
-        setting = int(entry["settings"][index])
-        decoded, n_bytes = codecs.reconstruct(image, entry["codec"], setting, model, pipeline)
-        bpp = 8 * n_bytes / (image.shape[0] * image.shape[1])
-        psnr = entry["per_image"][image_name]["psnr-rgb"][index]
-        cells.append((f"{entry['name']} q{setting}", decoded[window], f"{bpp:.3f} bpp, {psnr:.2f} dB"))
+        found = matched.at_bpp(image, entry["codec"], target_bpp, model, pipeline)
+        caption = f"{found.bpp:.3f} bpp, {metrics.psnr(image, found.decoded):.2f} dB"
+        cells.append((f"{entry['name']} {_setting_name(entry, found.setting)}", found.decoded[window], caption))
         if entry is vf:
-            residual = residual_png(image, decoded)
+            residual = residual_png(image, found.decoded)
     figures = "".join(
         f'<figure><img src="{_png_data_uri(_array_png(pixels))}" width="{CROP}"><figcaption>{html.escape(title)}'
         f"<br>{html.escape(caption)}</figcaption></figure>"
         for title, pixels, caption in cells
     )
     return (
-        f"<h2>Crops of {html.escape(image_name)} at about {target_bpp:.3f} bpp</h2><div class=row>{figures}</div>"
+        f"<h2>Crops of {html.escape(image_name)} at matched bpp (target {target_bpp:.3f})</h2>"
+        "<p>Each codec at the setting, searched over its whole range on this image, whose bpp is nearest the "
+        f"target; each caption gives the bpp it reached.</p><div class=row>{figures}</div>"
         f"<h2>Residual of vaeflow on {html.escape(image_name)}</h2>"
         f'<img src="{_png_data_uri(residual)}" style="max-width:720px">'
     )
@@ -86,16 +90,22 @@ def per_image_table(doc: dict[str, Any]) -> str:
 
 
 def bd_section(doc: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(r['test'])}</td><td>{html.escape(r['anchor'])}</td>"
-        f"<td>{r['bd_rate_psnr']:+.1f}%</td><td>{r['bd_rate_ms_ssim']:+.1f}%</td>"
-        f"<td>{r['common_bpp'][0]:.3f}–{r['common_bpp'][1]:.3f}</td></tr>"
-        for r in bd_table(doc)
-    )
+    rows = []
+    for r in bd_table(doc):
+        short = r["test"].split(" (")[0]
+        rows.append(
+            f"<tr><td>{html.escape(r['test'])}</td><td>{html.escape(r['anchor'])}</td>"
+            f"<td>{percent(r['bd_rate_psnr'])}</td><td>{html.escape(integrated(r['psnr'], short, r['anchor']))}</td>"
+            f"<td>{percent(r['bd_rate_ms_ssim'])}</td>"
+            f"<td>{html.escape(integrated(r['ms_ssim'], short, r['anchor']))}</td></tr>"
+        )
     return (
-        "<table><tr><th>test</th><th>anchor</th><th>BD-rate (PSNR)</th><th>BD-rate (MS-SSIM dB)</th>"
-        f"<th>common bpp</th></tr>{rows}</table><p>Bjøntegaard delta rate with piecewise cubic (PCHIP) "
-        "interpolation of log rate; negative means vaeflow needs fewer bits for the same quality.</p>"
+        "<table><tr><th>test</th><th>anchor</th><th>BD-rate (PSNR)</th><th>integrated over</th>"
+        f"<th>BD-rate (MS-SSIM dB)</th><th>integrated over</th></tr>{''.join(rows)}</table>"
+        f"<p>Scales: {html.escape(METRIC_SCALES['psnr'])}; {html.escape(METRIC_SCALES['ms_ssim'])}. "
+        "Bjøntegaard delta rate with piecewise cubic (PCHIP) interpolation of log rate over the quality range both "
+        "curves reach (the bpp each curve spans there is given); negative means vaeflow needs fewer bits for the "
+        f"same quality; {NO_COMMON_RANGE} where the curves share no quality.</p>"
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from vaeflow.codec.codec import Codec
 from vaeflow.imageio import list_images
 from vaeflow.models import load_model
+from vaeflow.progressbar import progress_bar
 from vaeflow.reports import codecs
 from vaeflow.reports.results import codec_entry, document
 
@@ -39,14 +40,23 @@ def evaluate(
     limit: int | None = None,
     mapper: Mapper | None = None,
     variants: list[Variant] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Every image through each vaeflow variant (by default the one ``pipeline``) and each baseline."""
+    """Every image through each vaeflow variant (by default the one ``pipeline``) and each baseline.
+
+    ``baselines`` are names from ``codecs.BASELINES`` (jpeg, webp, avif, jxl, jp2), each at its
+    default settings (qualities 5 to 90; JPEG 2000 at compression ratios 400:1 to 12:1), or at
+    ``baseline_qualities`` for those set by a quality. ``progress`` shows a bar of the
+    (image, codec) runs on a terminal or in a notebook.
+    """
     codecs.check_baselines(baselines)
     paths = list_images(folder, limit)
     model_name = load_model(model).name
     variants = variants or [Variant(f"vaeflow ({model_name})", pipeline)]
     plan: list[tuple[str, tuple[int, ...], Variant | None]] = [("vaeflow", tuple(qualities), v) for v in variants]
-    plan += [(b, tuple(baseline_qualities or codecs.BASELINE_QUALITIES), None) for b in baselines]
+    for b in baselines:
+        own = codecs.BASELINES[b].settings
+        plan.append((b, own if b in codecs.RATIO_SETTINGS else tuple(baseline_qualities or own), None))
     specs = [
         codecs.RunSpec(str(p), codec, settings, model, variant.pipeline if variant else None)
         for codec, settings, variant in plan
@@ -54,14 +64,23 @@ def evaluate(
     ]
     results = iter((mapper or _local)(codecs.run, specs))
     entries = []
-    for codec, settings, variant in plan:
-        per_image = {p.name: next(results) for p in paths}
-        if variant is not None:
-            shown = variant.pipeline if isinstance(variant.pipeline, str) or variant.pipeline is None else "custom"
-            name, description = variant.label, f"vaeflow, model {model_name}, pipeline {shown or 'default'}"
-        else:
-            name, description = codec.upper(), f"Pillow {codec.upper()}, quality setting per point"
-        entries.append(codec_entry(name, description, codec, list(settings), per_image))
+    with progress_bar(enabled=progress, total=len(specs), desc="eval", unit="run") as bar:
+        for codec, settings, variant in plan:
+            per_image = {}
+            for p in paths:
+                per_image[p.name] = next(results)
+                bar.set_postfix_str(f"{codec} {p.name}", refresh=False)
+                bar.update()
+            if variant is not None:
+                shown = variant.pipeline if isinstance(variant.pipeline, str) or variant.pipeline is None else "custom"
+                name, description = variant.label, f"vaeflow, model {model_name}, pipeline {shown or 'default'}"
+            else:
+                baseline = codecs.BASELINES[codec]
+                name, description = (
+                    baseline.label,
+                    f"{baseline.label} ({baseline.library}), {baseline.setting} per point",
+                )
+            entries.append(codec_entry(name, description, codec, list(settings), per_image))
     return document(str(folder), [p.name for p in paths], entries)
 
 
