@@ -1,5 +1,6 @@
-"""``vaeflow bench models``: VAE time per megapixel against a bare ONNX Runtime session, and
-peak memory for a 24-megapixel image, tiled against untiled.
+"""``vaeflow bench models``: VAE time per megapixel against a bare ONNX Runtime session, each
+model's quality ladder (bpp and PSNR of the default preset at qualities 1 to 100), and peak
+memory for a 24-megapixel image, tiled against untiled.
 
 The bare session gets the same session options and the same pre-scaled input; the ratio
 stage/bare is the cost of vaeflow's padding, scaling and layout handling. Memory runs each
@@ -25,6 +26,7 @@ from vaeflow.models import RuntimeOptions
 from vaeflow.models.quality import reconstruction
 
 BIG_SHAPE = (4000, 6000)  # 24 megapixels
+LADDER = (1, 10, 30, 50, 70, 80, 90, 100)
 MEMORY_LIMIT_GB = 16
 
 
@@ -98,12 +100,25 @@ def _child_peak(name: str, tile: int, seed_path: str) -> dict[str, Any]:
     return result
 
 
+def quality_ladder(name: str, images: list[np.ndarray]) -> list[dict[str, float]]:
+    """Mean bpp and PSNR of the default preset at each of ``LADDER``'s qualities."""
+    rows = []
+    for quality in LADDER:
+        streams = [vaeflow.compress(im, model=name, quality=quality) for im in images]
+        psnr = [vaeflow.metrics.psnr(im, vaeflow.decompress(d)) for im, d in zip(images, streams, strict=True)]
+        bpp = [8 * len(d) / (im.shape[0] * im.shape[1]) for im, d in zip(images, streams, strict=True)]
+        rows.append({"quality": quality, "bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))})
+    return rows
+
+
 def run(folder: Path, models: list[str], limit: int = 4, big: bool = True) -> dict[str, Any]:
     images = [im for _, im in load_folder(folder, limit)]
-    out: dict[str, Any] = {"images": len(images), "timing": {}, "memory_24mp": [], "reconstruction": {}}
+    out: dict[str, Any] = {"images": len(images), "timing": {}, "memory_24mp": [], "reconstruction": {}, "ladder": {}}
     for name in models:
         out["timing"][name] = time_model(name, images)
-        out["reconstruction"][name] = reconstruction(name, [im for _, im in load_folder(folder)])
+        everything = [im for _, im in load_folder(folder)]
+        out["reconstruction"][name] = reconstruction(name, everything)
+        out["ladder"][name] = quality_ladder(name, everything)
     if big:
         seed = sorted(p for p in folder.iterdir() if p.suffix == ".png")[0]
         untiled = max(BIG_SHAPE) + 8
@@ -125,6 +140,17 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"  {name:<10} PSNR {r['psnr']:.2f} dB, MS-SSIM {r['ms_ssim']:.4f}, "
             f"encode {r['encode_s']:.3f} s, decode {r['decode_s']:.3f} s per image (median)"
+        )
+    for name, rows in result.get("ladder", {}).items():
+        ceiling = result["reconstruction"][name]["psnr"]
+        lines += ["", f"quality ladder of {name} (default preset), all images of the folder; ceiling {ceiling:.2f} dB:"]
+        lines.append(f"  {'quality':>7} {'bpp':>8} {'PSNR':>7} {'gain':>6}")
+        for before, row in zip([None, *rows], rows, strict=False):
+            gain = f"{row['psnr'] - before['psnr']:+6.2f}" if before else ""
+            lines.append(f"  {row['quality']:>7} {row['bpp']:>8.4f} {row['psnr']:>7.2f} {gain:>6}")
+        top, half = rows[-1], next(r for r in rows if r["quality"] == 50)
+        lines.append(
+            f"  quality 100 against 50: {top['bpp'] / half['bpp']:.2f}x the bits, {top['psnr'] - half['psnr']:+.2f} dB"
         )
     if result["memory_24mp"]:
         lines += [

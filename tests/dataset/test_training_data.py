@@ -17,6 +17,11 @@ from vaeflow.codec.shapes import buckets, fit_bucket
 from ..helpers import sync_job
 
 
+def cli_stdout(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
 def test_sidecars_travel_with_their_images(tmp_path: Path, photos: list[np.ndarray]) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -42,6 +47,9 @@ def test_sidecars_travel_with_their_images(tmp_path: Path, photos: list[np.ndarr
     assert reader.caption("d.png") is None and "d.txt is not UTF-8; ignored" in reader.info("d.png")["notes"]
     assert reader.metadata("e.png") == {} and "e.json is not a JSON object" in reader.info("e.png")["notes"]
     assert reader.skipped == [("orphan.txt", ".txt sidecar without an image of the name orphan")]
+    listed = {row["name"]: row for row in json.loads(cli_stdout("ls", str(store), "--json"))}
+    assert listed["b.jpg"]["caption"] == "an astronaut" and listed["b.jpg"]["metadata"]["width"] == 512
+    assert listed["d.png"]["caption"] is None and listed["a.png"]["original_size"] == [40, 56]
 
 
 def test_stores_without_captions_read_as_none(tmp_path: Path) -> None:

@@ -330,8 +330,9 @@ def run_ls(args: argparse.Namespace) -> int:
         return 0
     rows: list[dict[str, Any]] = [{"name": name, "width": w, "height": h, "bytes": nbytes, "bpp": bpp}
             for name, (h, w), nbytes, bpp in store.entries()]  # fmt: skip
-    if args.json:
-        print_json(rows)
+    if args.json:  # with what a trainer reads beside each latent
+        print_json([{**entry, "caption": store.caption(entry["name"]), "metadata": store.metadata(entry["name"]),
+                     "original_size": list(store.original_size(entry["name"]))} for entry in rows])  # fmt: skip
         return 0
     print("name\tsize\tbytes\tbpp")
     for row in rows:

@@ -16,6 +16,7 @@ from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import registry as model_registry
 from vaeflow.models.quality import reconstruction
 from vaeflow.models.registry import ModelEntry, Registry, home_dir
+from vaeflow.stages.quantize import SCALE_QUALITIES
 
 
 def register(commands: Any) -> None:
@@ -51,6 +52,10 @@ def register(commands: Any) -> None:
     p.add_argument("--levels", type=positive_int, default=3, help="wavelet levels")
     p.add_argument("--limit", type=positive_int, default=8, help="number of photos (centre crops)")
     p.set_defaults(run=run_calibrate)
+
+    p = sub.add_parser("scale", help="show a model's quality scale: the step and PSNR of each quality")
+    p.add_argument("name", help="registered model name")
+    p.set_defaults(run=run_scale)
 
     p = sub.add_parser("add", help="register ONNX encoder and decoder files exported elsewhere")
     p.add_argument("--encoder", type=Path, required=True, help="ONNX encoder file")
@@ -131,6 +136,19 @@ def run_add(args: argparse.Namespace) -> int:
             raise ModelError(f"model file {path} does not exist")
     path = model_registry.register(entry)
     print(f"registered {args.name!r} in {path}")
+    return 0
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    entry = Registry.load().resolve(args.name)
+    if not entry.quality_scale:
+        print(f"{entry.name}: no quality scale of its own, so qualities follow the global one (step 5 * "
+              f"2^(-(q-1)/10.5)); `vaeflow models calibrate {entry.name} --data PHOTOS` measures one")  # fmt: skip
+        return 0
+    for key, (steps, psnr) in entry.quality_scale.items():
+        print(f"{entry.name} ({key}): quality, base step, mean PSNR on its calibration crops")
+        for quality, step, value in zip(SCALE_QUALITIES, steps, psnr, strict=True):
+            print(f"{quality:>7} {step:>10.5g} {value:>8.2f} dB")
     return 0
 
 

@@ -12,10 +12,11 @@ from vaeflow.codec import format as stream_format
 from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.presets import load_pipeline
-from vaeflow.errors import PipelineError
+from vaeflow.errors import ModelError, PipelineError
 from vaeflow.imageio import as_rgb
-from vaeflow.models import RuntimeOptions
+from vaeflow.models import ModelRef, Registry, RuntimeOptions
 from vaeflow.stages import Pipeline, RateTarget
+from vaeflow.stages import quantize as quantizer
 from vaeflow.timing import StageTimer
 
 PipelineLike = str | Pipeline | Codec | None
@@ -29,7 +30,9 @@ def resolve_codec(
 ) -> Codec:
     """The codec for a preset (by name or object); ``model``, ``quality`` and ``target`` override it.
 
-    A quality or a target given here replaces the preset's target or step.
+    A quality or a target given here replaces the preset's target or step. The quality of a
+    named preset, and ``quality`` here, are on the model's own scale where it has one (see
+    ``Codec.with_quality``); a ``Quantize(quality=...)`` in a pipeline object is kept as it is.
     """
     if quality is not None and target is not None:
         raise PipelineError(f"give a quality or a rate target, not both (quality {quality}, {target})")
@@ -39,6 +42,8 @@ def resolve_codec(
         codec = Codec.resolve(pipeline, model)
     elif pipeline is None or isinstance(pipeline, str):
         codec = Codec.resolve(load_pipeline(pipeline or "default"), model)
+        if quality is None and codec.target is None and codec.quantize.quality is not None:
+            quality = codec.quantize.quality  # a preset's quality is on the model's scale
     else:
         raise PipelineError(f"pipeline must be a preset name, a Pipeline or None, got {type(pipeline).__name__}")
     if quality is not None:
@@ -176,6 +181,7 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
         "shape": (header.height, header.width),
         "latent_shape": header.latent_shape,
         "quality": header.quantize.quality,
+        "quality_scale": "global" if header.quantize.quality is not None else None,
         "step": header.quantize.base_step,
         "pipeline": codec.pipeline().to_dict(),
         "n_bytes": len(data),
@@ -188,4 +194,19 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
         if record.drop is not None:
             target |= {"max_psnr_drop": record.drop_limit, "psnr_drop": record.drop}
         out["target"] = target
+    elif header.quantize.quality is None:
+        out |= model_quality(header.model, codec.calibration_key, header.quantize.base_step)
     return out
+
+
+def model_quality(model: ModelRef, calibration_key: str, step: float) -> dict[str, Any]:
+    """The quality on the model's own scale that gives ``step``, where this registry has the very model."""
+    try:
+        entry = Registry.load().resolve(model.name)
+    except ModelError:
+        return {}
+    scale = entry.quality_scale.get(calibration_key)
+    if scale is None or entry.fingerprint().hex() != model.fingerprint:
+        return {}
+    quality = quantizer.scale_quality(step, scale[0])
+    return {} if quality is None else {"quality": quality, "quality_scale": model.name}

@@ -27,6 +27,7 @@ from vaeflow.models import RuntimeOptions, load_model
 from vaeflow.models.registry import REGISTRY_FILE, Registry, register
 from vaeflow.progressbar import progress_bar
 from vaeflow.stages import ChannelTransform, Wavelet
+from vaeflow.stages import quantize as quantizer
 
 NOISE_AMPLITUDE = 0.1  # uniform noise in [-a, a] on normalised coefficients (about half a mid-quality step)
 CROP = 192
@@ -75,6 +76,68 @@ def band_gains(
     return totals / len(images)
 
 
+SCALE_CROP = 256
+CEILING_MARGIN_DB = 0.05  # quality 100: the coarsest step whose decode is this close to the model's ceiling
+MIN_SCALE_SPAN_DB = 1.0  # a model whose PSNR spans less over the steps keeps the global scale
+SCALE_GRID = np.geomspace(quantizer.STEP_AT_QUALITY_1, 1e-3, 49)  # steps measured, coarse to fine
+
+
+def _psnr(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    mse = ((decoded - reference) ** 2).reshape(len(reference), -1).mean(axis=1)
+    return 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))  # type: ignore[no-any-return]
+
+
+def measure_quality_scale(
+    codec: Codec, images: Sequence[np.ndarray], runtime: RuntimeOptions | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...], float] | None:
+    """A model's own quality scale for this codec: steps and mean PSNRs at ``SCALE_QUALITIES``, and
+    the ceiling (the PSNR of the unquantized latent); None for a model whose PSNR spans less than
+    ``MIN_SCALE_SPAN_DB`` from the coarsest step to the ceiling.
+
+    Crops are ``SCALE_CROP`` pixels square, or the smallest photo's side. Quality 100 is the
+    coarsest step whose decode is within ``CEILING_MARGIN_DB`` of the ceiling;
+    quality 1 is the global scale's coarsest step; the qualities between spread the PSNR evenly.
+    """
+    model = load_model(codec.model, runtime)
+    if not images:
+        raise ValueError("a quality scale needs at least one photo")
+    side = min(SCALE_CROP, *(min(image.shape[:2]) for image in images))
+    side -= side % 16
+    if side < 32:
+        raise ValueError(f"a quality scale needs photos of at least 32 x 32 pixels; the smallest has a side of {side}")
+    crops = np.stack([center_crop(image, side) for image in images])
+    reference = crops.astype(np.float64)
+    coeffs = codec.transform(model.encode(crops))
+    size = crops.shape[1:3]
+
+    def mean_psnr(c: np.ndarray) -> float:
+        return float(_psnr(model.decode_float(codec.untransform(c), size).astype(np.float64), reference).mean())
+
+    ceiling = mean_psnr(coeffs)
+    bands = codec.bands(coeffs.shape)
+    measured: list[float] = []
+    for step in progress_bar(iterable=SCALE_GRID, total=len(SCALE_GRID), desc="quality scale", unit="step"):
+        at = codec.with_step(float(step))
+        symbols = at.quantize.forward(coeffs, at.steps(coeffs.shape), bands)
+        measured.append(mean_psnr(at.dequantize(symbols)))
+        if measured[-1] >= ceiling - CEILING_MARGIN_DB / 4:
+            break
+    psnr = np.maximum.accumulate(np.asarray(measured))  # finer steps never lose PSNR
+    log_steps = np.log(SCALE_GRID[: len(psnr)])
+    top = min(float(psnr.max()), ceiling - CEILING_MARGIN_DB)
+    targets = np.linspace(float(psnr[0]), top, len(quantizer.SCALE_QUALITIES))
+    rising = np.concatenate([[True], np.diff(psnr) > 1e-9])  # interpolation needs increasing PSNRs
+    if top - psnr[0] < MIN_SCALE_SPAN_DB:
+        return None  # the decode barely depends on the step: the global scale serves as well
+    steps = np.exp(np.interp(targets, psnr[rising], log_steps[rising]))
+    steps[0] = SCALE_GRID[0]
+    rounded: list[float] = []
+    for value in steps:  # five significant digits, strictly decreasing
+        value = float(f"{value:.5g}")
+        rounded.append(value if not rounded or value < rounded[-1] else float(f"{rounded[-1] * 0.999:.5g}"))
+    return tuple(rounded), tuple(round(float(v), 3) for v in targets), ceiling
+
+
 def calibrate_model(
     name: str,
     data_dir: Path,
@@ -83,14 +146,39 @@ def calibrate_model(
     levels: int = 3,
     limit: int = 8,
 ) -> tuple[Path, np.ndarray]:
-    """Measure a model's band gains on photos and store them with the model in its registry."""
+    """Measure a model's band gains on photos, then its quality scale with those gains (the default
+    preset's quantizer at this channel transform and wavelet), and store both with the model."""
     plain = Codec.resolve(load_pipeline("plain"), name)
     codec = replace(plain, channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
     codec.channel.check(codec.model.latent_channels)
-    gains = band_gains(codec, [read_rgb(p) for p in list_images(data_dir, limit)])
+    photos = [read_rgb(p) for p in list_images(data_dir, limit)]
+    gains = band_gains(codec, photos)
     entry = Registry.load().resolve(name)
+    source = entry.source
+    if source is None:
+        raise ModelError(f"model {name!r} has no registry file to write to")
     rounded = tuple(tuple(float(f"{g:.4g}") for g in row) for row in gains)
-    updated = replace(entry, calibration={**entry.calibration, codec.calibration_key: rounded})
+    key = codec.calibration_key
+    entry = replace(entry, calibration={**entry.calibration, key: rounded}, quality_scale=dict(entry.quality_scale))
+    entry.quality_scale.pop(key, None)  # a scale measured with the earlier gains no longer holds
+    register(entry, source / REGISTRY_FILE)
+    return calibrate_quality_scale(name, photos, codec.channel, codec.wavelet), gains
+
+
+def calibrate_quality_scale(
+    name: str, photos: Sequence[np.ndarray], channel: ChannelTransform, wavelet: Wavelet
+) -> Path:
+    """Measure a calibrated model's quality scale (the default preset at this channel transform and
+    wavelet) and store it with the model."""
+    default = Codec.resolve(load_pipeline("default"), name).replaced(channel, wavelet)
+    if default.allocation_table is None:
+        raise ModelError(f"model {name!r} needs its band gains for {default.calibration_key!r} before a quality scale")
+    measured = measure_quality_scale(default, photos)
+    entry = Registry.load().resolve(name)
     if entry.source is None:
         raise ModelError(f"model {name!r} has no registry file to write to")
-    return register(updated, entry.source / REGISTRY_FILE), gains
+    if measured is None:
+        return entry.source / REGISTRY_FILE
+    steps, psnr, _ = measured
+    updated = replace(entry, quality_scale={**entry.quality_scale, default.calibration_key: (steps, psnr)})
+    return register(updated, entry.source / REGISTRY_FILE)

@@ -56,6 +56,7 @@ class Codec:
     target: RateTarget | None = None
     allocation_table: AllocationTable | None = None
     band_gains: tuple[tuple[float, ...], ...] | None = None  # the decoder's calibrated sensitivity (encoder side)
+    quality_scale: tuple[float, ...] | None = None  # the model's own steps at qualities 1, 10, ..., 100
 
     @classmethod
     def resolve(cls, pipeline: Pipeline, model: str | None = None) -> Codec:
@@ -96,6 +97,9 @@ class Codec:
             )
         if gains is not None:
             codec = replace(codec, band_gains=tuple(tuple(float(g) for g in row) for row in gains))
+        scale = entry.quality_scale.get(codec.calibration_key)
+        if scale is not None:
+            codec = replace(codec, quality_scale=scale[0])
         if codec.quantize.allocation != "decoder":
             return codec
         if gains is None:
@@ -136,6 +140,11 @@ class Codec:
         return replace(self, quantize=self.quantize.with_step(step), target=None)
 
     def with_quality(self, quality: int) -> Codec:
+        """This codec at ``quality``: on the model's own scale where it has one (the stream then
+        records the step), else on the global one (the stream records the quality)."""
+        if self.quality_scale is not None:
+            self.quantize.with_quality(quality)  # validated as any quality
+            return self.with_step(quantizer.scaled_step(quality, self.quality_scale))
         return replace(self, quantize=self.quantize.with_quality(quality), target=None)
 
     def with_target(self, target: RateTarget | None) -> Codec:

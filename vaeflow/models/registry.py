@@ -17,6 +17,7 @@ model trains on): ``convention = "shift_scale"`` with ``convention_patch``,
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
@@ -110,6 +111,10 @@ class ModelEntry:
     convention_shift: tuple[float, ...] = (0.0,)
     convention_scale: tuple[float, ...] = (1.0,)
     calibration: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict, compare=False, hash=False)
+    # by calibration key: the base step and the PSNR measured at qualities 1, 10, 20, ..., 100
+    quality_scale: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict, compare=False, hash=False
+    )
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -142,6 +147,10 @@ class ModelEntry:
             convention_shift=floats("convention_shift", (0.0,)),
             convention_scale=floats("convention_scale", (1.0,)),
             calibration={k: tuple(tuple(float(v) for v in row) for row in rows) for k, rows in calibration.items()},
+            quality_scale={
+                k: (tuple(float(v) for v in scale["step"]), tuple(float(v) for v in scale["psnr"]))
+                for k, scale in table.get("quality_scale", {}).items()
+            },
             source=base,
         )
         entry.validate()
@@ -169,6 +178,12 @@ class ModelEntry:
                 raise ModelError(f"{where}: {key} needs 1 or {patched} values, got {len(getattr(self, key))}")
         if any(v == 0 for v in self.convention_scale):
             raise ModelError(f"{where}: convention_scale must not be zero")
+        for key, (steps, psnr) in self.quality_scale.items():
+            if len(steps) != 11 or len(psnr) != 11 or not all(a > b > 0 for a, b in itertools.pairwise(steps)):
+                raise ModelError(
+                    f"{where}: quality_scale {key!r} needs 11 decreasing positive steps and 11 PSNRs (qualities "
+                    f"1, 10, ..., 100); run `vaeflow models calibrate {self.name} --data PHOTOS` again"
+                )
 
     def fingerprint(self) -> bytes:
         """First bytes of the SHA-256 of the decoder file: what a stream needs to decode."""
@@ -201,6 +216,9 @@ class ModelEntry:
         table["calibration"] = {k: [list(row) for row in rows] for k, rows in self.calibration.items()}
         if not table["calibration"]:
             del table["calibration"]
+        table["quality_scale"] = {k: {"step": list(st), "psnr": list(ps)} for k, (st, ps) in self.quality_scale.items()}
+        if not table["quality_scale"]:
+            del table["quality_scale"]
         return table
 
 
@@ -294,9 +312,11 @@ def register(entry: ModelEntry, path: Path | None = None, aliases: tuple[str, ..
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for registry files: tables of scalars and lists."""
+    """A small TOML writer for registry files: tables of scalars, lists and inline tables."""
 
     def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int | float):

@@ -1,12 +1,15 @@
 """Uniform deadzone quantizer with per-subband steps and decoder-estimated reconstruction.
 
-Quality mapping (documented in the README): the base step, in units of the model's
-normalised latent (unit variance), is
+Quality mapping (documented in the README): the global scale, which a stream's header
+records, gives the base step in units of the model's normalised latent (unit variance) as
 
     step(quality) = 5 * 2 ** (-(quality - 1) / 10.5)        quality in 1..100
 
 so quality 1 gives 5.0, quality 50 about 0.20 and quality 100 about 0.0074; every 10.5
-quality points halve the step. Each subband's step is the base step divided by the
+quality points halve the step. A calibrated model has its own scale (``scaled_step``):
+quality 100 is the coarsest step that decodes within 0.05 dB of the model's ceiling, and
+the qualities below spread the PSNR evenly down to the step of quality 1; streams coded on
+it record the step. Each subband's step is the base step divided by the
 square root of the band's synthesis gain (and of its weight, when the pipeline gives
 weights), so that every band adds about the same error per coefficient.
 
@@ -123,6 +126,25 @@ def quality_to_step(quality: float) -> float:
 
 def step_to_quality(step: float) -> float:
     return 1.0 - QUALITY_PER_OCTAVE * math.log2(step / STEP_AT_QUALITY_1)
+
+
+SCALE_QUALITIES = (1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # where a model's quality scale is measured
+
+
+def scaled_step(quality: float, anchors: tuple[float, ...]) -> float:
+    """The base step of ``quality`` on a model's own scale: ``anchors`` are the steps at
+    ``SCALE_QUALITIES``, and the log step is interpolated linearly between them. The step is
+    rounded to float32, exactly what a stream header records."""
+    log_steps = np.log(np.asarray(anchors, np.float64))
+    return float(np.float32(np.exp(np.interp(quality, SCALE_QUALITIES, log_steps))))
+
+
+def scale_quality(step: float, anchors: tuple[float, ...]) -> int | None:
+    """The integer quality on a model's scale whose step is ``step`` (as a header's float32 keeps it), or None."""
+    for quality in range(MIN_QUALITY, MAX_QUALITY + 1):
+        if abs(scaled_step(quality, anchors) - step) <= 1e-6 * step:
+            return quality
+    return None
 
 
 def band_steps(
