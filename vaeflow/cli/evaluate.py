@@ -15,7 +15,7 @@ from vaeflow.reports.html import write_report
 from vaeflow.reports.plots import save_rd_plot
 from vaeflow.reports.tables import bd_table, crossover_bpp, format_bd_table
 
-QUALITIES = "5,10,20,30,40,50,60,70,80,90,95"
+QUALITIES = "5,10,20,30,40,50,60,70,80,90,95,100"
 
 
 def register(commands: Any) -> None:
