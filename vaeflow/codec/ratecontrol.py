@@ -42,7 +42,8 @@ class Choice:
 
 PREDICTION_MARGIN = 0.95  # aim the predicted drop this far below the limit, so that the check rarely fails
 CHECKS = 4  # verifying decodes before falling back to a search by decodes alone
-UNDERSHOOT = 0.8  # a checked drop below this share of the limit earns one try at a larger step
+UNDERSHOOT = 0.8  # a checked drop below this share of the limit earns a try at a larger step
+REFINES = 3  # such tries, each one decode
 
 
 def predicted_drop(codec: Codec, coeffs: np.ndarray, step: float, exact_mse: float, pixels: int) -> float:
@@ -186,14 +187,7 @@ def _within_drop(
             lost = drop(chosen)
             predicted = predicted_drop(codec, coeffs, chosen.step, exact_mse, pixels)
             if lost <= limit:
-                if chosen is bounded or not 0 < lost < UNDERSHOOT * limit:
-                    return found(chosen, lost)
-                # well inside the limit: one larger step, as the drop grows with the step squared, checked once
-                up = math.log2(chosen.step) + 0.5 * math.log2(PREDICTION_MARGIN * limit / lost)
-                up = min(up, math.log2(bounded.step))
-                larger = attempt(up)
-                higher = drop(larger) if larger.step > chosen.step else math.inf
-                return found(larger, higher) if higher <= limit else found(chosen, lost)
+                return found(*_closer(attempt, drop, chosen, lost, bounded, limit))
             # the prediction was short by the factor the check shows: aim lower by as much
             aim *= PREDICTION_MARGIN * (predicted / lost if math.isfinite(lost) and lost > 0 else 0.5)
             top = float(np.log2(chosen.step))
@@ -219,6 +213,39 @@ def _within_drop(
     raise ValueError(
         f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {lost:.3f} dB"
     )
+
+
+def _closer(
+    attempt: Callable[[float], Choice],
+    drop: Callable[[Choice], float],
+    chosen: Choice,
+    lost: float,
+    bounded: Choice,
+    limit: float,
+) -> tuple[Choice, float]:
+    """From a checked step well inside the drop limit, up to ``REFINES`` larger ones, each checked:
+    the drop taken to grow as a power of the step (its exponent 2 until two checks measure it),
+    and never beyond halfway (in log step) to a step found over the limit."""
+    passed, passed_drop = chosen, lost
+    failed: tuple[float, float] | None = None  # (log2 step, drop) of the smallest step found over the limit
+    exponent = 2.0
+    for _ in range(REFINES):
+        if passed is bounded or not 0 < passed_drop < UNDERSHOOT * limit:
+            break
+        here = math.log2(passed.step)
+        up = here + math.log2(PREDICTION_MARGIN * limit / passed_drop) / exponent
+        up = min(up, math.log2(bounded.step), (here + failed[0]) / 2 if failed else math.inf)
+        larger = attempt(up)
+        if larger.step <= passed.step:
+            break
+        higher = drop(larger)
+        if math.isfinite(higher) and higher > passed_drop > 0:
+            exponent = max(0.5, math.log2(higher / passed_drop) / (math.log2(larger.step) - here))
+        if higher <= limit:
+            passed, passed_drop = larger, higher
+        else:
+            failed = (math.log2(larger.step), higher)
+    return passed, passed_drop
 
 
 def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], feasible: Choice, high: float) -> Choice:
