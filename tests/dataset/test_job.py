@@ -213,7 +213,8 @@ def test_changed_settings_are_refused_unless_overwrite(source: Path, sync_store:
 
     store = tmp_path / "copy.zarr"
     shutil.copytree(sync_store, store)
-    with pytest.raises(VaeflowError, match=r"codec\.quantize\.step: 0\.6479\d* -> 3\.2916\d*"):  # qualities 90, 20
+    asked = r"quantize\.step: 0\.6479\d* -> 3\.2916\d* \(quality 90 -> 20 on the model's scale\)"
+    with pytest.raises(VaeflowError, match=asked):
         sync_job(source, store, quality=20, options=JobOptions(progress=False))
     report = sync_job(source, store, quality=20, options=JobOptions(overwrite=True, progress=False))
     assert report.stored == len(GOOD)

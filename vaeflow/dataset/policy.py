@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaeflow.codec.api import model_quality
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.lock import LOCK_NAME
 from vaeflow.errors import PipelineError, VaeflowError
+from vaeflow.models import ModelRef
 from vaeflow.stages import Pipeline
 
 ACTIONS = ("create", "replace", "resume", "append", "complete")
@@ -63,6 +65,7 @@ def decide(
             raise VaeflowError(f"--add needs a finished store at {store}")
         return StorePolicy("create", fresh_meta(settings))
     changed = differences(comparable(existing.get("settings")), comparable(settings))
+    changed += quality_hint(existing.get("settings"), settings) if changed else ""
     earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
     extend = add or retry_failed
     if extend and changed:
@@ -165,6 +168,25 @@ def _given(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _given(v) for k, v in value.items() if v is not None}
     return value
+
+
+def scale_quality(settings: Any) -> int | None:
+    """The quality on the model's own scale that a store's recorded step is, where it is one."""
+    try:
+        codec, model = settings["codec"], ModelRef.from_dict(settings["model"])
+        key = f"{codec['channel']['transform']}-{codec['wavelet']['name']}-{codec['wavelet']['levels']}"
+        step = codec["quantize"]["step"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return model_quality(model, key, float(step)).get("quality") if step is not None else None
+
+
+def quality_hint(old: Any, new: Any) -> str:
+    """`` (quality 90 -> 20 on the model's scale)`` when both steps are qualities of the model's scale."""
+    before, after = scale_quality(old), scale_quality(new)
+    if before is None or after is None or before == after:
+        return ""
+    return f" (quality {before} -> {after} on the model's scale)"
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> str:
