@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m vaeflow ARGS`` in a subprocess, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, timeout=600)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,7 @@ import vaeflow
 from vaeflow import JobOptions, open_store
 from vaeflow.codec.shapes import buckets, fit_bucket
 
-from ..helpers import sync_job
-
-
-def cli_stdout(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, check=True)
-    return done.stdout
+from ..helpers import run_cli, sync_job
 
 
 def test_sidecars_travel_with_their_images(tmp_path: Path, photos: list[np.ndarray]) -> None:
@@ -47,7 +40,9 @@ def test_sidecars_travel_with_their_images(tmp_path: Path, photos: list[np.ndarr
     assert reader.caption("d.png") is None and "d.txt is not UTF-8; ignored" in reader.info("d.png")["notes"]
     assert reader.metadata("e.png") == {} and "e.json is not a JSON object" in reader.info("e.png")["notes"]
     assert reader.skipped == [("orphan.txt", ".txt sidecar without an image of the name orphan")]
-    listed = {row["name"]: row for row in json.loads(cli_stdout("ls", str(store), "--json"))}
+    listing = run_cli("ls", str(store), "--json")
+    assert listing.returncode == 0, listing.stderr
+    listed = {row["name"]: row for row in json.loads(listing.stdout)}
     assert listed["b.jpg"]["caption"] == "an astronaut" and listed["b.jpg"]["metadata"]["width"] == 512
     assert listed["d.png"]["caption"] is None and listed["a.png"]["original_size"] == [40, 56]
 
@@ -86,8 +81,8 @@ def test_the_dry_run_lists_the_buckets(tmp_path: Path, photos: list[np.ndarray])
     src = tmp_path / "src"
     src.mkdir()
     Image.fromarray(photos[0][:100, :150]).save(src / "a.png")
-    out = subprocess.run([sys.executable, "-m", "vaeflow", "compress", str(src), str(tmp_path / "x.zarr"), "--dry-run",
-                          "--buckets", "1024"], capture_output=True, text=True, check=True)  # fmt: skip
+    out = run_cli("compress", str(src), str(tmp_path / "x.zarr"), "--dry-run", "--buckets", "1024")
+    assert out.returncode == 0, out.stderr
     assert "aspect-ratio buckets of about 1024x1024" in out.stdout and "1024x1024" in out.stdout
     assert "512x2048" in out.stdout and "2048x512" in out.stdout
     assert not (tmp_path / "x.zarr").exists()

@@ -8,13 +8,12 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..helpers import image_folder
+from ..helpers import image_folder, run_cli
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
@@ -26,10 +25,6 @@ PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
     return image_folder(tmp_path_factory.mktemp("photos"), photos[:2], 128, 192)
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, timeout=600)
 
 
 def _render(page: Path, tmp_path: Path) -> tuple[str, list[str]]:
@@ -69,7 +64,7 @@ def test_the_request_check_sees_what_a_page_asks_for(tmp_path: Path) -> None:
 
 def test_the_performance_report_embeds_bokehjs(photo_folder: Path, tmp_path: Path) -> None:
     report = tmp_path / "job.html"
-    out = _cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "1", "--report", str(report))
+    out = run_cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "1", "--report", str(report))
     assert out.returncode == 0, out.stderr
     page = report.read_text()
     assert not re.search(r"<script[^>]+src=\"https?://", page), "BokehJS is inline, not from a CDN"
@@ -80,7 +75,7 @@ def test_the_performance_report_embeds_bokehjs(photo_folder: Path, tmp_path: Pat
 @pytest.mark.skipif(BROWSER is None, reason="needs a headless Chromium (apt-get install chromium)")
 def test_the_performance_report_renders_offline_in_a_browser(photo_folder: Path, tmp_path: Path) -> None:
     report = tmp_path / "job.html"
-    out = _cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "1", "--report", str(report))
+    out = run_cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "1", "--report", str(report))
     assert out.returncode == 0, out.stderr
     probe = tmp_path / "probe.html"
     probe.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
@@ -91,7 +86,7 @@ def test_the_performance_report_renders_offline_in_a_browser(photo_folder: Path,
 
 @pytest.mark.skipif(BROWSER is None, reason="needs a headless Chromium (apt-get install chromium)")
 def test_the_eval_report_asks_for_nothing_off_the_machine(photo_folder: Path, tmp_path: Path) -> None:
-    out = _cli("eval", str(photo_folder), "--qualities", "20,60", "--baselines", "jpeg", "--baseline-qualities",
+    out = run_cli("eval", str(photo_folder), "--qualities", "20,60", "--baselines", "jpeg", "--baseline-qualities",
                "10,50", "--out", str(tmp_path / "eval"), "--scheduler", "sync")  # fmt: skip
     assert out.returncode == 0, out.stderr
     title, urls = _render(tmp_path / "eval" / "report.html", tmp_path)

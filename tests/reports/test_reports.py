@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from vaeflow.reports import results
 from vaeflow.reports.evaluation import evaluate
 from vaeflow.reports.tables import bd_table, crossover_bpp
 
-from ..helpers import image_folder
+from ..helpers import image_folder, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +75,8 @@ def test_bd_table_and_crossover(small_eval: dict) -> None:
     assert cross is None or low <= cross <= high
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, timeout=600)
-
-
 def test_trace_of_one_image_lists_every_stage(photo_folder: Path, tmp_path: Path) -> None:
-    out = _cli("compress", str(photo_folder / "0.png"), str(tmp_path / "a.vfl"), "--trace", str(tmp_path / "t.json"))
+    out = run_cli("compress", str(photo_folder / "0.png"), str(tmp_path / "a.vfl"), "--trace", str(tmp_path / "t.json"))
     assert out.returncode == 0, out.stderr
     events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
     assert {e["name"] for e in events if e["ph"] == "X"} == {"vae", "channel", "wavelet", "quantize", "entropy"}
@@ -90,7 +84,7 @@ def test_trace_of_one_image_lists_every_stage(photo_folder: Path, tmp_path: Path
 
 
 def test_job_trace_and_performance_report(photo_folder: Path, tmp_path: Path) -> None:
-    out = _cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "2", "--no-progress",
+    out = run_cli("compress", str(photo_folder), str(tmp_path / "s.zarr"), "--workers", "2", "--no-progress",
                "--trace", str(tmp_path / "job.json"), "--report", str(tmp_path / "job.html"))  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "slowest stage" in out.stdout and "vae" in out.stdout
@@ -104,7 +98,7 @@ def test_job_trace_and_performance_report(photo_folder: Path, tmp_path: Path) ->
 def test_eval_cli_writes_results_plots_and_a_self_contained_report(photo_folder: Path, tmp_path: Path) -> None:
     args = ["eval", str(photo_folder), "--limit", "2", "--qualities", "20,60", "--baselines", "jpeg,webp",
             "--baseline-qualities", "5,40", "--out", str(tmp_path), "--scheduler", "sync"]  # fmt: skip
-    out = _cli(*args)
+    out = run_cli(*args)
     assert out.returncode == 0, out.stderr
     for name in ("results.json", "rd.png", "rd.svg", "report.html", "bd_rate.txt"):
         assert (tmp_path / name).stat().st_size > 0
@@ -113,5 +107,5 @@ def test_eval_cli_writes_results_plots_and_a_self_contained_report(photo_folder:
     assert "<svg" in page and "data:image/png;base64," in page and "BD-rate" in page
     assert 'src="http' not in page
     (tmp_path / "rd.png").unlink()
-    again = _cli(*args, "--reuse")
+    again = run_cli(*args, "--reuse")
     assert again.returncode == 0 and (tmp_path / "rd.png").exists()

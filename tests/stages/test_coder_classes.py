@@ -157,10 +157,7 @@ def test_bad_arguments_are_value_errors() -> None:
 
 
 def test_models_are_reproducible() -> None:
-    """Band multipliers are far from rounding ties, weights cannot overflow, and a fixed input
-    gives the bytes recorded here (any machine must produce them)."""
-    exact = [2.0 ** (16 + (index - 128) / 8) for index in range(1, 256)]
-    assert all(abs(v - np.floor(v) - 0.5) > 1e-3 for v in exact if v > 1)
+    """A fixed input gives the bytes recorded here (any machine must produce them)."""
     rng = np.random.default_rng(12345)
     symbols = np.round(rng.laplace(0, 2.0, (4, 24, 32))).astype(np.int32)
     bands = wavelet.subbands(24, 32, 3)
