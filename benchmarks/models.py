@@ -112,11 +112,11 @@ def quality_ladder(name: str, images: list[np.ndarray]) -> list[dict[str, float]
 
 
 def run(folder: Path, models: list[str], limit: int = 4, big: bool = True) -> dict[str, Any]:
-    images = [im for _, im in load_folder(folder, limit)]
+    everything = [im for _, im in load_folder(folder)]
+    images = everything[:limit]
     out: dict[str, Any] = {"images": len(images), "timing": {}, "memory_24mp": [], "reconstruction": {}, "ladder": {}}
     for name in models:
         out["timing"][name] = time_model(name, images)
-        everything = [im for _, im in load_folder(folder)]
         out["reconstruction"][name] = reconstruction(name, everything)
         out["ladder"][name] = quality_ladder(name, everything)
     if big:

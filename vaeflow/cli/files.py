@@ -12,7 +12,7 @@ from typing import Any
 import vaeflow
 from vaeflow.cli.messages import error, escaped, note, one_line, print_json
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
-from vaeflow.cli.parsing import UsageError, memory_limit, positive_float, positive_int, scheduler
+from vaeflow.cli.parsing import EXIT_PARTIAL, UsageError, memory_limit, positive_float, positive_int, scheduler
 from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
 from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
@@ -28,7 +28,6 @@ from vaeflow.reports.trace import write_trace
 from vaeflow.timing import StageTimer
 
 STREAM_SUFFIX = ".vfl"
-EXIT_SOME_FAILED = 3
 
 
 def register(commands: Any) -> None:
@@ -172,7 +171,6 @@ def run_compress(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit, performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
     target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
-    resolve_codec(args.model, args.quality, args.pipeline, target)  # every setting checked first
     if args.dry_run:
         local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
         codec, preset, options = job_codec(Path(local), args.model, args.quality, args.pipeline, target, options)
@@ -191,7 +189,7 @@ def run_compress(args: argparse.Namespace) -> int:
         print_json({**messages_plain(report), "ok": report.ok, "mean_bpp": report.mean_bpp})
     elif not args.quiet:
         print(report)
-    return 0 if report.ok else EXIT_SOME_FAILED
+    return 0 if report.ok else EXIT_PARTIAL
 
 
 def messages_plain(report: Any) -> dict[str, Any]:
@@ -273,7 +271,7 @@ def run_decompress(args: argparse.Namespace) -> int:
         print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
     for name, reason in report.damaged:
         error(f"vaeflow: damaged stream '{escaped(name)}' not written: {one_line(reason)}")
-    return 0 if report.ok else EXIT_SOME_FAILED
+    return 0 if report.ok else EXIT_PARTIAL
 
 
 def _counted(bar: Any, mapper: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]:
@@ -348,4 +346,4 @@ def run_verify(args: argparse.Namespace) -> int:
                     "bytes_read": report.bytes_read, "seconds": report.seconds})  # fmt: skip
     else:
         print(report)
-    return 0 if report.ok else EXIT_SOME_FAILED
+    return 0 if report.ok else EXIT_PARTIAL

@@ -14,7 +14,6 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from vaeflow.cli import bench, evaluate, files, messages, models, samples, train
@@ -32,7 +31,6 @@ from vaeflow.cli.parsing import (
 from vaeflow.errors import VaeflowError
 from vaeflow.resources import vaeflow_version
 
-EXIT_SOME_FAILED = 3
 COMMAND_MODULES = (samples, files, models, train, bench, evaluate)
 LATE_POSITIONALS = ("dst",)  # optional positionals that may also come after the options
 
@@ -74,7 +72,8 @@ def parse(parser: Parser, argv: list[str] | None) -> Any:
         slot = next((name for name in LATE_POSITIONALS if getattr(args, name, "") is None), None)
         if slot is None or token.startswith("-"):
             break
-        setattr(args, slot, Path(token))
+        convert = next((a.type for a in command_parser._actions if a.dest == slot), None)
+        setattr(args, slot, convert(token) if callable(convert) else token)  # a URL stays a string
         extra.remove(token)
     if extra and hasattr(args, "bench") and hasattr(args, "args"):
         args.args = [*args.args, *extra]  # a benchmark's own options go to it

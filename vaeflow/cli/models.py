@@ -107,10 +107,9 @@ def run_import(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise ModelError(f"importing weights needs PyTorch: pip install 'vaeflow[convert]' ({exc})") from exc
         path = import_tae(args.encoder, args.decoder, args.name, home_dir(), args.license or "MIT")
-    fingerprint = Registry.load().resolve(args.name).fingerprint().hex()
-    print(f"registered {args.name!r} in {path} (decoder fingerprint {fingerprint})")
+    entry = Registry.load().resolve(args.name)
+    print(f"registered {args.name!r} in {path} (decoder fingerprint {entry.fingerprint().hex()})")
     if args.eval is not None:
-        entry = Registry.load().resolve(args.name)
         figures = reconstruction(args.name, [read_rgb(p) for p in list_images(args.eval)])
         recorded = replace(entry, recon_psnr=round(figures["psnr"], 3), recon_ms_ssim=round(figures["ms_ssim"], 4))
         model_registry.register(recorded, path)

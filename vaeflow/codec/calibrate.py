@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaeflow import metrics
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.presets import load_pipeline
 from vaeflow.errors import ModelError
@@ -82,11 +83,6 @@ MIN_SCALE_SPAN_DB = 1.0  # a model whose PSNR spans less over the steps keeps th
 SCALE_GRID = np.geomspace(quantizer.STEP_AT_QUALITY_1, 1e-3, 49)  # steps measured, coarse to fine
 
 
-def _psnr(decoded: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    mse = ((decoded - reference) ** 2).reshape(len(reference), -1).mean(axis=1)
-    return 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10))  # type: ignore[no-any-return]
-
-
 def measure_quality_scale(
     codec: Codec, images: Sequence[np.ndarray], runtime: RuntimeOptions | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...], float] | None:
@@ -106,12 +102,12 @@ def measure_quality_scale(
     if side < 32:
         raise ValueError(f"a quality scale needs photos of at least 32 x 32 pixels; the smallest has a side of {side}")
     crops = np.stack([center_crop(image, side) for image in images])
-    reference = crops.astype(np.float64)
     coeffs = codec.transform(model.encode(crops))
     size = crops.shape[1:3]
 
     def mean_psnr(c: np.ndarray) -> float:
-        return float(_psnr(model.decode_float(codec.untransform(c), size).astype(np.float64), reference).mean())
+        decoded = model.decode_float(codec.untransform(c), size)
+        return float(np.mean([metrics.psnr(crop, out) for crop, out in zip(crops, decoded, strict=True)]))
 
     ceiling = mean_psnr(coeffs)
     bands = codec.bands(coeffs.shape)
@@ -125,10 +121,10 @@ def measure_quality_scale(
     psnr = np.maximum.accumulate(np.asarray(measured))  # finer steps never lose PSNR
     log_steps = np.log(SCALE_GRID[: len(psnr)])
     top = min(float(psnr.max()), ceiling - CEILING_MARGIN_DB)
-    targets = np.linspace(float(psnr[0]), top, len(quantizer.SCALE_QUALITIES))
-    rising = np.concatenate([[True], np.diff(psnr) > 1e-9])  # interpolation needs increasing PSNRs
     if top - psnr[0] < MIN_SCALE_SPAN_DB:
         return None  # the decode barely depends on the step: the global scale serves as well
+    targets = np.linspace(float(psnr[0]), top, len(quantizer.SCALE_QUALITIES))
+    rising = np.concatenate([[True], np.diff(psnr) > 1e-9])  # interpolation needs increasing PSNRs
     steps = np.exp(np.interp(targets, psnr[rising], log_steps[rising]))
     steps[0] = SCALE_GRID[0]
     rounded: list[float] = []

@@ -115,7 +115,7 @@ class Codec:
 
     @property
     def calibration_key(self) -> str:
-        return f"{self.channel.transform}-{self.wavelet.name}-{self.wavelet.levels}"
+        return calibration_key(self.channel.transform, self.wavelet)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(
@@ -305,12 +305,17 @@ def pad_to(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.pad(images, ((0, 0), (0, shape[0] - h), (0, shape[1] - w), (0, 0)), mode="edge")
 
 
+def calibration_key(transform: str, wavelet: Wavelet) -> str:
+    """How a model's registry entry keys what it measured for a channel transform and wavelet."""
+    return f"{transform}-{wavelet.name}-{wavelet.levels}"
+
+
 def fitting_transform(calibration: dict[str, Any], channels: int, wavelet: Wavelet) -> ChannelTransform:
     """The channel transform a model is calibrated for with ``wavelet``: Hadamard first where the
     channel count is a power of two; uncalibrated, Hadamard or identity as the count allows."""
     power_of_two = channels & (channels - 1) == 0
     usable = ("hadamard", "identity") if power_of_two else ("identity",)
     for transform in usable:
-        if f"{transform}-{wavelet.name}-{wavelet.levels}" in calibration:
+        if calibration_key(transform, wavelet) in calibration:
             return ChannelTransform(transform)
     return ChannelTransform(usable[0])

@@ -37,7 +37,6 @@ class Choice:
     symbols: np.ndarray  # (1, C, h, w)
     achieved: float
     drop: float | None = None  # with a PSNR-drop limit: the dB lost against decoding the exact latent
-    decodes: int = 0  # VAE decodes the search ran (the exact latent's included)
 
 
 PREDICTION_MARGIN = 0.95  # aim the predicted drop this far below the limit, so that the check rarely fails
@@ -151,16 +150,13 @@ def _within_drop(
     latent's: predicted from the calibration, then checked by decoding it (refined only when the check
     fails). The exact latent is decoded once, as the reference."""
     exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])
-    decodes = 1
     pixels = size[0] * size[1]
 
     losses: dict[float, float] = {}  # step -> its measured drop: each step decoded once
 
     def drop(c: Choice) -> float:
         """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
-        nonlocal decodes
         if c.step not in losses:
-            decodes += 1
             trial = codec.with_step(c.step)
             latents = trial.untransform(trial.dequantize(c.symbols))
             mse = metrics.mse(image, trial.decode_images(latents, size, runtime)[0])
@@ -169,7 +165,7 @@ def _within_drop(
         return losses[c.step]
 
     def found(c: Choice, lost: float) -> Choice:
-        return Choice(c.step, c.symbols, c.achieved, lost, decodes)
+        return Choice(c.step, c.symbols, c.achieved, lost)
 
     if codec.band_gains is not None:
 
@@ -227,14 +223,14 @@ def _closer(
     the drop taken to grow as a power of the step (its exponent 2 until two checks measure it),
     and never beyond halfway (in log step) to a step found over the limit."""
     passed, passed_drop = chosen, lost
-    failed: tuple[float, float] | None = None  # (log2 step, drop) of the smallest step found over the limit
+    failed: float | None = None  # log2 of the smallest step found over the limit
     exponent = 2.0
     for _ in range(REFINES):
         if passed is bounded or not 0 < passed_drop < UNDERSHOOT * limit:
             break
         here = math.log2(passed.step)
         up = here + math.log2(PREDICTION_MARGIN * limit / passed_drop) / exponent
-        up = min(up, math.log2(bounded.step), (here + failed[0]) / 2 if failed else math.inf)
+        up = min(up, math.log2(bounded.step), (here + failed) / 2 if failed is not None else math.inf)
         larger = attempt(up)
         if larger.step <= passed.step:
             break
@@ -244,7 +240,7 @@ def _closer(
         if higher <= limit:
             passed, passed_drop = larger, higher
         else:
-            failed = (math.log2(larger.step), higher)
+            failed = math.log2(larger.step)
     return passed, passed_drop
 
 

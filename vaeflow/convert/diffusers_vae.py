@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from skimage import data as skimage_data
 from torch import nn
 
 from vaeflow.codec.calibrate import calibrate_model, center_crop
@@ -45,6 +44,7 @@ from vaeflow.errors import ModelError, VaeflowError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models.onnx_vae import OnnxVAE
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, Registry, home_dir, register
+from vaeflow.samples import sample_image
 
 log = logging.getLogger("vaeflow")
 
@@ -316,7 +316,7 @@ def check_export(vae: LoadedVAE, encoder: Path, decoder: Path, probe: np.ndarray
 
 def sample_photos() -> list[np.ndarray]:
     """scikit-image's colour sample photos: the calibration set when none is given."""
-    return [getattr(skimage_data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")]
+    return [sample_image(name) for name in ("astronaut", "coffee", "chelsea", "rocket")]
 
 
 def _photos(data: Path | None, limit: int) -> list[np.ndarray]:

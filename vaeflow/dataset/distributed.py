@@ -105,7 +105,7 @@ class DaskExecutor:
             def submit() -> None:
                 batch = next(queue, None)
                 if batch is not None:
-                    future = self.client.compute(batch_graph(ctx, batch, token, ctx.fused, spans), retries=RETRIES)
+                    future = self.client.compute(batch_graph(ctx, batch, token, spans), retries=RETRIES)
                     in_flight[future.key] = batch
                     running.add(future)
                     self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
@@ -131,7 +131,7 @@ class DaskExecutor:
         run together, innocent images would share the blame of a poison one."""
 
         def run_single(single: Batch) -> dict[str, Any]:
-            graph = batch_graph(ctx, single, token, ctx.fused, spans)
+            graph = batch_graph(ctx, single, token, spans)
             return result(self.client, self.client.compute(graph, retries=RETRIES))  # type: ignore[no-any-return]
 
         return code_alone(ctx, batch, run_single)
@@ -146,15 +146,15 @@ def stage_spans(job: str) -> Spans:
             for stage in (*tasks.STAGES, "batch")}  # fmt: skip
 
 
-def batch_graph(ctx: TaskContext, batch: Batch, token: str, fused: bool = False, spans: Spans | None = None) -> Delayed:
+def batch_graph(ctx: TaskContext, batch: Batch, token: str, spans: Spans | None = None) -> Delayed:
     """The batch's tasks, keyed and spanned after their stage (``vae-g0-b3-<job>``), or one
-    ``batch-...`` task when fused."""
+    ``batch-...`` task when the context fuses the stages."""
     name = f"{batch.key}-{token}"
 
     def stage(label: str) -> Any:
         return dask.annotate(span=spans[label]) if spans else contextlib.nullcontext()
 
-    if fused:
+    if ctx.fused:
         with stage("batch"):
             return delayed(tasks.run_fused, pure=False)(ctx, batch, dask_key_name=f"batch-{name}")  # type: ignore[no-any-return]
     with stage("load"):

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.codec.api import model_quality
+from vaeflow.codec.codec import calibration_key
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.lock import LOCK_NAME
 from vaeflow.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
-from vaeflow.stages import Pipeline
+from vaeflow.stages import Pipeline, Wavelet
 
 ACTIONS = ("create", "replace", "resume", "append", "complete")
 _V1_TARGET_KEYS = {"target_bpp": "bpp", "target_psnr": "psnr", "max_latent_error": "max_latent_error",
@@ -174,7 +175,7 @@ def scale_quality(settings: Any) -> int | None:
     """The quality on the model's own scale that a store's recorded step is, where it is one."""
     try:
         codec, model = settings["codec"], ModelRef.from_dict(settings["model"])
-        key = f"{codec['channel']['transform']}-{codec['wavelet']['name']}-{codec['wavelet']['levels']}"
+        key = calibration_key(codec["channel"]["transform"], Wavelet.from_dict(codec["wavelet"]))
         step = codec["quantize"]["step"]
     except (KeyError, TypeError, ValueError):
         return None

@@ -74,7 +74,7 @@ class StoreReader:
             raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
         exact = self.meta.get("complete") is True  # mid --add: the index may already hold more rows
         with damage(self.path, "index"):
-            index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
+            self._index = index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
             self._check_sizes(index, rows, exact)
             self._paths = _text_column(index, "path", rows, self.path)
             self._notes = _text_column(index, "note", rows, self.path)
@@ -256,8 +256,8 @@ class StoreReader:
     def _columns(self) -> dict[str, Any]:
         """The index columns stores from before them may lack, read once (None where absent)."""
         rows = len(self._paths)
+        index = self._index
         with damage(self.path, "index"):
-            index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
             out: dict[str, Any] = {}
             for name in ("caption", "metadata"):
                 out[name] = _text_column(index, name, rows, self.path) if f"{name}_offsets" in index else None

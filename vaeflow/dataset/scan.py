@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaeflow.dataset.store import STORE_FORMAT
 from vaeflow.errors import ImageReadError, VaeflowError
 from vaeflow.imageio import IMAGE_SUFFIXES, read_header
 
@@ -84,6 +85,7 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
                 kept.append(name)
         dirs[:] = kept
         stems = {Path(n).stem for n in files if Path(n).suffix.lower() in IMAGE_SUFFIXES}
+        names = set(files)  # the folder's names, once: sidecars are looked up in it
         for name in sorted(files):
             path = here / name
             rel = path.relative_to(src).as_posix()
@@ -98,7 +100,7 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((rel, f"not an image type ({path.suffix or 'no extension'})"))
                 continue
-            sidecar = read_sidecar(here, path.stem, set(files))
+            sidecar = read_sidecar(here, path.stem, names)
             size = 0
             try:
                 size = path.stat().st_size
@@ -154,7 +156,7 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
 def _is_store(folder: Path) -> bool:
     try:
         with (folder / "zarr.json").open("rb") as fh:
-            return b"vaeflow-store" in fh.read(1 << 16)
+            return STORE_FORMAT.encode() in fh.read(1 << 16)
     except OSError:
         return False
 

@@ -243,9 +243,10 @@ def _staged(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., B
 
 def _read(ctx: TaskContext, batch: Batch, name: str, state: BatchState, cropped: bool = False) -> Rows:
     which = state.ok_positions()
-    shapes: list[tuple[int, ...]] = [ctx.codec.model.latent_shape(batch.items[p].height, batch.items[p].width)
-                                     for p in which]  # fmt: skip
-    rows = WorkStore(ctx.store).read_rows(batch, name, ctx.prefix, which, shapes if cropped else None)
+    shapes: list[tuple[int, ...]] | None = None
+    if cropped:
+        shapes = [ctx.codec.model.latent_shape(batch.items[p].height, batch.items[p].width) for p in which]
+    rows = WorkStore(ctx.store).read_rows(batch, name, ctx.prefix, which, shapes)
     return dict(zip(which, rows, strict=True))
 
 

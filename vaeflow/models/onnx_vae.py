@@ -210,7 +210,8 @@ class OnnxVAE:
             x += offset
             return x
 
-        raw = np.zeros((n, self.latent_channels, -(-height // s), -(-width // s)), np.float32)
+        _, latent_height, latent_width = self.latent_shape(height, width)
+        raw = np.zeros((n, self.latent_channels, latent_height, latent_width), np.float32)
 
         def write(row: int, block: np.ndarray) -> None:
             if block.shape[1] != self.latent_channels:
@@ -220,7 +221,7 @@ class OnnxVAE:
                 )
             raw[:, :, row : row + block.shape[2]] = block
 
-        self._run(self.encoder, read, write, (-(-height // s) * s, -(-width // s) * s), 1 / s, s, self.latent_channels)
+        self._run(self.encoder, read, write, (latent_height * s, latent_width * s), 1 / s, s, self.latent_channels)
         scale, shift = self._scale()
         return ((raw - shift) * scale).astype(np.float32)
 

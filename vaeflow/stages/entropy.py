@@ -52,8 +52,9 @@ class Entropy(Stage):
         self, payloads: list[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
     ) -> np.ndarray:
         """Payloads of one shape -> (N, C, h, w) int32 symbols, in as few calls as the coder allows."""
-        if self.coder == "classes":
-            return classes.decode_many(payloads, shape, bands)
+        many = getattr(CODERS[self.coder], "decode_many", None)
+        if many is not None:
+            return many(payloads, shape, bands)  # type: ignore[no-any-return]
         return (
             np.stack([self.inverse(p, shape, bands) for p in payloads]) if payloads else np.zeros((0, *shape), np.int32)
         )

@@ -457,7 +457,7 @@ def decode_many(
     """Several payloads of one shape -> (N, C, h, w) int32; streams that share a weight set share
     the array work."""
     geo = geometry_of(shape, bands)
-    out = np.zeros((len(payloads), *geo_shape(geo, shape)), np.int32)
+    out: np.ndarray | None = None  # made only when the streams use several weight sets
     sides = [_read_side(p, geo) for p in payloads]
     by_set: dict[int, list[int]] = {}
     for i, side in enumerate(sides):
@@ -470,6 +470,8 @@ def decode_many(
             if len(members) == len(sides):
                 out = decoded
             else:
+                if out is None:
+                    out = np.zeros((len(payloads), *geo_shape(geo, shape)), np.int32)
                 out[members] = decoded
             if not all(coder.is_empty() for coder in coders):
                 raise CorruptStreamError("entropy payload has undecoded data left over")
@@ -477,7 +479,7 @@ def decode_many(
             raise
         except (ValueError, RuntimeError, OverflowError, TypeError, IndexError) as exc:
             raise CorruptStreamError(f"entropy payload does not decode: {exc}") from exc
-    return out
+    return out if out is not None else np.zeros((0, *geo_shape(geo, shape)), np.int32)
 
 
 def geo_shape(geo: Geometry, shape: tuple[int, int, int]) -> tuple[int, int, int]:
