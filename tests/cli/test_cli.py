@@ -118,6 +118,16 @@ def test_paths_that_do_not_fit_are_refused_with_a_hint(source: Path, tmp_path: P
     assert no_output.returncode == USAGE and no_output.stderr.startswith("usage: vaeflow compress")
 
 
+def test_a_store_url_after_the_options_stays_a_url(source: Path, tmp_path: Path) -> None:
+    """``compress SRC --opt s3://...``: the late output path is parsed as its argument is (a string),
+    so the plan writes the URL's local staging copy, never a folder named ``s3:``."""
+    late = vaeflow("compress", str(source), "--quality", "5", "s3://bucket/x.zarr", "--dry-run", cwd=tmp_path)
+    early = vaeflow("compress", str(source), "s3://bucket/x.zarr", "--quality", "5", "--dry-run", cwd=tmp_path)
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.splitlines()[0] == early.stdout.splitlines()[0]
+    assert "staging" in late.stdout.splitlines()[0] and not (tmp_path / "s3:").exists()
+
+
 def test_one_image_round_trip_refuses_to_replace_files(source: Path, tmp_path: Path) -> None:
     stream, png = tmp_path / "a.vfl", tmp_path / "a.png"
     first = vaeflow("compress", str(source / "0.png"), str(stream), "--json")
