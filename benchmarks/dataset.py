@@ -73,7 +73,7 @@ def hardware_scaling(folder: Path) -> dict[str, float]:
 
 
 def job(
-    folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8, fuse_stages: bool = False
+    folder: Path, workers: int, store: Path, onnx_threads: int, batch_size: int = 8, fuse_stages: bool = True
 ) -> dict[str, Any]:
     with local_cluster(workers, dashboard_address=":0") as cluster, Client(cluster) as client:
         runtime = vaeflow.RuntimeOptions(threads=onnx_threads)

@@ -39,7 +39,7 @@ from vaeflow.imageio import list_images, read_rgb
 
 SCALES = (0.5, 0.75)
 SIZES = (10_000, 100_000, 1_000_000)
-TASKS_PER_BATCH = 6
+TASKS_PER_BATCH = 6  # with a task per stage; fused: 1
 
 
 def mixed_folder(folders: list[Path], out: Path) -> list[Path]:
@@ -63,14 +63,16 @@ def mixed(folders: list[Path]) -> dict[str, Any]:
         shapes = {(-(-i.height // 8) * 8, -(-i.width // 8) * 8) for i in plan.items}
         cores = os.cpu_count() or 1
         bare = _bare_loop(paths)
-        staged = job(root / "src", cores, root / "staged.zarr", 1)
-        fused = job(root / "src", cores, root / "fused.zarr", 1, fuse_stages=True)
-        one = job(root / "src", 1, root / "one.zarr", 1)
+        staged = job(root / "src", cores, root / "staged.zarr", 1, fuse_stages=False)
+        fused = job(root / "src", cores, root / "fused.zarr", 1)
+        one = job(root / "src", 1, root / "one.zarr", 1, fuse_stages=False)
+        one_fused = job(root / "src", 1, root / "one-fused.zarr", 1)
         return {
             "images": len(paths), "stride_shapes": len(shapes), "batch_shapes": len(plan.groups),
             "batches": len(plan.batches), "batch_fill": plan.batch_fill, "padding": plan.padding_overhead,
-            "bare": bare, "staged": staged, "fused": fused, "one_worker": one, "cores": cores,
-            "same_bytes": bare["bytes"] == staged["bytes"] == fused["bytes"] == one["bytes"],
+            "bare": bare, "staged": staged, "fused": fused, "one_worker": one, "one_worker_fused": one_fused,
+            "cores": cores,
+            "same_bytes": bare["bytes"] == staged["bytes"] == fused["bytes"] == one["bytes"] == one_fused["bytes"],
         }  # fmt: skip
 
 
@@ -145,7 +147,11 @@ def run(folders: list[Path], sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     return {
         "mixed": mixed(folders),
         "planned": [planned_in_child(n) for n in sizes],
-        "window": {"batches": WINDOW_PER_THREAD * threads, "tasks": WINDOW_PER_THREAD * threads * TASKS_PER_BATCH},
+        "window": {
+            "batches": WINDOW_PER_THREAD * threads,
+            "tasks": WINDOW_PER_THREAD * threads,
+            "staged_tasks": WINDOW_PER_THREAD * threads * TASKS_PER_BATCH,
+        },
         "gpu": gpu(folders[0]),
     }
 
@@ -161,13 +167,15 @@ def report(result: dict[str, Any]) -> str:
         f"  plan: {m['batch_shapes']} batch shapes, {m['batches']} batches, mean fill {100 * m['batch_fill']:.0f}%, "
         f"padding {100 * m['padding']:.1f}% of the pixels",
         f"  bare compress() loop, 1 process, all cores: {m['bare']['wall_s']:.1f} s ({rate(m['bare']):.2f} images/s)",
-        f"  job, {m['cores']} workers, one task per stage: {m['staged']['wall_s']:.1f} s "
+        f"  job, {m['cores']} workers, one task per stage (--no-fuse-stages): {m['staged']['wall_s']:.1f} s "
         f"({rate(m['staged']):.2f} images/s), {m['staged']['wall_s'] / m['bare']['wall_s']:.2f}x the bare loop's time",
-        f"  job, {m['cores']} workers, stages fused: {m['fused']['wall_s']:.1f} s ({rate(m['fused']):.2f} images/s), "
+        f"  job, {m['cores']} workers, stages fused (the default): {m['fused']['wall_s']:.1f} s "
+        f"({rate(m['fused']):.2f} images/s), "
         f"{m['fused']['wall_s'] / m['bare']['wall_s']:.2f}x; fused / staged "
         f"{m['fused']['wall_s'] / m['staged']['wall_s']:.2f}",
-        f"  scaling, {m['cores']} workers / 1 worker (one core each): "
-        f"{m['one_worker']['wall_s'] / m['staged']['wall_s']:.2f}x",
+        f"  scaling, {m['cores']} workers / 1 worker (one core each): one task per stage "
+        f"{m['one_worker']['wall_s'] / m['staged']['wall_s']:.2f}x, fused "
+        f"{m['one_worker_fused']['wall_s'] / m['fused']['wall_s']:.2f}x",
         f"  same bytes in every run: {m['same_bytes']}",
         "  planned jobs (simulated scans, synthetic streams; a fresh process each):",
     ]  # fmt: skip
@@ -177,7 +185,10 @@ def report(result: dict[str, Any]) -> str:
             f"peak memory {p['peak_rss_gb']:.2f} GB, {p['rows']:,} rows"
         )
     w = result["window"]
-    lines.append(f"  tasks on the scheduler at once: at most {w['tasks']} ({w['batches']} batches), whatever the size")
+    lines.append(
+        f"  tasks on the scheduler at once: at most {w['tasks']} ({w['batches']} batches; "
+        f"{w['staged_tasks']} with a task per stage), whatever the size"
+    )
     g = result["gpu"]
     lines.append(f"  GPU: {g['cuda']:.2f} images/s against {g['cpu']:.2f} on the CPU" if g else "  GPU: none here")
     return "\n".join(lines)

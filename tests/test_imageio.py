@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, PngImagePlugin
 
 from vaeflow.errors import ImageReadError, VaeflowError
-from vaeflow.imageio import list_images, load_image
+from vaeflow.imageio import list_images, load_image, read_header
 
 
 def _save(image: Image.Image, path: Path, **kwargs: object) -> Path:
@@ -126,3 +127,38 @@ def test_a_folder_lists_its_images_sorted_and_an_empty_one_says_so(tmp_path: Pat
         list_images(tmp_path / "empty")
     with pytest.raises(VaeflowError, match="is not a folder"):
         list_images(tmp_path / "b.png")
+
+
+def _png_with_late_exif(picture: Image.Image, path: Path, orientation: int) -> Path:
+    """A PNG whose eXIf chunk (orientation) comes after the image data, as some writers place it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    body = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif\x00\x00") else exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+    return path
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_png_headers_give_the_oriented_size_without_decoding(
+    tmp_path: Path, picture: Image.Image, late: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if late:
+        path = _png_with_late_exif(picture, tmp_path / "late.png", 6)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        path = _save(picture, tmp_path / "early.png", exif=exif.tobytes())
+    loaded = load_image(path)
+    assert loaded.pixels.shape == (80, 48, 3) and "EXIF orientation 6 applied" in loaded.notes
+
+    def no_decoding(self: Image.Image) -> None:
+        raise AssertionError("read_header decoded the image")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    assert read_header(path) == (80, 48)
+    assert read_header(_save(picture, tmp_path / "plain.png")) == (48, 80)

@@ -11,6 +11,7 @@ Conversions are documented here and reported as notes:
 
 from __future__ import annotations
 
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -74,10 +75,35 @@ def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     with open_image(path, max_pixels) as im:
         width, height = im.size
         try:
-            orientation = im.getexif().get(0x0112, 1)
-        except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: loading reports it
+            if im.format == "PNG" and "exif" not in im.info:
+                orientation = _png_late_orientation(path)  # Pillow's getexif would decode the whole image
+            else:
+                orientation = im.getexif().get(0x0112, 1)
+        except (OSError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: loading reports it
             orientation = 1
         return (width, height) if orientation in TRANSPOSED_ORIENTATIONS else (height, width)
+
+
+def _png_late_orientation(path: str | Path) -> int:
+    """The EXIF orientation of an eXIf chunk after a PNG's image data (the last one, as Pillow
+    keeps it once the image is loaded), found by stepping over chunk lengths without decoding."""
+    data = None
+    with open(path, "rb") as f:
+        f.seek(8)
+        while len(head := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            if kind == b"eXIf":
+                data = f.read(length)
+                f.seek(4, 1)
+            else:
+                f.seek(length + 4, 1)
+    if data is None:
+        return 1
+    exif = Image.Exif()
+    exif.load(b"Exif\x00\x00" + data)
+    return int(exif.get(0x0112, 1))
 
 
 def check_size(height: int, width: int, max_pixels: int) -> None:

@@ -242,6 +242,25 @@ def test_latents_decode_from_the_stream_alone_within_the_recorded_bound(photos: 
     assert record["achieved"] == pytest.approx(error, abs=1e-5)
 
 
+def test_latents_of_different_steps_decode_together_exactly_as_alone(
+    photos: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaeflow.codec import api
+    from vaeflow.stages.entropy import Entropy
+
+    crops = [photos[i][:96, :128] for i in range(3)]
+    streams = [vaeflow.compress(c, pipeline="latent-store") for c in crops] + [vaeflow.compress(crops[0], quality=40)]
+    assert len({vaeflow.info(s)["step"] for s in streams}) > 1  # each image searched its own step
+    alone = [vaeflow.decompress_latent(s) for s in streams]
+    calls: list[int] = []
+    inverse_many = Entropy.inverse_many
+    monkeypatch.setattr(Entropy, "inverse_many", lambda self, p, *a: calls.append(len(p)) or inverse_many(self, p, *a))
+    together = api.decompress_latents(streams)
+    assert calls == [4]  # one entropy decode for all four
+    for a, b in zip(alone, together, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
 def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_home: Path, tmp_path: Path) -> None:
     entry = Registry.load().resolve("default")
     data = vaeflow.compress(photo[:64, :64])

@@ -127,14 +127,22 @@ def test_latents_and_batches(sync_store: Path) -> None:
     ]
 
 
-def test_distributed_run_is_byte_identical_to_sync(source: Path, sync_store: Path, tmp_path: Path, cluster) -> None:  # type: ignore[no-untyped-def]
+MODES = pytest.mark.parametrize("fused", [True, False], ids=["fused", "a task per stage"])
+
+
+@MODES
+def test_distributed_run_is_byte_identical_to_sync(  # type: ignore[no-untyped-def]
+    source: Path, sync_store: Path, tmp_path: Path, cluster, fused: bool
+) -> None:
     store = tmp_path / "dist.zarr"
-    report = compress_dataset(source, store, client=cluster, options=JobOptions(batch_size=2, progress=False))
+    options = JobOptions(batch_size=2, progress=False, fuse_stages=fused)
+    report = compress_dataset(source, store, client=cluster, options=options)
     assert report.stored == len(GOOD)
     assert tree_bytes(store) == tree_bytes(sync_store)
 
 
-def test_killing_a_worker_mid_job_loses_nothing(source: Path, sync_store: Path, tmp_path: Path) -> None:
+@MODES
+def test_killing_a_worker_mid_job_loses_nothing(source: Path, sync_store: Path, tmp_path: Path, fused: bool) -> None:
     from distributed import Client, LocalCluster
 
     store = tmp_path / "killed.zarr"
@@ -146,7 +154,7 @@ def test_killing_a_worker_mid_job_loses_nothing(source: Path, sync_store: Path, 
         result: dict[str, object] = {}
         thread = threading.Thread(
             target=lambda: result.update(report=compress_dataset(
-                source, store, client=client, options=JobOptions(batch_size=1, progress=False))),
+                source, store, client=client, options=JobOptions(batch_size=1, progress=False, fuse_stages=fused))),
         )  # fmt: skip
         thread.start()
         done = store / "_work" / "done"
@@ -177,15 +185,18 @@ def test_dashboard_status_page_while_a_job_runs(source: Path, tmp_path: Path, cl
     assert pages == [200]
 
 
-def _run_cli(source: Path, store: Path) -> subprocess.Popen[bytes]:
+def _run_cli(source: Path, store: Path, fused: bool = True) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "vaeflow", "compress", str(source), str(store), "--scheduler", "sync",
-            "--batch-size", "1", "--no-progress"]  # fmt: skip
+            "--batch-size", "1", "--no-progress", "--fuse-stages" if fused else "--no-fuse-stages"]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_kill_then_resume_gives_a_byte_identical_store(source: Path, sync_store: Path, tmp_path: Path) -> None:
+@MODES
+def test_kill_then_resume_gives_a_byte_identical_store(
+    source: Path, sync_store: Path, tmp_path: Path, fused: bool
+) -> None:
     store = tmp_path / "resumed.zarr"
-    proc = _run_cli(source, store)
+    proc = _run_cli(source, store, fused)
     done = store / "_work" / "done"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (done.exists() and len(list(done.glob("*.json"))) >= 3):
@@ -193,7 +204,7 @@ def test_kill_then_resume_gives_a_byte_identical_store(source: Path, sync_store:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not open_store_ok(store)
-    proc = _run_cli(source, store)
+    proc = _run_cli(source, store, not fused)  # resumed the other way: the same batches
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err.decode()  # some images failed (the corrupt ones): documented exit code 3
     assert b"resumed" in out
@@ -344,11 +355,12 @@ def test_dry_run_never_empties_a_store(source: Path, sync_store: Path, tmp_path:
     assert len(plan.items) >= len(GOOD) and tree_bytes(store) == before  # planned afresh, nothing removed
 
 
-def test_keep_intermediates_keeps_each_stage(source: Path, tmp_path: Path) -> None:
+@MODES
+def test_keep_intermediates_keeps_each_stage(source: Path, tmp_path: Path, fused: bool) -> None:
     import zarr
 
     store = tmp_path / "kept.zarr"
-    sync_job(source, store, options=JobOptions(keep_intermediates=True, progress=False))
+    sync_job(source, store, options=JobOptions(keep_intermediates=True, progress=False, fuse_stages=fused))
     work = zarr.open_group(store / "_work", mode="r")
     latent = work["g0/latent"][0]
     rgb = work["g0/rgb"][0]

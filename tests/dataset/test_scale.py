@@ -1,5 +1,5 @@
 """Scale: batches that fill on mixed sizes with the same bytes on every executor, a bounded
-submission window, spans by stage, and the fused stages giving the same store."""
+submission window, time split by stage, and a task per stage giving the same store as fused stages."""
 
 from __future__ import annotations
 
@@ -63,22 +63,37 @@ def test_bucketed_batches_give_the_same_bytes_on_every_executor(
         assert reader.read_stream(name) == vaeflow.compress(image)  # alone or in any batch: the same bytes
 
 
-def test_fused_stages_write_the_same_store(mixed: Path, reference: Path, tmp_path: Path) -> None:
-    store = tmp_path / "fused.zarr"
-    sync_job(mixed, store, options=JobOptions(progress=False, batch_size=4, fuse_stages=True))
-    assert tree_bytes(store) == tree_bytes(reference)
+def test_a_task_per_stage_writes_the_same_store_as_fused_stages(mixed: Path, reference: Path, tmp_path: Path) -> None:
+    options = JobOptions(progress=False, batch_size=4, fuse_stages=False)
+    store = tmp_path / "staged.zarr"
+    sync_job(mixed, store, options=options)
+    assert tree_bytes(store) == tree_bytes(reference)  # the reference: fused, the default
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
-        dist = tmp_path / "fused-dist.zarr"
-        vaeflow.compress_dataset(mixed, dist, client=client,
-                                 options=JobOptions(progress=False, batch_size=4, fuse_stages=True))  # fmt: skip
+        dist = tmp_path / "staged-dist.zarr"
+        vaeflow.compress_dataset(mixed, dist, client=client, options=options)
     assert tree_bytes(dist) == tree_bytes(reference)
 
 
-def test_the_submission_window_bounds_what_the_scheduler_holds_and_spans_name_the_stages(
-    mixed: Path, reference: Path, tmp_path: Path
+STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
+
+
+def _stage_metrics(cluster: LocalCluster) -> set[tuple[str, ...]]:
+    """(span name, stage) of every stage the fused tasks metered, once the workers have reported."""
+    found: set[tuple[str, ...]] = set()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(found) < 2 * len(STAGES):  # the batch span and the job's
+        for span in cluster.scheduler.extensions["spans"].spans.values():
+            found |= {(*span.name, key[2]) for key in span.cumulative_worker_metrics if key[2] in STAGES}
+        time.sleep(0.2)
+    return found
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "a task per stage"])
+def test_the_submission_window_bounds_what_the_scheduler_holds_and_time_splits_by_stage(
+    mixed: Path, reference: Path, tmp_path: Path, fused: bool
 ) -> None:
     store = tmp_path / "window.zarr"
-    options = JobOptions(progress=False, batch_size=1)
+    options = JobOptions(progress=False, batch_size=1, fuse_stages=fused)
     plan = plan_job(mixed, store, vaeflow.resolve_codec(), "default", options)
     assert len(plan.batches) == len(SIZES)
     with (
@@ -102,10 +117,12 @@ def test_the_submission_window_bounds_what_the_scheduler_holds_and_spans_name_th
             stop.set()
             watcher.join()
         names = {span.name for span in cluster.scheduler.extensions["spans"].spans.values()}
+        metered = _stage_metrics(cluster) if fused else set()
     assert executor.peak_in_flight == 2
-    assert max(seen) <= 2 * 6  # six tasks a batch
-    assert {
-        ("vaeflow-compress", stage) for stage in ("load", "vae", "transform", "quantize", "entropy", "write")
-    } <= names
-    one = vaeflow.open_store(store)
-    assert set(one.names) == set(vaeflow.open_store(reference).names)
+    assert max(seen) <= 2 * (1 if fused else 6)  # one task a batch, or six
+    if fused:  # one span for the batch task; its time split by stage in the task metrics
+        assert ("vaeflow-compress", "batch") in names
+        assert {("vaeflow-compress", "batch", stage) for stage in STAGES} <= metered
+    else:  # a span per stage
+        assert {("vaeflow-compress", stage) for stage in STAGES} <= names
+    assert tree_bytes(store) == tree_bytes(reference)

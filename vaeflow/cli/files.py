@@ -75,8 +75,9 @@ def register(commands: Any) -> None:
         help="resize and centre-crop each image to the aspect-ratio bucket of about SIDE x SIDE pixels "
         "nearest its own (sides multiples of 64, 1:4 to 4:1; --dry-run lists them)",
     )
-    job.add_argument("--fuse-stages", action="store_true",
-                     help="run each batch's stages in one task, in memory (same bytes, no work store)")  # fmt: skip
+    job.add_argument("--fuse-stages", action=argparse.BooleanOptionalAction, default=True,
+                     help="run each batch's stages in one task, in memory (the default); --no-fuse-stages runs "
+                     "one task per stage through the zarr work store (the same bytes)")  # fmt: skip
     job.add_argument("--retry-failed", action="store_true", help="code again the images the store records as failed")
     job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")

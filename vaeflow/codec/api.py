@@ -135,19 +135,28 @@ def decompress_latent(data: bytes | memoryview) -> np.ndarray:
 
 
 def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray]:
-    """The dequantized latents of many streams, as ``decompress_latent`` gives them; streams of one
-    codec and latent shape are decoded together (one entropy-decoder call per class and batch,
-    one dequantization and inverse transform per batch)."""
+    """The dequantized latents of many streams, as ``decompress_latent`` gives them. Streams of one
+    entropy coder and latent shape are entropy-decoded together (one decoder call per class and
+    stream, the array work shared), and dequantized and inverse-transformed together, each with its
+    own steps (streams of a rate-searched preset differ only in them)."""
     opened = [open_stream(data) for data in streams]
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    coded: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (header, _, codec) in enumerate(opened):
-        groups[(codec, header.latent_shape)].append(i)
+        coded[(codec.entropy, codec.wavelet, header.latent_shape)].append(i)
+    symbols: list[np.ndarray] = [np.empty(0)] * len(streams)
+    for (entropy, _, shape), members in coded.items():
+        decoded = entropy.inverse_many([opened[i][1] for i in members], shape, opened[members[0]][2].bands(shape))
+        for i, row in zip(members, decoded, strict=True):
+            symbols[i] = row
+    transformed: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, (header, _, codec) in enumerate(opened):
+        transformed[(codec.quantize.rounding, codec.channel, codec.wavelet, header.latent_shape)].append(i)
     out: list[np.ndarray] = [np.empty(0)] * len(streams)
-    for (codec, shape), members in groups.items():
-        payloads = [opened[i][1] for i in members]
-        symbols = codec.entropy.inverse_many(payloads, shape, codec.bands(shape))
-        latents = codec.untransform(codec.dequantize(symbols))
-        for i, latent in zip(members, latents, strict=True):
+    for (_, _, _, shape), members in transformed.items():
+        first = opened[members[0]][2]
+        steps = np.stack([opened[i][2].steps(shape) for i in members])
+        coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), steps, first.bands(shape))
+        for i, latent in zip(members, first.untransform(coeffs), strict=True):
             out[i] = latent
     return out
 

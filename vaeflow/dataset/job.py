@@ -225,7 +225,7 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
     meta = {**plan.policy.meta, "vaeflow_version": vaeflow_version()}
     store_io.write_meta(plan.store, meta)
     work = WorkStore(plan.store)
-    work.create(plan)
+    work.create(plan, stage_arrays=not options.fuse_stages or options.keep_intermediates)
     markers: dict[str, Marker] = {}
     pending = []
     for batch in plan.batches:

@@ -14,7 +14,7 @@ class JobOptions:
 
     batch_size: int = 8
     buckets: int | None = None  # resize and crop to aspect-ratio buckets of about this side (vaeflow.codec.shapes)
-    fuse_stages: bool = False  # run a batch's stages in one task, in memory (same bytes), not through the work store
+    fuse_stages: bool = True  # a batch's stages in one task, in memory; False: a task per stage through the work store
     overwrite: bool = False
     add: bool = False
     retry_failed: bool = False  # code again the images a finished store records as failed

@@ -5,9 +5,10 @@ Each stage is a function of one batch's rows in memory (``load``, ``vae``, ``tra
 again image by image, and an image that fails alone becomes its status row while the rest
 of the batch goes on. Two ways to run them over a batch give the same streams and markers:
 
-- one task per stage (the default): each reads its input rows from the work store, runs its
-  stage, writes its output rows, and returns only a small ``BatchState``;
-- fused (``fuse_stages``): one task runs every stage in memory, writing only the streams.
+- fused (``fuse_stages``, the default): one task runs every stage in memory, writing only the
+  streams (``vaeflow bench scale`` measures it faster);
+- one task per stage: each reads its input rows from the work store, runs its stage, writes
+  its output rows, and returns only a small ``BatchState``.
 
 An image is encoded padded to its batch shape (``vaeflow.codec.shapes``); its latent is
 cropped to its own size at once, so its bytes never depend on its batch.
@@ -15,10 +16,12 @@ cropped to its own size at once, so its bytes never depend on its batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +53,7 @@ class TaskContext:
     max_pixels: int
     prefix: str = ""
     keep_intermediates: bool = False
-    fused: bool = False  # a batch's stages in one task (``run_fused``), or one task per stage
+    fused: bool = True  # a batch's stages in one task (``run_fused``), or one task per stage
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,7 @@ def write_task(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, A
     """Mark the batch done (durably, last) and return its small marker."""
     work = WorkStore(ctx.store)
     start = time.time()
-    if not ctx.keep_intermediates:
+    if not ctx.keep_intermediates and not ctx.fused:  # fused stages write no rows
         work.drop_rows(batch, ctx.prefix)
     done = marker(ctx, batch, state.timed("write", start))
     work.mark_done(batch.key, done)
@@ -316,26 +319,39 @@ def run_batch(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
     return write_task(ctx, batch, state)
 
 
-def run_fused(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
-    """Every stage of one batch in memory, in one task: the same streams and marker as ``run_batch``."""
+def _unmetered(stage: str) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def run_fused(
+    ctx: TaskContext, batch: Batch, meter: Callable[[str], AbstractContextManager[Any]] = _unmetered
+) -> dict[str, Any]:
+    """Every stage of one batch in memory, in one task: the same streams and marker as ``run_batch``.
+    ``meter(stage)`` wraps each stage (on Dask, the dashboard's per-task metrics by stage)."""
     state = BatchState.start(batch)
     stamp = time.time()
-    state, rgb = load(ctx, batch, state)
+    with meter("load"):
+        state, rgb = load(ctx, batch, state)
     state, stamp = state.timed("load", stamp), time.time()
-    state, latents = vae(ctx, batch, state, rgb)
+    with meter("vae"):
+        state, latents = vae(ctx, batch, state, rgb)
     state, stamp = state.timed("vae", stamp), time.time()
-    state, coeffs = transform(ctx, batch, state, latents)
+    with meter("transform"):
+        state, coeffs = transform(ctx, batch, state, latents)
     state, stamp = state.timed("transform", stamp), time.time()
-    state, symbols = quantize(ctx, batch, state, coeffs, rgb)
+    with meter("quantize"):
+        state, symbols = quantize(ctx, batch, state, coeffs, rgb)
     state, stamp = state.timed("quantize", stamp), time.time()
-    state, streams = entropy(ctx, batch, state, symbols)
+    with meter("entropy"):
+        state, streams = entropy(ctx, batch, state, symbols)
     state = state.timed("entropy", stamp)
-    work = WorkStore(ctx.store)
-    work.write_streams(batch.key, streams)
-    if ctx.keep_intermediates:
-        for name, rows in (("rgb", rgb), ("latent", latents), ("coefficients", coeffs), ("symbols", symbols)):
-            _write(ctx, batch, name, rows)
-    return write_task(ctx, batch, state)
+    with meter("write"):
+        work = WorkStore(ctx.store)
+        work.write_streams(batch.key, streams)
+        if ctx.keep_intermediates:
+            for name, rows in (("rgb", rgb), ("latent", latents), ("coefficients", coeffs), ("symbols", symbols)):
+                _write(ctx, batch, name, rows)
+        return write_task(ctx, batch, state)
 
 
 def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]:

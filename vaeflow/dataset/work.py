@@ -46,13 +46,28 @@ def _corner(row: int, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
     return (row, *(slice(0, n) for n in shape))
 
 
+def _runs(positions: list[int], values: list) -> list[tuple[int, list]]:  # type: ignore[type-arg]
+    """``values`` split where ``positions`` stop being consecutive: (first position, values)."""
+    runs: list[tuple[int, list]] = []  # type: ignore[type-arg]
+    for pos, value in zip(positions, values, strict=True):
+        if runs and runs[-1][0] + len(runs[-1][1]) == pos:
+            runs[-1][1].append(value)
+        else:
+            runs.append((pos, [value]))
+    return runs
+
+
 class WorkStore:
     def __init__(self, store: Path | str) -> None:
         self.root = Path(store) / WORK_DIR
 
-    def create(self, plan: Plan) -> None:
-        """Create every group's arrays (kept as they are when they already exist)."""
+    def create(self, plan: Plan, stage_arrays: bool = True) -> None:
+        """Create every group's arrays (kept as they are when they already exist); without
+        ``stage_arrays`` (fused stages) only what batches' streams and markers need."""
         group = zarr.open_group(self.root, mode="a")
+        (self.root / "done").mkdir(parents=True, exist_ok=True)
+        if not stage_arrays:
+            return
         channels = plan.groups[0].latent_shape[0] if plan.groups else 0
         for g in plan.groups:
             shapes = {
@@ -71,29 +86,32 @@ class WorkStore:
                 group.create_array(
                     path, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True, compressors=None
                 )
-        (self.root / "done").mkdir(parents=True, exist_ok=True)
 
     def array(self, batch: Batch, name: str, prefix: str) -> zarr.Array:
         return _open_cached(self.root / f"{prefix}g{batch.group}" / name)
 
     def write_rows(self, batch: Batch, name: str, prefix: str, rows: list[np.ndarray], which: list[int]) -> None:
-        """Write ``rows`` into the batch's rows ``which`` (positions within the batch); a row smaller
-        than the group's (a latent cropped to its image) fills the top-left corner."""
+        """Write ``rows`` into the batch's rows ``which`` (positions within the batch), one zarr
+        write per run of consecutive positions; a row smaller than the group's (a latent cropped
+        to its image) fills the top-left corner, the rest of its row staying zero."""
         arr = self.array(batch, name, prefix)
-        for row, pos in zip(rows, which, strict=True):
-            if row.shape == arr.shape[1:]:
-                arr[batch.start + pos] = row
-            else:
-                arr[_corner(batch.start + pos, row.shape)] = row
+        for first, run in _runs(which, rows):
+            block = np.zeros((len(run), *arr.shape[1:]), arr.dtype)
+            for k, row in enumerate(run):
+                block[_corner(k, row.shape)] = row
+            arr[batch.start + first : batch.start + first + len(run)] = block
 
     def read_rows(
         self, batch: Batch, name: str, prefix: str, which: list[int], shapes: list[tuple[int, ...]] | None = None
     ) -> list[np.ndarray]:
-        """The batch's rows ``which``; with ``shapes``, each row's top-left corner of that shape."""
+        """The batch's rows ``which``, one zarr read per run of consecutive positions; with
+        ``shapes``, each row's top-left corner of that shape."""
         arr = self.array(batch, name, prefix)
-        if shapes is None:
-            return [np.asarray(arr[batch.start + pos]) for pos in which]
-        return [np.asarray(arr[_corner(batch.start + pos, shape)]) for pos, shape in zip(which, shapes, strict=True)]
+        out: list[np.ndarray] = []
+        for first, run in _runs(which, shapes or [None] * len(which)):
+            block = np.asarray(arr[batch.start + first : batch.start + first + len(run)])
+            out += [block[k] if shape is None else block[_corner(k, shape)] for k, shape in enumerate(run)]
+        return out
 
     def write_streams(self, key: str, streams: list[bytes]) -> None:
         data = np.frombuffer(b"".join(streams), np.uint8)

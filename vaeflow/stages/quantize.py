@@ -249,12 +249,13 @@ def _centroid_offset(total: float, count: int) -> float:
 
 def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
     """int symbols (N, C, h, w) -> float32 coefficients, each band of each image and channel placed at
-    its estimated centroids (``centroid_offset``), in one pass over the whole array.
+    its estimated centroids (``centroid_offset``), in one pass over the whole array. ``steps`` is
+    (C, n_bands) for every image, or (N, C, n_bands), each image its own.
     A band's mean nonzero magnitude is its exact sum (integers below 2**53 add exactly in any order)
     over its count, which is what ``np.mean`` gives, and every value is ``(|q| - rounding + offset) * step``
     in float64 as before, so streams of format 1 decode as they always did."""
     n, c = symbols.shape[:2]
-    steps = np.asarray(steps, np.float64)
+    steps = np.broadcast_to(np.asarray(steps, np.float64), (n, c, len(bands)))
     mag = np.abs(symbols).astype(np.float64)
     rounding_map = np.zeros(symbols.shape, np.float64)
     offset_map = np.zeros(symbols.shape, np.float64)
@@ -262,7 +263,7 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...
     dropped = np.zeros(symbols.shape, bool)
     for j, band in enumerate(bands):
         where = (slice(None), slice(None), band.rows, band.cols)
-        finite = np.isfinite(steps[:, j])
+        finite = np.isfinite(steps[:, :, j])  # (N, C)
         band_round = band_rounding(band, rounding)
         if band_round == 0.5:
             offset = np.full((n, c), 0.5)
@@ -277,9 +278,9 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...
             ).reshape(n, c)
         rounding_map[where] = band_round
         offset_map[where] = offset[:, :, None, None]
-        step_map[where] = np.where(finite, steps[:, j], 0.0)[None, :, None, None]
+        step_map[where] = np.where(finite, steps[:, :, j], 0.0)[:, :, None, None]
         if not finite.all():
-            dropped[(slice(None), ~finite, band.rows, band.cols)] = True
+            dropped[where] |= ~finite[:, :, None, None]
     value = np.where(mag > 0, (mag - rounding_map + offset_map) * step_map, 0.0)
     region = np.sign(symbols) * value
     region[dropped] = 0.0
