@@ -295,14 +295,18 @@ def test_eval_shows_progress_and_refuses_a_missing_baseline_library(source: Path
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_without_worker_tracebacks(photos: list[np.ndarray], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stages", "size"), [("--fuse-stages", "32k"), ("--no-fuse-stages", "256k")])
+def test_a_full_disk_is_one_line_without_worker_tracebacks(
+    photos: list[np.ndarray], tmp_path: Path, stages: str, size: str
+) -> None:
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode:
         pytest.skip("needs to mount a small tmpfs (root)")
     try:
         src = image_folder(tmp_path, [np.tile(p, (2, 2, 1)) for p in photos], 512, 768)
-        done = vaeflow("compress", str(src), str(mount / "s.zarr"), "--workers", "2", "--batch-size", "1")
+        done = vaeflow("compress", str(src), str(mount / "s.zarr"), "--workers", "2", "--batch-size", "1", stages)
         assert done.returncode == ERROR
         line = one_error_line(done)
         assert "no space left on device" in line.lower() and "run the same command again" in line

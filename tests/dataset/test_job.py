@@ -391,3 +391,19 @@ def test_decompress_writes_pngs_and_refuses_escaping_names(sync_store: Path, tmp
     os.symlink("/tmp", tmp_path / "trap" / "nested")
     with pytest.raises(VaeflowError, match="symbolic link"):
         decompress_store(sync_store, tmp_path / "trap", names=["nested/img0.png"])
+
+
+def test_batch_streams_read_back_from_either_work_store_layout(tmp_path: Path) -> None:
+    import zarr
+
+    from vaeflow.dataset.work import WorkStore
+
+    work = WorkStore(tmp_path / "s.zarr")
+    work.write_streams("g0-b0", [b"first", b"", b"third"])
+    work.write_streams("g0-b0", [b"first", b"", b"third"])  # writing twice is harmless
+    assert work.read_streams("g0-b0") == b"firstthird"
+    work.write_streams("g0-b1", [])
+    assert work.read_streams("g0-b1") == b""
+    old = np.frombuffer(b"older layout", np.uint8)  # a job interrupted before the streams were plain files
+    zarr.create_array(work.root / "streams" / "g1-b0", shape=old.shape, chunks=old.shape, dtype="uint8")[:] = old
+    assert work.read_streams("g1-b0") == b"older layout"

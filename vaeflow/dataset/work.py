@@ -2,7 +2,8 @@
 
 Layout under ``STORE/_work``: ``g{n}/rgb`` (uint8, rows x H x W x 3), ``g{n}/latent`` and
 ``g{n}/coefficients`` (float32, rows x C x h x w), ``g{n}/symbols`` (int32), one image per
-chunk (big images per tile); ``streams/{batch}`` (uint8, the batch's streams back to back);
+chunk (big images per tile), with a task per stage or ``keep_intermediates``;
+``streams/{batch}.streams`` (the batch's streams back to back, a plain file);
 ``done/{batch}.json``, each batch's marker, written last and atomically.
 """
 
@@ -17,11 +18,12 @@ import numpy as np
 import zarr
 
 from vaeflow.dataset.plan import Batch, Plan
-from vaeflow.durable import atomic_write, atomic_write_json, fsync, sync_tree
+from vaeflow.durable import atomic_write, atomic_write_json
 
 WORK_DIR = "_work"
 STAGE_ARRAYS = ("rgb", "latent", "coefficients", "symbols")
 TILE = 1024
+STREAMS_SUFFIX = ".streams"
 
 
 _OPENED: dict[Path, tuple[int, zarr.Array]] = {}
@@ -114,19 +116,16 @@ class WorkStore:
         return out
 
     def write_streams(self, key: str, streams: list[bytes]) -> None:
-        data = np.frombuffer(b"".join(streams), np.uint8)
-        arr = zarr.create_array(
-            self.root / "streams" / key, shape=data.shape, chunks=(max(1, data.size),), dtype="uint8",
-            compressors=None, fill_value=0, overwrite=True,
-        )  # fmt: skip
-        if data.size:
-            arr[:] = data
-        sync_tree(self.root / "streams" / key)  # before the batch's marker says they are there
-        fsync(self.root / "streams")
+        """The batch's streams back to back in one file, durable before its marker says they are there."""
+        folder = self.root / "streams"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / f"{key}{STREAMS_SUFFIX}", b"".join(streams))
 
     def read_streams(self, key: str) -> bytes:
-        path = self.root / "streams" / key
-        arr = zarr.open_array(path, mode="r")
+        path = self.root / "streams" / f"{key}{STREAMS_SUFFIX}"
+        if path.exists():
+            return path.read_bytes()
+        arr = zarr.open_array(self.root / "streams" / key, mode="r")  # an older work store: a zarr array
         return np.asarray(arr[:]).tobytes() if arr.shape[0] else b""
 
     def mark_done(self, key: str, meta: dict[str, Any]) -> None:

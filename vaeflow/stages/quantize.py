@@ -256,35 +256,31 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...
     in float64 as before, so streams of format 1 decode as they always did."""
     n, c = symbols.shape[:2]
     steps = np.broadcast_to(np.asarray(steps, np.float64), (n, c, len(bands)))
-    mag = np.abs(symbols).astype(np.float64)
-    rounding_map = np.zeros(symbols.shape, np.float64)
-    offset_map = np.zeros(symbols.shape, np.float64)
-    step_map = np.zeros(symbols.shape, np.float64)
-    dropped = np.zeros(symbols.shape, bool)
+    out = np.zeros(symbols.shape, np.float32)
     for j, band in enumerate(bands):
         where = (slice(None), slice(None), band.rows, band.cols)
+        q = symbols[where]
+        mag = np.abs(q).astype(np.float64)
         finite = np.isfinite(steps[:, :, j])  # (N, C)
         band_round = band_rounding(band, rounding)
         if band_round == 0.5:
             offset = np.full((n, c), 0.5)
         else:
-            totals = mag[where].sum(axis=(2, 3)).tolist()
-            counts = np.count_nonzero(symbols[where], axis=(2, 3)).tolist()
+            totals = mag.sum(axis=(2, 3)).tolist()
+            counts = np.count_nonzero(q, axis=(2, 3)).tolist()
             offset = np.array(
                 [
                     [_centroid_offset(t, k) for t, k in zip(tr, kr, strict=True)]
                     for tr, kr in zip(totals, counts, strict=True)
                 ]
             ).reshape(n, c)
-        rounding_map[where] = band_round
-        offset_map[where] = offset[:, :, None, None]
-        step_map[where] = np.where(finite, steps[:, :, j], 0.0)[:, :, None, None]
+        step = np.where(finite, steps[:, :, j], 0.0)[:, :, None, None]
+        value = np.where(mag > 0, (mag - band_round + offset[:, :, None, None]) * step, 0.0)
+        region = np.sign(q) * value
         if not finite.all():
-            dropped[where] |= ~finite[:, :, None, None]
-    value = np.where(mag > 0, (mag - rounding_map + offset_map) * step_map, 0.0)
-    region = np.sign(symbols) * value
-    region[dropped] = 0.0
-    return region.astype(np.float32)
+            region[~np.broadcast_to(finite[:, :, None, None], region.shape)] = 0.0
+        out[where] = region
+    return out
 
 
 RDO_LAMBDA = math.log(2) / 6  # high-rate slope of D(R) per bit, in units of step**2
