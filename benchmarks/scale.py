@@ -3,7 +3,8 @@
 In one run:
 - **Mixed sizes**: a folder of real photos of many sizes (the given folders, plus copies of
   them resized to a few scales) through the default job on 2 workers, against a bare
-  ``compress()`` loop in one process on all cores; the plan's batch shapes, mean batch fill
+  ``compress()`` loop in one process on all cores, in rounds (ratios within a round, medians
+  over rounds); the plan's batch shapes, mean batch fill
   and padding overhead; 2-worker scaling over 1 worker (one core each); the stages run one
   task each through the zarr work store against fused into one task per batch.
 - **A million planned images**: a simulated scan of N small images (no files) is planned,
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 import vaeflow
-from benchmarks.dataset import _bare_loop, job
+from benchmarks.dataset import _bare_loop, hardware_scaling, job
 from vaeflow.dataset.distributed import WINDOW_PER_THREAD
 from vaeflow.dataset.job import JobOptions, plan_job
 from vaeflow.imageio import list_images, read_rgb
@@ -55,24 +57,32 @@ def mixed_folder(folders: list[Path], out: Path) -> list[Path]:
     return list_images(out)
 
 
-def mixed(folders: list[Path]) -> dict[str, Any]:
+RUNS = ("bare", "staged", "fused", "one_worker", "one_worker_fused")
+
+
+def mixed(folders: list[Path], rounds: int = 3) -> dict[str, Any]:
+    """Each round runs the bare loop and the four jobs once, in turn; ratios are taken within a round
+    (this machine's speed drifts between rounds) and their median reported."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = mixed_folder(folders, root / "src")
         plan = plan_job(root / "src", root / "plan.zarr", vaeflow.resolve_codec(), "default", JobOptions())
         shapes = {(-(-i.height // 8) * 8, -(-i.width // 8) * 8) for i in plan.items}
         cores = os.cpu_count() or 1
-        bare = _bare_loop(paths)
-        staged = job(root / "src", cores, root / "staged.zarr", 1, fuse_stages=False)
-        fused = job(root / "src", cores, root / "fused.zarr", 1)
-        one = job(root / "src", 1, root / "one.zarr", 1, fuse_stages=False)
-        one_fused = job(root / "src", 1, root / "one-fused.zarr", 1)
+        runs: list[dict[str, Any]] = []
+        for _ in range(rounds):
+            runs.append({
+                "bare": _bare_loop(paths),
+                "staged": job(root / "src", cores, root / "staged.zarr", 1, fuse_stages=False),
+                "fused": job(root / "src", cores, root / "fused.zarr", 1),
+                "one_worker": job(root / "src", 1, root / "one.zarr", 1, fuse_stages=False),
+                "one_worker_fused": job(root / "src", 1, root / "one-fused.zarr", 1),
+            })  # fmt: skip
         return {
             "images": len(paths), "stride_shapes": len(shapes), "batch_shapes": len(plan.groups),
             "batches": len(plan.batches), "batch_fill": plan.batch_fill, "padding": plan.padding_overhead,
-            "bare": bare, "staged": staged, "fused": fused, "one_worker": one, "one_worker_fused": one_fused,
-            "cores": cores,
-            "same_bytes": bare["bytes"] == staged["bytes"] == fused["bytes"] == one["bytes"] == one_fused["bytes"],
+            "rounds": runs, "cores": cores, "hardware_scaling": hardware_scaling(root / "src"),
+            "same_bytes": len({r[k]["bytes"] for r in runs for k in RUNS}) == 1,
         }  # fmt: skip
 
 
@@ -142,10 +152,10 @@ def gpu(folder: Path) -> dict[str, Any] | None:
     return out
 
 
-def run(folders: list[Path], sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
+def run(folders: list[Path], sizes: tuple[int, ...] = SIZES, rounds: int = 3) -> dict[str, Any]:
     threads = os.cpu_count() or 1
     return {
-        "mixed": mixed(folders),
+        "mixed": mixed(folders, rounds),
         "planned": [planned_in_child(n) for n in sizes],
         "window": {
             "batches": WINDOW_PER_THREAD * threads,
@@ -158,24 +168,30 @@ def run(folders: list[Path], sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     m = result["mixed"]
+    rounds = m["rounds"]
 
-    def rate(r: dict[str, Any]) -> float:
-        return float(r["images"] / r["wall_s"])
+    def ratio(a: str, b: str) -> str:
+        """The median over rounds of run a's wall time over run b's, and each round's."""
+        values = [r[a]["wall_s"] / r[b]["wall_s"] for r in rounds]
+        return f"{statistics.median(values):.2f}x (rounds {', '.join(f'{v:.2f}' for v in values)})"
+
+    def seconds(name: str) -> str:
+        walls = [r[name]["wall_s"] for r in rounds]
+        return f"{statistics.median(walls):.1f} s ({m['images'] / statistics.median(walls):.2f} images/s)"
 
     lines = [
         f"vaeflow bench scale: {m['images']} mixed-size images ({m['stride_shapes']} shapes at the model's stride)",
         f"  plan: {m['batch_shapes']} batch shapes, {m['batches']} batches, mean fill {100 * m['batch_fill']:.0f}%, "
         f"padding {100 * m['padding']:.1f}% of the pixels",
-        f"  bare compress() loop, 1 process, all cores: {m['bare']['wall_s']:.1f} s ({rate(m['bare']):.2f} images/s)",
-        f"  job, {m['cores']} workers, one task per stage (--no-fuse-stages): {m['staged']['wall_s']:.1f} s "
-        f"({rate(m['staged']):.2f} images/s), {m['staged']['wall_s'] / m['bare']['wall_s']:.2f}x the bare loop's time",
-        f"  job, {m['cores']} workers, stages fused (the default): {m['fused']['wall_s']:.1f} s "
-        f"({rate(m['fused']):.2f} images/s), "
-        f"{m['fused']['wall_s'] / m['bare']['wall_s']:.2f}x; fused / staged "
-        f"{m['fused']['wall_s'] / m['staged']['wall_s']:.2f}",
-        f"  scaling, {m['cores']} workers / 1 worker (one core each): one task per stage "
-        f"{m['one_worker']['wall_s'] / m['staged']['wall_s']:.2f}x, fused "
-        f"{m['one_worker_fused']['wall_s'] / m['fused']['wall_s']:.2f}x",
+        f"  {len(rounds)} rounds, each running everything below once in turn; medians of the rounds' ratios",
+        f"  bare compress() loop, 1 process, all cores: {seconds('bare')}",
+        f"  job, {m['cores']} workers, stages fused (the default): {seconds('fused')}, "
+        f"{ratio('fused', 'bare')} the bare loop's time",
+        f"  job, {m['cores']} workers, one task per stage (--no-fuse-stages): {seconds('staged')}, "
+        f"{ratio('staged', 'bare')}; fused / staged {ratio('fused', 'staged')}",
+        f"  scaling, {m['cores']} workers / 1 worker (one core each): fused {ratio('one_worker_fused', 'fused')}, "
+        f"one task per stage {ratio('one_worker', 'staged')}; two bare one-core processes / one: "
+        f"{m['hardware_scaling']['ratio']:.2f}x (what these cores allow)",
         f"  same bytes in every run: {m['same_bytes']}",
         "  planned jobs (simulated scans, synthetic streams; a fresh process each):",
     ]  # fmt: skip
@@ -200,9 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         "folders", type=Path, nargs="+", help="folders of photos (e.g. ../shared/data/photos ../shared/data/kodak)"
     )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="planned job sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the mixed-size runs (3)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.folders, tuple(int(s) for s in args.sizes.split(",")))
+    result = run(args.folders, tuple(int(s) for s in args.sizes.split(",")), args.rounds)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

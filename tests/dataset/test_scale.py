@@ -126,3 +126,24 @@ def test_the_submission_window_bounds_what_the_scheduler_holds_and_time_splits_b
     else:  # a span per stage
         assert {("vaeflow-compress", stage) for stage in STAGES} <= names
     assert tree_bytes(store) == tree_bytes(reference)
+
+
+def _profile_interval() -> str:
+    import dask
+
+    return str(dask.config.get("distributed.worker.profile.interval"))
+
+
+def test_vaeflows_own_workers_profile_ten_times_less_often_unless_configured() -> None:
+    import dask
+
+    from vaeflow.dataset.distributed import local_cluster
+
+    with local_cluster(1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        assert set(client.run(_profile_interval).values()) == {"100ms"}
+    with (
+        dask.config.set({"distributed.worker.profile.interval": "20ms"}),
+        local_cluster(1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        assert set(client.run(_profile_interval).values()) == {"20ms"}
