@@ -236,13 +236,18 @@ def test_stream_over_two_ranks_and_two_workers_covers_every_image_once(
     assert Counter(names) == Counter(list(latents))
 
 
-def test_stream_parts_are_contiguous_runs_in_store_order(store: Path) -> None:
+def test_stream_parts_are_contiguous_windows_in_store_order_batched_by_shape(store: Path) -> None:
     parts = [LatentStream(store, rank=r, world_size=3).part() for r in range(3)]
     assert [list(p) for p in parts] == [list(range(0, 4)), list(range(4, 8)), list(range(8, 12))]
-    stream = LatentStream(store, batch_size=4)
-    runs = list(stream.runs())
-    assert [i for run in runs for i in run] == list(range(len(SIZES)))
-    assert all(len({stream.shapes[i] for i in run}) == 1 and len(run) <= 4 for run in runs)
+    stream = LatentStream(store, batch_size=2, dtype=torch.float32)
+    windows = list(stream.windows())
+    assert [i for w in windows for i in w] == list(range(len(SIZES))) and all(len(w) <= 8 for w in windows)
+    batches = [list(batch["name"]) for batch in stream]
+    shapes = dict(zip(stream.names, stream.shapes, strict=True))
+    assert sorted(n for b in batches for n in b) == sorted(stream.names)
+    assert all(len({shapes[n] for n in b}) == 1 and len(b) <= 2 for b in batches)
+    full = Counter(shapes.values())  # each shape leaves at most one unfilled batch
+    assert sum(len(b) < 2 for b in batches) <= sum(1 for n in full.values() if n % 2)
 
 
 def test_dataloader_workers_read_s3(s3: S3Bucket, store: Path, latents: dict[str, np.ndarray]) -> None:

@@ -43,6 +43,7 @@ from vaeflow.models import RuntimeOptions
 KINDS = ("latent", "image")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 STREAM_READ = 16  # items per range read when a LatentStream yields single items
+READ_AHEAD = 4  # a LatentStream reads this many batches' worth of neighbours at once
 
 
 class _StoreItems:
@@ -267,10 +268,11 @@ class LatentStream(_StoreItems, IterableDataset[dict[str, Any]]):
     """A vaeflow store read in store order, for ``DataLoader(stream, batch_size=None, num_workers=k)``.
 
     The images are split into contiguous parts, one per rank and DataLoader worker (sizes differ by at most one),
-    and each part read in runs of neighbours: with ``batch_size``, each yielded item is a collated batch of up to
-    ``batch_size`` neighbouring images of one shape (a new batch starts where the shape changes), fetched with one
-    range read; with ``batch_size=None``, single items, read 16 at a time. Every image appears exactly once across
-    all ranks and workers; ranks may get one image more or less than each other.
+    and each part read in windows of neighbours, one range read each (``READ_AHEAD`` batches' worth), decoded
+    together where shapes agree. With ``batch_size``, each yielded item is a collated batch of one shape: the
+    window's images join a batch of their shape, which is yielded as soon as it holds ``batch_size``; the
+    unfilled ones at the end of the part. With ``batch_size=None``, single items in store order. Every image
+    appears exactly once across all ranks and workers; ranks may get one image more or less than each other.
     """
 
     def __init__(
@@ -300,22 +302,24 @@ class LatentStream(_StoreItems, IterableDataset[dict[str, Any]]):
         n = len(self.names)
         return range(n * consumer // consumers, n * (consumer + 1) // consumers)
 
-    def runs(self) -> Iterator[list[int]]:
-        """This part's indices in runs of neighbours of one shape, each one range read."""
-        size = self.batch_size or STREAM_READ
-        run: list[int] = []
-        for index in self.part():
-            if run and (len(run) == size or (self.batch_size and self.shapes[index] != self.shapes[run[0]])):
-                yield run
-                run = []
-            run.append(index)
-        if run:
-            yield run
+    def windows(self) -> Iterator[range]:
+        """This part's indices in windows of neighbours, each one range read."""
+        part = self.part()
+        size = self.batch_size * READ_AHEAD if self.batch_size else STREAM_READ
+        for start in range(part.start, part.stop, size):
+            yield range(start, min(start + size, part.stop))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for run in self.runs():
-            items = self._items(run)
+        filling: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for window in self.windows():
+            items = self._items(window)
             if self.batch_size is None:
                 yield from items
-            else:
-                yield default_collate(items)
+                continue
+            for index, item in zip(window, items, strict=True):
+                batch = filling.setdefault(self.shapes[index], [])
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield default_collate(filling.pop(self.shapes[index]))
+        for batch in filling.values():
+            yield default_collate(batch)
