@@ -8,8 +8,8 @@ In one run:
   and padding overhead; 2-worker scaling over 1 worker (one core each); the stages run one
   task each through the zarr work store against fused into one task per batch.
 - **A million planned images**: a simulated scan of N small images (no files) is planned,
-  its batches' markers made as workers would return them, and the index assembled (stream
-  bytes are synthetic: ``WorkStore.read_streams`` is replaced), each N in a fresh process,
+  its batches' markers and streams files made as workers would leave them (synthetic stream
+  bytes), and the index assembled from them, each N in a fresh process,
   for N = 10,000, 100,000 and 1,000,000: planning and assembly time, peak memory, and the
   tasks the scheduler holds at once (the submission window: a bound that does not grow with N).
 - **GPU workers**, where ONNX Runtime offers CUDA: images/s of the default model on the GPU
@@ -107,14 +107,16 @@ def planned(count: int) -> dict[str, Any]:
         del scanned
         stream = b"\x00" * 96  # what a tiny image's stream weighs, roughly
         markers = {}
-        for batch in plan.batches:
+        streams = store / work.WORK_DIR / "streams"
+        streams.mkdir(parents=True)
+        for batch in plan.batches:  # each batch's streams file, as a worker leaves it (unsynced: setup only)
+            (streams / f"{batch.key}{work.STREAMS_SUFFIX}").write_bytes(stream * len(batch.items))
             n = len(batch.items)
             size = len(stream)
             items = [{"index": it.index, "path": it.path, "ok": True, "reason": None, "notes": [], "nbytes": size,
                       "shape": [it.height, it.width], "stream": [batch.key, k * size]}
                      for k, it in enumerate(batch.items)]  # fmt: skip
             markers[batch.key] = {"key": batch.key, "items": items, "spans": [["vae", 0.0, 0.0, 0]] * (n > 0)}
-        work.WorkStore.read_streams = lambda self, key: stream * 8  # type: ignore[method-assign]
         start = time.perf_counter()
         vaeflow.dataset.store.write_meta(store, plan.policy.meta)  # type: ignore[attr-defined]
         assemble.assemble(plan, plan.policy.meta, markers, work.WorkStore(store))

@@ -143,22 +143,44 @@ def _png_with_late_exif(picture: Image.Image, path: Path, orientation: int) -> P
     return path
 
 
-@pytest.mark.parametrize("late", [True, False])
-def test_png_headers_give_the_oriented_size_without_decoding(
-    tmp_path: Path, picture: Image.Image, late: bool, monkeypatch: pytest.MonkeyPatch
+def _png_with_xmp(picture: Image.Image, path: Path, late: bool) -> Path:
+    """A PNG whose orientation 6 is given only by XMP (``tiff:Orientation``), before or after the data."""
+    xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    if not late:
+        picture.save(path, format="PNG", pnginfo=info)
+        return path
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    body = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode()
+    chunk = struct.pack(">I", len(body)) + b"iTXt" + body + struct.pack(">I", zlib.crc32(b"iTXt" + body))
+    end = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:end] + chunk + data[end:])
+    return path
+
+
+@pytest.mark.parametrize("case", ["eXIf after the data", "eXIf before", "XMP before", "XMP after", "none"])
+def test_png_headers_give_the_size_loading_gives(
+    tmp_path: Path, picture: Image.Image, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if late:
-        path = _png_with_late_exif(picture, tmp_path / "late.png", 6)
-    else:
-        exif = Image.Exif()
-        exif[0x0112] = 6
-        path = _save(picture, tmp_path / "early.png", exif=exif.tobytes())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = {
+        "eXIf after the data": lambda: _png_with_late_exif(picture, tmp_path / "late.png", 6),
+        "eXIf before": lambda: _save(picture, tmp_path / "early.png", exif=exif.tobytes()),
+        "XMP before": lambda: _png_with_xmp(picture, tmp_path / "xmp.png", late=False),
+        "XMP after": lambda: _png_with_xmp(picture, tmp_path / "late-xmp.png", late=True),
+        "none": lambda: _save(picture, tmp_path / "plain.png"),
+    }[case]()
     loaded = load_image(path)
-    assert loaded.pixels.shape == (80, 48, 3) and "EXIF orientation 6 applied" in loaded.notes
+    assert loaded.pixels.shape == ((48, 80, 3) if case == "none" else (80, 48, 3))
+    assert (case == "none") != ("EXIF orientation 6 applied" in loaded.notes)
+    if case != "XMP after":  # only text after the data needs decoding, as Pillow reads it
 
-    def no_decoding(self: Image.Image) -> None:
-        raise AssertionError("read_header decoded the image")
+        def no_decoding(self: Image.Image) -> None:
+            raise AssertionError("read_header decoded the image")
 
-    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
-    assert read_header(path) == (80, 48)
-    assert read_header(_save(picture, tmp_path / "plain.png")) == (48, 80)
+        monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    assert read_header(path) == loaded.pixels.shape[:2]

@@ -75,35 +75,43 @@ def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
     with open_image(path, max_pixels) as im:
         width, height = im.size
         try:
-            if im.format == "PNG" and "exif" not in im.info:
-                orientation = _png_late_orientation(path)  # Pillow's getexif would decode the whole image
-            else:
-                orientation = im.getexif().get(0x0112, 1)
+            late = _png_metadata_after_data(path) if im.format == "PNG" and "exif" not in im.info else None
+            if late is None or isinstance(late, bytes):
+                if late:
+                    im.info["exif"] = b"Exif\x00\x00" + late
+                exif = Image.Image.getexif(im)  # Pillow's PNG getexif would decode the image to look further
+            else:  # text chunks after the data (XMP, a raw EXIF profile): Pillow reads them by decoding
+                exif = im.getexif()
+            orientation = exif.get(0x0112, 1)
         except (OSError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: loading reports it
             orientation = 1
         return (width, height) if orientation in TRANSPOSED_ORIENTATIONS else (height, width)
 
 
-def _png_late_orientation(path: str | Path) -> int:
-    """The EXIF orientation of an eXIf chunk after a PNG's image data (the last one, as Pillow
-    keeps it once the image is loaded), found by stepping over chunk lengths without decoding."""
-    data = None
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _png_metadata_after_data(path: str | Path) -> bytes | bool | None:
+    """What a PNG holds after its image data that Pillow reads only once the image is loaded (up to
+    an animation's next frame, or a damaged chunk): the last eXIf chunk's bytes, True for text
+    chunks, None for neither; found by stepping over chunk lengths without decoding."""
+    after_data, found = False, None
     with open(path, "rb") as f:
         f.seek(8)
         while len(head := f.read(8)) == 8:
             length, kind = struct.unpack(">I4s", head)
-            if kind == b"IEND":
+            if kind == b"IEND" or not kind.isalpha() or (after_data and kind == b"fcTL"):
                 break
-            if kind == b"eXIf":
-                data = f.read(length)
+            if kind == b"IDAT":
+                after_data = True
+            elif after_data and kind in _PNG_TEXT:
+                return True
+            elif after_data and kind == b"eXIf":
+                found = f.read(length)
                 f.seek(4, 1)
-            else:
-                f.seek(length + 4, 1)
-    if data is None:
-        return 1
-    exif = Image.Exif()
-    exif.load(b"Exif\x00\x00" + data)
-    return int(exif.get(0x0112, 1))
+                continue
+            f.seek(length + 4, 1)
+    return found
 
 
 def check_size(height: int, width: int, max_pixels: int) -> None:

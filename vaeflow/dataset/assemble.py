@@ -3,7 +3,6 @@ order the batches finished in, then made durable and marked complete."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from vaeflow.dataset.work import WorkStore
 from vaeflow.durable import fsync, sync_tree
 
 Marker = dict[str, Any]
-CACHED_BATCHES = 256  # batches' streams held while the index is written (one per open shape group, at least)
 
 
 def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work: WorkStore) -> None:
@@ -26,7 +24,6 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
     items = {item.index: item for item in plan.items}
 
     def rows() -> Iterator[store_io.Row]:
-        cached: OrderedDict[str, bytes] = OrderedDict()  # the batches read last (index order interleaves them)
         for index in range(first, first + count):
             sidecar = plan.sidecars.get(index)
             caption, metadata = (sidecar.caption or "", sidecar.metadata or "") if sidecar else ("", "")
@@ -37,15 +34,9 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
                 continue
             entry, item = entries[index], items[index]
             key, offset = entry["stream"]
-            if key in cached:
-                cached.move_to_end(key)
-            else:
-                cached[key] = work.read_streams(key)
-                if len(cached) > CACHED_BATCHES:
-                    cached.popitem(last=False)
             note = entry["reason"] if not entry["ok"] else "; ".join([*entry["notes"], *side_notes])
             shape = (entry["shape"][0], entry["shape"][1])
-            data = cached[key][offset : offset + entry["nbytes"]]
+            data = work.read_stream(key, offset, entry["nbytes"])  # index order interleaves the batches
             yield store_io.Row(
                 entry["path"], shape, entry["ok"], note, data, caption, metadata, item.source, item.crop or (0, 0)
             )

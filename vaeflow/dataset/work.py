@@ -1,4 +1,5 @@
-"""The work store: zarr arrays that hold each stage's output between tasks, per shape group.
+"""The work store: each batch's streams and marker until the index is assembled, and, when stages
+run as separate tasks, zarr arrays that hold each stage's output between them, per shape group.
 
 Layout under ``STORE/_work``: ``g{n}/rgb`` (uint8, rows x H x W x 3), ``g{n}/latent`` and
 ``g{n}/coefficients`` (float32, rows x C x h x w), ``g{n}/symbols`` (int32), one image per
@@ -24,6 +25,7 @@ WORK_DIR = "_work"
 STAGE_ARRAYS = ("rgb", "latent", "coefficients", "symbols")
 TILE = 1024
 STREAMS_SUFFIX = ".streams"
+BLOCK_BYTES = 64 * 2**20  # rows written in one zarr call: at most this much copied at once
 
 
 _OPENED: dict[Path, tuple[int, zarr.Array]] = {}
@@ -97,11 +99,14 @@ class WorkStore:
         write per run of consecutive positions; a row smaller than the group's (a latent cropped
         to its image) fills the top-left corner, the rest of its row staying zero."""
         arr = self.array(batch, name, prefix)
+        per_block = max(1, BLOCK_BYTES // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:]))))
         for first, run in _runs(which, rows):
-            block = np.zeros((len(run), *arr.shape[1:]), arr.dtype)
-            for k, row in enumerate(run):
-                block[_corner(k, row.shape)] = row
-            arr[batch.start + first : batch.start + first + len(run)] = block
+            for at in range(0, len(run), per_block):
+                part = run[at : at + per_block]
+                block = np.zeros((len(part), *arr.shape[1:]), arr.dtype)
+                for k, row in enumerate(part):
+                    block[_corner(k, row.shape)] = row
+                arr[batch.start + first + at : batch.start + first + at + len(part)] = block
 
     def read_rows(
         self, batch: Batch, name: str, prefix: str, which: list[int], shapes: list[tuple[int, ...]] | None = None
@@ -120,6 +125,16 @@ class WorkStore:
         folder = self.root / "streams"
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / f"{key}{STREAMS_SUFFIX}", b"".join(streams))
+
+    def read_stream(self, key: str, offset: int, size: int) -> bytes:
+        """One image's stream out of its batch's streams."""
+        path = self.root / "streams" / f"{key}{STREAMS_SUFFIX}"
+        try:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        except FileNotFoundError:
+            return self.read_streams(key)[offset : offset + size]  # an older work store's zarr array
 
     def read_streams(self, key: str) -> bytes:
         path = self.root / "streams" / f"{key}{STREAMS_SUFFIX}"

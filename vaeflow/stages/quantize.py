@@ -249,7 +249,7 @@ def _centroid_offset(total: float, count: int) -> float:
 
 def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
     """int symbols (N, C, h, w) -> float32 coefficients, each band of each image and channel placed at
-    its estimated centroids (``centroid_offset``), in one pass over the whole array. ``steps`` is
+    its estimated centroids (``centroid_offset``), band by band over the whole batch. ``steps`` is
     (C, n_bands) for every image, or (N, C, n_bands), each image its own.
     A band's mean nonzero magnitude is its exact sum (integers below 2**53 add exactly in any order)
     over its count, which is what ``np.mean`` gives, and every value is ``(|q| - rounding + offset) * step``
