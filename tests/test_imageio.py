@@ -129,35 +129,34 @@ def test_a_folder_lists_its_images_sorted_and_an_empty_one_says_so(tmp_path: Pat
         list_images(tmp_path / "b.png")
 
 
-def _png_with_late_exif(picture: Image.Image, path: Path, orientation: int) -> Path:
-    """A PNG whose eXIf chunk (orientation) comes after the image data, as some writers place it."""
-    exif = Image.Exif()
-    exif[0x0112] = orientation
+def _png_with_chunk_after_data(picture: Image.Image, path: Path, kind: bytes, body: bytes) -> Path:
+    """A PNG of ``picture`` with one more chunk just before IEND, after the image data."""
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     data = buffer.getvalue()
-    body = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif\x00\x00") else exif.tobytes()
-    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     end = data.rindex(b"IEND") - 4
     path.write_bytes(data[:end] + chunk + data[end:])
     return path
 
 
+def _png_with_late_exif(picture: Image.Image, path: Path, orientation: int) -> Path:
+    """A PNG whose eXIf chunk (orientation) comes after the image data, as some writers place it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif\x00\x00") else exif.tobytes()
+    return _png_with_chunk_after_data(picture, path, b"eXIf", body)
+
+
 def _png_with_xmp(picture: Image.Image, path: Path, late: bool) -> Path:
     """A PNG whose orientation 6 is given only by XMP (``tiff:Orientation``), before or after the data."""
     xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    if late:  # an uncompressed iTXt: keyword, then null separator, flag, method, language and translated keyword
+        body = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode()
+        return _png_with_chunk_after_data(picture, path, b"iTXt", body)
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", xmp)
-    if not late:
-        picture.save(path, format="PNG", pnginfo=info)
-        return path
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    body = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp.encode()
-    chunk = struct.pack(">I", len(body)) + b"iTXt" + body + struct.pack(">I", zlib.crc32(b"iTXt" + body))
-    end = data.rindex(b"IEND") - 4
-    path.write_bytes(data[:end] + chunk + data[end:])
+    picture.save(path, format="PNG", pnginfo=info)
     return path
 
 

@@ -76,12 +76,12 @@ def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
         width, height = im.size
         try:
             late = _png_metadata_after_data(path) if im.format == "PNG" and "exif" not in im.info else None
-            if late is None or isinstance(late, bytes):
+            if late is True:  # text chunks after the data (XMP, a raw EXIF profile): Pillow reads them by decoding
+                exif = im.getexif()
+            else:
                 if late:
                     im.info["exif"] = b"Exif\x00\x00" + late
                 exif = Image.Image.getexif(im)  # Pillow's PNG getexif would decode the image to look further
-            else:  # text chunks after the data (XMP, a raw EXIF profile): Pillow reads them by decoding
-                exif = im.getexif()
             orientation = exif.get(0x0112, 1)
         except (OSError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: loading reports it
             orientation = 1

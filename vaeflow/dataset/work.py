@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
@@ -28,6 +28,7 @@ STREAMS_SUFFIX = ".streams"
 BLOCK_BYTES = 64 * 2**20  # rows written in one zarr call: at most this much copied at once
 
 
+T = TypeVar("T")
 _OPENED: dict[Path, tuple[int, zarr.Array]] = {}
 
 
@@ -50,9 +51,9 @@ def _corner(row: int, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
     return (row, *(slice(0, n) for n in shape))
 
 
-def _runs(positions: list[int], values: list) -> list[tuple[int, list]]:  # type: ignore[type-arg]
+def _runs(positions: list[int], values: list[T]) -> list[tuple[int, list[T]]]:
     """``values`` split where ``positions`` stop being consecutive: (first position, values)."""
-    runs: list[tuple[int, list]] = []  # type: ignore[type-arg]
+    runs: list[tuple[int, list[T]]] = []
     for pos, value in zip(positions, values, strict=True):
         if runs and runs[-1][0] + len(runs[-1][1]) == pos:
             runs[-1][1].append(value)
@@ -115,7 +116,8 @@ class WorkStore:
         ``shapes``, each row's top-left corner of that shape."""
         arr = self.array(batch, name, prefix)
         out: list[np.ndarray] = []
-        for first, run in _runs(which, shapes or [None] * len(which)):
+        wanted: list[tuple[int, ...] | None] = list(shapes) if shapes is not None else [None] * len(which)
+        for first, run in _runs(which, wanted):
             block = np.asarray(arr[batch.start + first : batch.start + first + len(run)])
             out += [block[k] if shape is None else block[_corner(k, shape)] for k, shape in enumerate(run)]
         return out
@@ -133,15 +135,9 @@ class WorkStore:
             with path.open("rb") as fh:
                 fh.seek(offset)
                 return fh.read(size)
-        except FileNotFoundError:
-            return self.read_streams(key)[offset : offset + size]  # an older work store's zarr array
-
-    def read_streams(self, key: str) -> bytes:
-        path = self.root / "streams" / f"{key}{STREAMS_SUFFIX}"
-        if path.exists():
-            return path.read_bytes()
-        arr = zarr.open_array(self.root / "streams" / key, mode="r")  # an older work store: a zarr array
-        return np.asarray(arr[:]).tobytes() if arr.shape[0] else b""
+        except FileNotFoundError:  # an older work store: the batch's streams as a zarr array
+            arr = zarr.open_array(self.root / "streams" / key, mode="r")
+            return np.asarray(arr[offset : offset + size]).tobytes()
 
     def mark_done(self, key: str, meta: dict[str, Any]) -> None:
         """Write the batch's marker atomically: the last step of a batch."""
