@@ -25,7 +25,9 @@ import numpy as np
 
 import vaeflow
 from vaeflow.binary import ByteReader
+from vaeflow.codec.api import resolve_codec
 from vaeflow.errors import VaeflowError
+from vaeflow.stages import Entropy
 
 TIME_LIMIT = 10  # seconds per input
 
@@ -66,12 +68,12 @@ def time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-GOLDEN_V1 = Path(__file__).resolve().parents[1] / "tests" / "golden" / "v1"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
 
 def seed_streams() -> list[bytes]:
-    """Small real streams of every pipeline (format 2, both coders), from a synthetic but natural-looking
-    image, and the golden format-1 streams (both of its coders)."""
+    """Small real streams of every pipeline (format 2, both of its coders) and of the band coder (format
+    3), from a synthetic but natural-looking image, and the golden streams of every format."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:40, 0:56]
     base = 128 + 60 * np.sin(xx / 6.0)[..., None] * np.cos(yy / 9.0)[..., None] + rng.normal(0, 12, (40, 56, 3))
@@ -79,7 +81,9 @@ def seed_streams() -> list[bytes]:
     streams = [vaeflow.compress(image[:h, :w], pipeline=p) for p in ("default", "plain", "latent-store")
                for h, w in ((40, 56), (9, 17), (1, 1))]  # fmt: skip
     streams.append(vaeflow.compress(image, pipeline="plain", quality=95))
-    streams += [path.read_bytes() for path in sorted(GOLDEN_V1.glob("*.vfl"))]
+    banded = resolve_codec(None, None, "default").replaced(Entropy("bands"))
+    streams += [vaeflow.compress(image[:h, :w], pipeline=banded) for h, w in ((40, 56), (9, 17))]
+    streams += [path.read_bytes() for path in sorted(GOLDEN.glob("v*/*.vfl"))]
     return streams
 
 

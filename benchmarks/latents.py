@@ -7,8 +7,9 @@ channels first, see the README), on a folder of images, in one run:
   after fetching it), per latent and as latents/s on one core, alone and decoded together by
   shape (``decompress_latents``), against reading the same latent stored as fp16 in a zarr v3
   array with zstd level 3 (one chunk per image) and ``np.load`` of an in-memory ``.npy``;
-- **Bytes**: the latent-store streams against fp16 + zstd; the class coder against the
-  context coder (format 1's) at equal steps, at qualities 30, 50 and 70 of the model's coding
+- **Bytes**: the latent-store streams against fp16 + zstd; the presets' entropy coder (the class
+  coder, or the band coder for wide latents) against the context coder (format 1's) at equal
+  steps, at qualities 30, 50 and 70 of the model's coding
   preset and at each image's latent-store step; and against the uniform baseline: the exact
   latent rounded to one step for all of it, stored as int8 with zstd level 3, that step
   searched per image (by decoding) to lose the same 0.1 dB as the preset allows;
@@ -154,7 +155,7 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
                 header, payload, opened = open_stream(streams[i])
                 symbols = opened.decode_symbols(payload, header.latent_shape)[0]
             bands = codec.bands(symbols.shape)
-            ours += len(Entropy("classes").forward(symbols, bands))
+            ours += len(codec.entropy.forward(symbols, bands))
             theirs += len(Entropy("context").forward(symbols, bands))
         ratios[label] = ours / theirs
     encode_timer, decode_timer = StageTimer(), StageTimer()
@@ -163,8 +164,10 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
         vaeflow.decompress(data, timer=decode_timer)
     share = {name: t.seconds.get("entropy", 0.0) / sum(t.seconds.values()) for name, t in
              (("encode", encode_timer), ("decode", decode_timer))}  # fmt: skip
+    share["encode_vs_vae"] = encode_timer.seconds.get("entropy", 0.0) / encode_timer.seconds["vae"]
     return {
         "model": vae.name, "images": len(images), "latent_shapes": sorted(str(s) for s in shapes),
+        "coders": {"latent-store": store.entropy.coder, coding: resolve_codec(model, None, coding).entropy.coder},
         "store_bytes": float(np.mean([len(s) for s in streams])), "fp16_zstd_bytes": fp16 / len(images),
         "uniform_bytes": float(np.mean([b for b, _ in baseline])), "uniform_steps": [s for _, s in baseline],
         "coder_ratio": ratios, "zarr_s": zarr_s, "npy_s": npy_s, "read_s": read_s,
@@ -186,7 +189,8 @@ def report(result: dict[str, Any]) -> str:
     for r in result["models"]:
         ms = 1e3
         lines += [
-            f"model {r['model']}, {r['images']} images, latents {', '.join(r['latent_shapes'])}",
+            f"model {r['model']}, {r['images']} images, latents {', '.join(r['latent_shapes'])}; entropy coders: "
+            + ", ".join(f"{preset} {coder}" for preset, coder in r["coders"].items()),
             f"  read one latent: {r['read_s'] * ms:.2f} ms ({1 / r['read_s']:.0f} latents/s on one core), "
             f"{r['read_s'] / r['zarr_s']:.2f}x fp16+zstd zarr ({r['zarr_s'] * ms:.2f} ms), "
             f"{r['read_s'] / r['npy_s']:.1f}x np.load ({r['npy_s'] * ms:.3f} ms); decoded together by shape: "
@@ -194,14 +198,15 @@ def report(result: dict[str, Any]) -> str:
             f"  bytes per image: latent-store {r['store_bytes']:.0f}, fp16+zstd {r['fp16_zstd_bytes']:.0f} "
             f"({r['store_bytes'] / r['fp16_zstd_bytes']:.3f}x), uniform int8+zstd at the same drop "
             f"{r['uniform_bytes']:.0f} ({r['store_bytes'] / r['uniform_bytes']:.3f}x)",
-            "  class coder / context coder, equal steps: "
+            "  the presets' coder / context coder, equal steps: "
             + ", ".join(f"{k} {v:.4f}" for k, v in r["coder_ratio"].items()),
             f"  latent-store encode {r['store_encode_s']:.3f} s per image, "
             f"{r['store_encode_s'] / r['vae_encode_s']:.2f}x the VAE encoder ({r['vae_encode_s']:.3f} s; its "
             f"decoder {r['vae_decode_s']:.3f} s), {np.mean(r['decodes']):.2f} VAE decodes per image (at most "
             f"{max(r['decodes'])}); largest PSNR drop {r['max_drop']:.3f} dB (recorded "
             f"{r['max_recorded_drop']:.3f}), largest latent error {r['max_error']:.3f}",
-            f"  entropy stage: {100 * r['entropy_share']['encode']:.1f}% of compress, "
+            f"  entropy stage: {100 * r['entropy_share']['encode']:.1f}% of compress "
+            f"({r['entropy_share']['encode_vs_vae']:.3f}x the VAE encoder's time there), "
             f"{100 * r['entropy_share']['decode']:.1f}% of decompress",
         ]  # fmt: skip
     return "\n".join(lines)

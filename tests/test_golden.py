@@ -42,6 +42,9 @@ def test_every_format_has_golden_streams() -> None:
     assert versions == set(VERSIONS)
     wide = MANIFEST["streams"]["v2-classes-wide-32"]
     assert wide["latent_shape"][0] >= 16  # the class coder's wide weight set
+    banded = [e for e in MANIFEST["streams"].values() if e.get("format_version") == 3]
+    assert {e["info"]["pipeline"]["entropy"]["coder"] for e in banded} == {"bands"}
+    assert max(e["latent_shape"][0] for e in banded) == 32 and any(e["pixels_sha256"] for e in banded)
 
 
 def test_golden_latents_decode_together_as_alone() -> None:

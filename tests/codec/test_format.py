@@ -31,8 +31,25 @@ def test_header_round_trips(stream: bytes) -> None:
     assert header.model == vaeflow.load_model("default").ref
     assert header.entropy == Entropy("classes")
     assert (header.quantize.quality, header.quantize.step) == (None, resolve_codec(None, 50).quantize.step)
-    assert header.version == stream_format.VERSION == 2
+    assert header.version == 2 and stream_format.VERSION == 3  # the oldest format that holds the stream
     assert stream_format.pack(header, bytes(payload)) == stream
+
+
+def test_a_band_coded_stream_is_format_3_and_no_older() -> None:
+    symbols = resolve_codec(None, 50).run(np.zeros((96, 136, 3), np.uint8)[None], until="quantize")
+    codec = resolve_codec(None, 50).replaced(Entropy("bands"))
+    banded = codec.entropy_code(symbols, [(96, 136)])[0]
+    assert banded[4] == 3 and vaeflow.info(banded)["format_version"] == 3
+    banded_header, banded_payload = stream_format.unpack(banded)
+    assert banded_header.entropy == Entropy("bands")
+    with pytest.raises(ValueError, match="format 2 cannot hold coder 'bands'"):
+        stream_format.pack(replace(banded_header, version=2), bytes(banded_payload))
+    # a format-2 header naming the band coder's byte code is damage
+    head_end = len(banded) - len(banded_payload) - 8
+    head = banded[:4] + b"\x02" + banded[5:head_end]
+    forged = head + zlib.crc32(head).to_bytes(4, "little") + banded[head_end + 4 :]
+    with pytest.raises(CorruptStreamError, match="entropy coder #3; this version knows 3"):
+        vaeflow.decompress(forged)
 
 
 GOLDEN_V1 = sorted((Path(__file__).parents[1] / "golden" / "v1").glob("*.vfl"))
@@ -54,7 +71,7 @@ def test_format_1_cannot_carry_what_format_2_added(stream: bytes) -> None:
     # a v1 stream naming the class coder's byte code is damage, not a class-coded stream
     v1 = GOLDEN_V1[0].read_bytes()
     v1_header, v1_payload = stream_format.unpack(v1)
-    assert v1_header.entropy.coder in stream_format.CODER_CODES[: stream_format.V1_CODERS]
+    assert v1_header.entropy.coder in stream_format.CODER_CODES[: stream_format.CODERS_OF_VERSION[1]]
     forged = stream_format.pack(replace(v1_header, version=2, entropy=Entropy("classes")), bytes(v1_payload))
     head_end = len(forged) - len(v1_payload) - 8
     head = b"VAEF\x01" + forged[5:head_end]  # the same header as format 1, its checksum made anew
@@ -104,7 +121,7 @@ def test_wrong_magic(stream: bytes) -> None:
 
 def test_newer_version_is_refused_by_name(stream: bytes) -> None:
     newer = stream[:4] + bytes([stream_format.VERSION + 1]) + stream[5:]
-    with pytest.raises(CorruptStreamError, match=r"version 3 is not supported \(this vaeflow reads 1, 2\)"):
+    with pytest.raises(CorruptStreamError, match=r"version 4 is not supported \(this vaeflow reads 1, 2, 3\)"):
         vaeflow.decompress(newer)
 
 

@@ -1,10 +1,10 @@
-"""Random damage to real context-class payloads: each decodes or raises CorruptStreamError, quickly.
+"""Random damage to real class-coder and band-coder payloads: each decodes or raises CorruptStreamError, quickly.
 
     python tests/fuzz/mutate_classes.py [RUNS] [SEED]
 
 Payloads are scikit-image's coffee, astronaut and chelsea through the default codec at
 qualities 30 and 70 (latents 4x50x75, 4x64x64, 4x38x57), and the same symbols replicated to
-32 channels (the wide weight set). Each run flips bits, truncates, overwrites, inserts bytes
+32 channels (the wide weight set), each coded by both coders. Each run flips bits, truncates, overwrites, inserts bytes
 or overwrites the side information. Any other exception stops the run with the damaged input.
 """
 
@@ -18,10 +18,11 @@ import skimage.data
 
 from vaeflow.codec.api import resolve_codec
 from vaeflow.errors import CorruptStreamError
+from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes
 
 
-def payloads() -> list[tuple[bytes, tuple[int, int, int], tuple]]:
+def payloads() -> list[tuple[object, bytes, tuple[int, int, int], tuple]]:
     images = [skimage.data.coffee(), skimage.data.astronaut(), skimage.data.chelsea()]
     out = []
     for quality in (30, 70):
@@ -30,7 +31,7 @@ def payloads() -> list[tuple[bytes, tuple[int, int, int], tuple]]:
             symbols = codec.quantize_coefficients(codec.transform(codec.encode_latents(image[None])))[0]
             for s in (symbols, np.concatenate([symbols] * 8)):
                 bands = codec.bands(s.shape)
-                out.append((classes.encode(s, bands), s.shape, bands))
+                out += [(coder, coder.encode(s, bands), s.shape, bands) for coder in (classes, bandcoder)]
     return out
 
 
@@ -59,11 +60,11 @@ def main() -> None:
     outcomes = {"decoded": 0, "corrupt": 0}
     slowest = 0.0
     for run in range(runs):
-        payload, shape, bands = cases[run % len(cases)]
+        coder, payload, shape, bands = cases[run % len(cases)]
         damaged = damage(payload, rng)
         start = time.perf_counter()
         try:
-            out = classes.decode(damaged, shape, bands)
+            out = coder.decode(damaged, shape, bands)  # type: ignore[attr-defined]
             assert out.shape == shape and out.dtype == np.int32
             outcomes["decoded"] += 1
         except CorruptStreamError:

@@ -99,3 +99,15 @@ def test_entropy_stage_validates_its_coder_and_symbols() -> None:
         Entropy("huffman")
     with pytest.raises(ValueError, match="int32"):
         CONTEXT.forward(np.zeros((1, 4, 4), np.int64), wavelet.subbands(4, 4, 0))
+
+
+def test_auto_fits_the_channel_count() -> None:
+    """``auto`` is the band coder for wide latents and the class coder otherwise; a resolved codec
+    never holds it."""
+    from vaeflow.codec.api import resolve_codec
+
+    assert Entropy("auto").fitting(16) == Entropy("bands") == Entropy("bands").fitting(4)
+    assert Entropy("auto").fitting(15) == Entropy("classes")
+    assert resolve_codec(None, None, "latent-store").entropy == Entropy("classes")  # the default model: 4 channels
+    with pytest.raises(PipelineError, match=r"classes.*bands.*auto"):
+        Entropy("arithmetic")

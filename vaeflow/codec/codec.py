@@ -63,7 +63,8 @@ class Codec:
         """The codec of a complete pipeline; ``model`` replaces the pipeline's model name.
 
         The channel transform ``auto`` becomes the one the model is calibrated for (Hadamard
-        first, where the channel count allows it). A model without a calibration for decoder
+        first, where the channel count allows it), and the entropy coder ``auto`` the one that fits
+        its channel count (``Entropy.fitting``). A model without a calibration for decoder
         allocation with this channel transform and wavelet gets uniform steps, with a warning
         saying how to calibrate it (the stream records the allocation it used, so it always
         decodes); a PSNR-drop target, which is predicted from the calibration, refuses instead.
@@ -83,7 +84,7 @@ class Codec:
             channel=channel,
             wavelet=wavelet,
             quantize=pipeline.stage("quantize"),  # type: ignore[arg-type]
-            entropy=pipeline.stage("entropy"),  # type: ignore[arg-type]
+            entropy=pipeline.stage("entropy").fitting(entry.latent_channels),  # type: ignore[union-attr]
             postfilter=pipeline.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
             target=pipeline.target,
         )

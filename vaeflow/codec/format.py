@@ -18,8 +18,8 @@ from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, Targ
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
-VERSION = 2  # what this vaeflow writes
-VERSIONS = (1, 2)  # what it reads
+VERSION = 3  # the newest this vaeflow writes; each stream is written in the oldest that holds it
+VERSIONS = (1, 2, 3)  # what it reads
 MAX_HEADER_BYTES = 1024
 MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
 MAX_LATENT_CHANNELS = 1024
@@ -29,8 +29,8 @@ MAX_MODEL_NAME_BYTES = 64
 # Byte codes: an index into each table. Never reorder; append only.
 CHANNEL_CODES = ("hadamard", "identity")
 WAVELET_CODES = ("haar", "cdf53", "cdf97")
-CODER_CODES = ("laplace", "context", "classes")  # format 1 knows the first two
-V1_CODERS = 2
+CODER_CODES = ("laplace", "context", "classes", "bands")  # format 1 knows the first two, format 2 three
+CODERS_OF_VERSION = {1: 2, 2: 3, 3: 4}
 TARGET_CODES = ("bpp", "psnr", "latent")
 FLAG_DECODER_ALLOCATION = 1
 FLAG_TARGET = 2
@@ -39,6 +39,7 @@ FLAG_DROP = 8  # format 2: a PSNR-drop record follows the rate-control record
 FLAGS = {
     1: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO,
     2: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
+    3: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
 }
 ROUNDING_UNITS = 256  # rounding offset in 1/256
 SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
@@ -57,21 +58,31 @@ class StreamHeader:
     entropy: Entropy
     postfilter: PostFilter
     record: TargetRecord | None = None
-    version: int = VERSION
+    version: int = 0  # 0: the oldest version that holds this header (``oldest_version``)
+
+    def __post_init__(self) -> None:
+        if self.version == 0:
+            object.__setattr__(self, "version", oldest_version(self.entropy))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.model.latent_shape(self.height, self.width)
 
 
+def oldest_version(entropy: Entropy) -> int:
+    """The oldest format version that can hold a stream of this entropy coder (2 for all but ``bands``)."""
+    code = CODER_CODES.index(entropy.coder)
+    return 3 if code >= CODERS_OF_VERSION[2] else 2
+
+
 def pack(header: StreamHeader, payload: bytes) -> bytes:
     """The stream of ``header`` and ``payload``, in the header's format version."""
     if header.version not in VERSIONS:
         raise ValueError(f"format version {header.version} is not one of {VERSIONS}")
-    if header.version == 1 and (
-        CODER_CODES.index(header.entropy.coder) >= V1_CODERS or (header.record and header.record.drop is not None)
-    ):
-        raise ValueError(f"format 1 cannot hold coder {header.entropy.coder!r} or a PSNR-drop record")
+    if CODER_CODES.index(header.entropy.coder) >= CODERS_OF_VERSION[header.version]:
+        raise ValueError(f"format {header.version} cannot hold coder {header.entropy.coder!r}")
+    if header.version == 1 and header.record and header.record.drop is not None:
+        raise ValueError("format 1 cannot hold a PSNR-drop record")
     body = ByteWriter()
     body.text(header.model.name)
     fingerprint = header.model.fingerprint_bytes
@@ -169,7 +180,7 @@ def unpack(
     rounding = h.u8() / ROUNDING_UNITS
     if not 0 < rounding <= 0.5:
         raise CorruptStreamError(f"stream holds an invalid rounding offset {rounding}")
-    coder = _pick(CODER_CODES[: V1_CODERS if version == 1 else None], h.u8(), "entropy coder")
+    coder = _pick(CODER_CODES[: CODERS_OF_VERSION[version]], h.u8(), "entropy coder")
     sigma = h.u8() / SIGMA_UNITS
     flags = h.u8()
     if flags & ~FLAGS[version] or (flags & FLAG_DROP and not flags & FLAG_TARGET):

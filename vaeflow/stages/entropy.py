@@ -5,7 +5,12 @@
   already has, row by row (``coders.context``; stream format 1);
 - ``classes``: each coefficient coded with one of 64 fixed tables, its class known before its
   pass from what earlier passes decoded, so that every class decodes in one call over arrays
-  (``coders.classes``; format 2, every preset but ``plain``).
+  (``coders.classes``; format 2, every preset but ``plain``);
+- ``bands``: one of those tables per detail band, named in the stream, each band one call
+  (``coders.bands``; format 3: wide latents under ``coder = "auto"``).
+
+``auto`` in a pipeline becomes ``bands`` for latents of ``WIDE_CHANNELS`` channels or more and
+``classes`` otherwise, when the codec is resolved.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import numpy as np
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
-from vaeflow.stages.coders import classes, context, laplace
+from vaeflow.stages.coders import bands, classes, context, laplace
 from vaeflow.stages.wavelet import Subband
 
-CODERS: dict[str, ModuleType] = {"laplace": laplace, "context": context, "classes": classes}
+CODERS: dict[str, ModuleType] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
+AUTO = "auto"  # in a pipeline: ``bands`` for wide latents, ``classes`` otherwise
+WIDE_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,14 @@ class Entropy(Stage):
     coder: str = "classes"
 
     def __post_init__(self) -> None:
-        if self.coder not in CODERS:
-            raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {tuple(CODERS)}")
+        if self.coder not in (*CODERS, AUTO):
+            raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {(*CODERS, AUTO)}")
+
+    def fitting(self, channels: int) -> Entropy:
+        """This stage with ``auto`` resolved for latents of ``channels`` channels."""
+        if self.coder != AUTO:
+            return self
+        return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
 
     def forward(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
         """One image's symbols (C, h, w) int32 -> its payload."""

@@ -241,9 +241,9 @@ def _read_side(payload: bytes | memoryview, geo: Geometry) -> _Side:
     return _Side(parameters, modes, classes, centres, np.frombuffer(rest, "<u4").astype(np.uint32))
 
 
-def _index_deltas(geo: Geometry, indices: np.ndarray) -> np.ndarray:
+def index_deltas(geo: Geometry, indices: np.ndarray, base: int = 128) -> np.ndarray:
     """Band indices (levels, C, 3) as deltas in side-information order: channel 0 from the same
-    orientation one level coarser (128 at the coarsest), other channels from the channel before."""
+    orientation one level coarser (``base`` at the coarsest), other channels from the channel before."""
     if not geo.levels:
         return np.zeros(0, np.int64)
     flags = np.zeros(indices.size, bool)
@@ -251,22 +251,23 @@ def _index_deltas(geo: Geometry, indices: np.ndarray) -> np.ndarray:
     present = flags.reshape(indices.shape)
     carried = indices.copy()
     for i in range(indices.shape[0]):  # a level without an orientation carries the coarser one's index
-        above = carried[i - 1, 0] if i else np.full(3, 128)
+        above = carried[i - 1, 0] if i else np.full(3, base)
         carried[i] = np.where(present[i], carried[i], above[None, :])
     deltas = carried.copy()
     deltas[:, 1:] -= carried[:, :-1]
-    deltas[0, 0] -= 128
+    deltas[0, 0] -= base
     deltas[1:, 0] -= carried[:-1, 0]
     return deltas.reshape(-1)[geo.present]  # type: ignore[no-any-return]
 
 
-def _indices_from_deltas(geo: Geometry, deltas: np.ndarray) -> np.ndarray:
+def indices_from_deltas(geo: Geometry, deltas: np.ndarray, base: int = 128, top: int = 255) -> np.ndarray:
+    """Invert ``index_deltas``; an index outside 0..top is damage."""
     full = np.zeros((len(geo.levels), geo.channels, 3), np.int64)
     full.reshape(-1)[geo.present] = deltas
-    full[:, 0] = np.cumsum(full[:, 0], axis=0) + 128
+    full[:, 0] = np.cumsum(full[:, 0], axis=0) + base
     full = np.cumsum(full, axis=1)
     coded = full.reshape(-1)[geo.present]
-    if coded.size and (coded.min() < 0 or coded.max() > 255):
+    if coded.size and (coded.min() < 0 or coded.max() > top):
         raise CorruptStreamError("a band index is out of range")
     return full
 
@@ -323,11 +324,7 @@ def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> _Plan:
     zone = fit.best_deadzone(fit.guess)
     indices = fit.indices(DEADZONES[zone])
     units: list[_Unit] = []
-    deltas = _index_deltas(geo, indices)
-    total = _add_symbols(units, deltas, np.full(deltas.size, SIDE_CLASS, np.uint8), LL_ZERO_HALF_WIDTH)
-    order = np.argsort(ll_classes, kind="stable")
-    classes = np.repeat(ll_classes[order].astype(np.uint8), residuals.shape[1])
-    total += _add_symbols(units, residuals[order].ravel(), classes, LL_ZERO_HALF_WIDTH)
+    total = head_units(units, geo, indices, ll_classes, residuals)
     for i, lv in enumerate(geo.levels):
         band = lut_index(indices[i].reshape(-1))[lv.slot]
         for step in lv.steps:
@@ -338,6 +335,22 @@ def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> _Plan:
             total += _add_symbols(units, values[i][where][coded], k[coded], DEADZONES[zone])
     side = _Side(weight_set << 3 | zone, modes, ll_classes, centres, np.zeros(0, np.uint32), indices)
     return _Plan(side, units, total / 65536.0)
+
+
+def head_units(
+    units: list[_Unit],
+    geo: Geometry,
+    indices: np.ndarray,
+    ll_classes: np.ndarray,
+    residuals: np.ndarray,
+    base: int = 128,
+) -> int:
+    """Append what the ANS words start with (``decode_head``'s order); return its cost (bits * 2**16)."""
+    deltas = index_deltas(geo, indices, base)
+    total = _add_symbols(units, deltas, np.full(deltas.size, SIDE_CLASS, np.uint8), LL_ZERO_HALF_WIDTH)
+    order = np.argsort(ll_classes, kind="stable")
+    classes = np.repeat(ll_classes[order].astype(np.uint8), residuals.shape[1])
+    return total + _add_symbols(units, residuals[order].ravel(), classes, LL_ZERO_HALF_WIDTH)
 
 
 def _add_symbols(units: list[_Unit], values: np.ndarray, classes: np.ndarray, zero_half_width: float) -> int:
@@ -534,6 +547,27 @@ def _decode_symbols(
     return values, mags
 
 
+def decode_head(
+    geo: Geometry, side: _Side, coder: constriction.stream.stack.AnsCoder, base: int = 128, top: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a stream's ANS words start with: its band indices (levels, C, 3) (as ``indices_from_deltas``
+    with ``base`` and ``top``), then its LL bands' symbols (C, h, w) as int32."""
+    channels, ll = geo.channels, geo.ll
+    side_counts = np.zeros(N_CLASSES + 1, np.int64)
+    side_counts[SIDE_CLASS] = geo.present.size
+    indices = indices_from_deltas(geo, _decode_symbols(coder, side_counts, LL_ZERO_HALF_WIDTH, False)[0], base, top)
+    order = np.argsort(side.ll_classes, kind="stable")
+    counts = np.bincount(side.ll_classes, minlength=N_CLASSES + 1) * ll.size
+    residuals = np.empty((channels, ll.size), np.int64)
+    residuals[order] = _decode_symbols(coder, counts, LL_ZERO_HALF_WIDTH, False)[0].reshape(channels, -1)
+    values = _ll_reconstruct(
+        residuals.reshape(channels, ll.rows.stop - ll.rows.start, -1), side.ll_modes, side.ll_centres
+    )
+    if values.min() < _INT32[0] or values.max() > _INT32[1]:
+        raise CorruptStreamError("decoded LL symbol is out of the int32 range")
+    return indices, values
+
+
 def _decode(
     geo: Geometry,
     shape: tuple[int, int, int],
@@ -545,21 +579,8 @@ def _decode(
     kind_weights, position_weights = weights
     out = np.zeros((n, channels, int(shape[1]), int(shape[2])), np.int32)
     ll = geo.ll
-    ll_size = ll.size
-    side_counts = np.zeros(N_CLASSES + 1, np.int64)
-    side_counts[SIDE_CLASS] = geo.present.size
     for i, (side, coder) in enumerate(zip(sides, coders, strict=True)):
-        side.indices = _indices_from_deltas(geo, _decode_symbols(coder, side_counts, LL_ZERO_HALF_WIDTH, False)[0])
-        order = np.argsort(side.ll_classes, kind="stable")
-        counts = np.bincount(side.ll_classes, minlength=N_CLASSES + 1) * ll_size
-        residuals = np.empty((channels, ll_size), np.int64)
-        residuals[order] = _decode_symbols(coder, counts, LL_ZERO_HALF_WIDTH, False)[0].reshape(channels, -1)
-        values = _ll_reconstruct(
-            residuals.reshape(channels, ll.rows.stop - ll.rows.start, -1), side.ll_modes, side.ll_centres
-        )
-        if values.min() < _INT32[0] or values.max() > _INT32[1]:
-            raise CorruptStreamError("decoded LL symbol is out of the int32 range")
-        out[i, :, ll.rows, ll.cols] = values
+        side.indices, out[i, :, ll.rows, ll.cols] = decode_head(geo, side, coder)
     indices = np.stack([side.indices for side in sides if side.indices is not None])  # (N, levels, C, 3)
     deadzone = [side.deadzone for side in sides]
     level_mags: list[np.ndarray] = []
