@@ -2,9 +2,11 @@
 one fp16 safetensors file per image (the kohya / SimpleTuner caching convention) and as webdataset tar shards of
 fp16 ``.npy`` (read with the ``webdataset`` package); and the bytes each keeps on disk.
 
-    python benchmarks/loader.py DIR [--store STORE.zarr] [--buckets SIDE] [--workers 2] [--batch-size 4] [--rounds 3]
+    python benchmarks/loader.py DIR [--store STORE.zarr] [--buckets SIDE] [--pipeline PRESET] [--workers 2]
+                                    [--batch-size 4] [--rounds 3]
 
-DIR is a folder of images. They are compressed with the ``latent-store`` preset into ``--store`` first (slow: the
+DIR is a folder of images. They are compressed with the ``latent-store`` preset (or ``--pipeline``, e.g.
+``latent-store-fast``) into ``--store`` first (slow: the
 VAE encoder and the rate search run on every image), with ``--buckets SIDE`` resized and cropped to aspect-ratio
 buckets as a trainer's latent cache is (so that batches share shapes and decode together); a finished store there
 is reused, so reruns only measure.
@@ -37,17 +39,19 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def open_or_build(src: Path, store: Path, buckets: int | None = None) -> vaeflow.StoreReader:
+def open_or_build(
+    src: Path, store: Path, buckets: int | None = None, pipeline: str = "latent-store"
+) -> vaeflow.StoreReader:
     if not (store / "zarr.json").exists():
-        print(f"compressing {src} with the latent-store preset into {store} (once; reused with --store) ...")
+        print(f"compressing {src} with the {pipeline} preset into {store} (once; reused with --store) ...")
         start = time.perf_counter()
         options = vaeflow.JobOptions(buckets=buckets)
-        report = vaeflow.compress_dataset(src, store, pipeline="latent-store", scheduler="sync", options=options)
+        report = vaeflow.compress_dataset(src, store, pipeline=pipeline, scheduler="sync", options=options)
         print(f"  {report.stored} images in {time.perf_counter() - start:.0f} s")
     reader = vaeflow.open_store(store)
     preset = (reader.meta.get("settings") or {}).get("pipeline")
-    if preset != "latent-store":
-        print(f"note: {store} was written with the {preset!r} preset, not latent-store")
+    if preset != pipeline:
+        print(f"note: {store} was written with the {preset!r} preset, not {pipeline}")
     return reader
 
 
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", type=Path, help="the vaeflow store to build or reuse (default: a temp folder)")
     parser.add_argument("--buckets", type=int, metavar="SIDE",
                         help="aspect-ratio buckets of about SIDE x SIDE for the store (default: none)")  # fmt: skip
+    parser.add_argument("--pipeline", default="latent-store",
+                        help="the preset the store is written with (latent-store; latent-store-fast)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (2)")
     parser.add_argument("--batch-size", type=int, default=4, help="latents per batch (4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring every loader once (3)")
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="vaeflow-loader-") as temp:
         tmp = Path(temp)
-        reader = open_or_build(args.src, args.store or tmp / "store.zarr", args.buckets)
+        reader = open_or_build(args.src, args.store or tmp / "store.zarr", args.buckets, args.pipeline)
         n = len(reader.names)
         if n == 0:
             raise SystemExit(f"no images were stored from {args.src}")

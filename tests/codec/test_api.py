@@ -272,3 +272,15 @@ def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_hom
     register(replace(entry, decoder=decoder))
     with pytest.raises(ModelError, match="fingerprint"):
         vaeflow.decompress(data)
+
+
+def test_the_fast_latent_store_preset_decodes_to_the_same_latents(photos: list[np.ndarray]) -> None:
+    """Only the entropy coder differs: the same steps and records, the same latents, a few more bytes."""
+    for image in photos[:2]:
+        stored = vaeflow.compress(image[:128, :192], pipeline="latent-store")
+        fast = vaeflow.compress(image[:128, :192], pipeline="latent-store-fast")
+        info, fast_info = vaeflow.info(stored), vaeflow.info(fast)
+        assert (fast_info["pipeline"]["entropy"]["coder"], fast_info["format_version"]) == ("bands", 3)
+        assert (fast_info["step"], fast_info["target"]) == (info["step"], info["target"])
+        np.testing.assert_array_equal(vaeflow.decompress_latent(fast), vaeflow.decompress_latent(stored))
+        assert len(stored) < len(fast) < 1.25 * len(stored)
