@@ -259,6 +259,11 @@ def test_latents_of_different_steps_decode_together_exactly_as_alone(
     assert calls == [4]  # one entropy decode for all four
     for a, b in zip(alone, together, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+    calls.clear()
+    monkeypatch.setattr(api, "BATCH_COEFFICIENTS", 2 * 4 * 12 * 16)  # two of these latents per run
+    for a, b in zip(alone, api.decompress_latents(streams), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert calls == [2, 2]
 
 
 def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_home: Path, tmp_path: Path) -> None:

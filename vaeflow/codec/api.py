@@ -138,27 +138,39 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
     """The dequantized latents of many streams, as ``decompress_latent`` gives them. Streams of one
     entropy coder and latent shape are entropy-decoded together (one decoder call per class and
     stream, the array work shared), and dequantized and inverse-transformed together, each with its
-    own steps (streams of a rate-searched preset differ only in them)."""
+    own steps (streams of a rate-searched preset differ only in them), in runs of at most
+    ``BATCH_COEFFICIENTS`` values."""
     opened = [open_stream(data) for data in streams]
     coded: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (header, _, codec) in enumerate(opened):
         coded[(codec.entropy, codec.wavelet, header.latent_shape)].append(i)
     symbols: list[np.ndarray] = [np.empty(0)] * len(streams)
-    for (entropy, _, shape), members in coded.items():
-        decoded = entropy.inverse_many([opened[i][1] for i in members], shape, opened[members[0]][2].bands(shape))
-        for i, row in zip(members, decoded, strict=True):
-            symbols[i] = row
+    for (entropy, _, shape), group in coded.items():
+        for members in _chunks(group, shape):
+            decoded = entropy.inverse_many([opened[i][1] for i in members], shape, opened[members[0]][2].bands(shape))
+            for i, row in zip(members, decoded, strict=True):
+                symbols[i] = row
     transformed: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (header, _, codec) in enumerate(opened):
         transformed[(codec.quantize.rounding, codec.channel, codec.wavelet, header.latent_shape)].append(i)
     out: list[np.ndarray] = [np.empty(0)] * len(streams)
-    for (_, _, _, shape), members in transformed.items():
-        first = opened[members[0]][2]
-        steps = np.stack([opened[i][2].steps(shape) for i in members])
-        coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), steps, first.bands(shape))
-        for i, latent in zip(members, first.untransform(coeffs), strict=True):
-            out[i] = latent
+    for (_, _, _, shape), group in transformed.items():
+        for members in _chunks(group, shape):
+            first = opened[members[0]][2]
+            steps = np.stack([opened[i][2].steps(shape) for i in members])
+            coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), steps, first.bands(shape))
+            for i, latent in zip(members, first.untransform(coeffs), strict=True):
+                out[i] = latent
     return out
+
+
+BATCH_COEFFICIENTS = 1 << 18  # latents decoded together hold at most this many values (at least one latent)
+
+
+def _chunks(members: list[int], shape: tuple[int, int, int]) -> list[list[int]]:
+    """``members`` in runs small enough that their arrays stay in cache (larger batches run slower)."""
+    size = max(1, BATCH_COEFFICIENTS // max(1, shape[0] * shape[1] * shape[2]))
+    return [members[i : i + size] for i in range(0, len(members), size)]
 
 
 def decompress(
