@@ -81,11 +81,11 @@ def wide_stream(images: dict[str, np.ndarray]) -> bytes:
     return wide_codec.entropy_code(wide, [images["coffee"].shape[:2]])[0]
 
 
-def entry(name: str, data: bytes, source: np.ndarray | None) -> dict[str, object]:
+def entry(name: str, data: bytes, source: np.ndarray | None, version: int = VERSION) -> dict[str, object]:
     latent = vaeflow.decompress_latent(data)
     info = vaeflow.info(data)
-    assert info["format_version"] == VERSION, (name, info["format_version"])
-    out: dict[str, object] = {"file": f"v{VERSION}/{name}.vfl", "format_version": VERSION,
+    assert info["format_version"] == version, (name, info["format_version"])
+    out: dict[str, object] = {"file": f"v{version}/{name}.vfl", "format_version": version,
                               "stream_sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
     if source is not None:
         pixels = vaeflow.decompress(data)
@@ -97,25 +97,32 @@ def entry(name: str, data: bytes, source: np.ndarray | None) -> dict[str, object
                   "latent_sha256": sha(latent), "info": info}  # fmt: skip
 
 
-def main() -> None:
+def write(made: dict[str, tuple[np.ndarray | None, bytes]], version: int = VERSION) -> None:
+    """Write each stream into v{version}/ and its entry into the manifest, refusing to replace either."""
     manifest_path = GOLDEN / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    folder = GOLDEN / f"v{VERSION}"
+    folder = GOLDEN / f"v{version}"
     folder.mkdir(exist_ok=True)
-    images = sources()
-    made = {name: (images[source], data) for name, (source, data) in image_streams(images).items()}
-    made["classes-wide-32"] = (None, wide_stream(images))  # type: ignore[assignment]
     for name, (source, data) in made.items():
-        key = f"v{VERSION}-{name}"
+        key = f"v{version}-{name}"
         path = folder / f"{name}.vfl"
         if key in manifest["streams"] or path.exists():
             sys.exit(f"{path} or manifest entry {key} exists: golden files are never rewritten")
         path.write_bytes(data)
-        manifest["streams"][key] = entry(name, data, source)
+        manifest["streams"][key] = entry(name, data, source, version)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=GOLDEN).stdout.strip()
-    manifest.setdefault("made_by_version", {})[str(VERSION)] = f"vaeflow at commit {commit} (format {VERSION})"
+    manifest.setdefault("made_by_version", {})[str(version)] = f"vaeflow at commit {commit} (format {version})"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {len(made)} format-{VERSION} streams to {folder}")
+    print(f"wrote {len(made)} format-{version} streams to {folder}")
+
+
+def main() -> None:
+    images = sources()
+    made: dict[str, tuple[np.ndarray | None, bytes]] = {
+        name: (images[source], data) for name, (source, data) in image_streams(images).items()
+    }
+    made["classes-wide-32"] = (None, wide_stream(images))
+    write(made)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,13 @@ exists: golden files are never rewritten (a later format gets a script of its ow
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from make_v2 import sha, sources
+from make_v2 import sources, write
 
 import vaeflow
-from vaeflow import metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.models.registry import ModelRef
 from vaeflow.stages import Entropy, Quantize, Wavelet
@@ -55,41 +50,15 @@ def wide_stream(images: dict[str, np.ndarray]) -> bytes:
     return wide_codec.entropy_code(wide, [images["coffee"].shape[:2]])[0]
 
 
-def entry(name: str, data: bytes, source: np.ndarray | None) -> dict[str, object]:
-    latent = vaeflow.decompress_latent(data)
-    info = vaeflow.info(data)
-    assert info["format_version"] == VERSION and info["pipeline"]["entropy"]["coder"] == "bands", (name, info)
-    out: dict[str, object] = {"file": f"v{VERSION}/{name}.vfl", "format_version": VERSION,
-                              "stream_sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
-    if source is not None:
-        pixels = vaeflow.decompress(data)
-        out |= {"pixels_shape": list(pixels.shape), "pixels_sha256": sha(pixels),
-                "source_psnr": round(metrics.psnr(source, pixels), 3)}  # fmt: skip
-    else:
-        out |= {"pixels_shape": None, "pixels_sha256": None}
-    return out | {"latent_shape": list(latent.shape), "latent_dtype": str(latent.dtype),
-                  "latent_sha256": sha(latent), "info": info}  # fmt: skip
-
-
 def main() -> None:
-    manifest_path = GOLDEN / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    folder = GOLDEN / f"v{VERSION}"
-    folder.mkdir(exist_ok=True)
     images = sources()
-    made = {name: (images[source], data) for name, (source, data) in image_streams(images).items()}
-    made["bands-wide-32"] = (None, wide_stream(images))  # type: ignore[assignment]
-    for name, (source, data) in made.items():
-        key = f"v{VERSION}-{name}"
-        path = folder / f"{name}.vfl"
-        if key in manifest["streams"] or path.exists():
-            sys.exit(f"{path} or manifest entry {key} exists: golden files are never rewritten")
-        path.write_bytes(data)
-        manifest["streams"][key] = entry(name, data, source)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=GOLDEN).stdout.strip()
-    manifest.setdefault("made_by_version", {})[str(VERSION)] = f"vaeflow at commit {commit} (format {VERSION})"
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {len(made)} format-{VERSION} streams to {folder}")
+    made: dict[str, tuple[np.ndarray | None, bytes]] = {
+        name: (images[source], data) for name, (source, data) in image_streams(images).items()
+    }
+    made["bands-wide-32"] = (None, wide_stream(images))
+    for name, (_, data) in made.items():
+        assert vaeflow.info(data)["pipeline"]["entropy"]["coder"] == "bands", name
+    write(made, VERSION)
 
 
 if __name__ == "__main__":
