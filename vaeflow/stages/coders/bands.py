@@ -53,7 +53,7 @@ from vaeflow.stages.wavelet import Subband
 
 __all__ = ["decode", "decode_many", "encode", "information_bits", "side_info_bytes"]
 
-CLASS_BASE = 24  # the coarsest channel-0 band classes are coded from this value (class 23, scale about 1.7)
+CLASS_BASE = 24  # the coarsest channel-0 band classes are coded from this value (class 23, scale about 1.8)
 _CHOICE_CLIP = 64  # magnitudes from 64 on count as 64 when choosing classes and the deadzone
 _ESCAPE_BITS = round(math.log2(33) * 65536)
 
