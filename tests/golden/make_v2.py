@@ -111,7 +111,7 @@ def write(made: dict[str, tuple[np.ndarray | None, bytes]], version: int = VERSI
         path.write_bytes(data)
         manifest["streams"][key] = entry(name, data, source, version)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=GOLDEN).stdout.strip()
-    manifest.setdefault("made_by_version", {})[str(version)] = f"vaeflow at commit {commit} (format {version})"
+    manifest.setdefault("made_by_version", {})[str(version)] = f"vaeflow on top of commit {commit} (format {version})"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(made)} format-{version} streams to {folder}")
 

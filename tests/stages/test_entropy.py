@@ -111,3 +111,5 @@ def test_auto_fits_the_channel_count() -> None:
     assert resolve_codec(None, None, "latent-store").entropy == Entropy("classes")  # the default model: 4 channels
     with pytest.raises(PipelineError, match=r"classes.*bands.*auto"):
         Entropy("arithmetic")
+    with pytest.raises(PipelineError, match="chosen when the codec is resolved"):
+        Entropy("auto").forward(np.zeros((1, 4, 4), np.int32), wavelet.subbands(4, 4, 0))

@@ -136,8 +136,8 @@ def decompress_latent(data: bytes | memoryview) -> np.ndarray:
 
 def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray]:
     """The dequantized latents of many streams, as ``decompress_latent`` gives them. Streams of one
-    entropy coder and latent shape are entropy-decoded together (one decoder call per class and
-    stream, the array work shared), and dequantized and inverse-transformed together, each with its
+    entropy coder and latent shape are entropy-decoded together (one decoder call per class or band
+    and stream, the array work shared), and dequantized and inverse-transformed together, each with its
     own steps (streams of a rate-searched preset differ only in them), in runs of at most
     ``BATCH_COEFFICIENTS`` values."""
     opened = [open_stream(data) for data in streams]

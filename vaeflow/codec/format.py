@@ -35,7 +35,7 @@ TARGET_CODES = ("bpp", "psnr", "latent")
 FLAG_DECODER_ALLOCATION = 1
 FLAG_TARGET = 2
 FLAG_RDO = 4
-FLAG_DROP = 8  # format 2: a PSNR-drop record follows the rate-control record
+FLAG_DROP = 8  # formats 2 and 3: a PSNR-drop record follows the rate-control record
 FLAGS = {
     1: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO,
     2: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
@@ -71,6 +71,8 @@ class StreamHeader:
 
 def oldest_version(entropy: Entropy) -> int:
     """The oldest format version that can hold a stream of this entropy coder (2 for all but ``bands``)."""
+    if entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
+        raise PipelineError(f"entropy coder {entropy.coder!r} is chosen when the codec is resolved")
     code = CODER_CODES.index(entropy.coder)
     return 3 if code >= CODERS_OF_VERSION[2] else 2
 

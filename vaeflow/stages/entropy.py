@@ -5,9 +5,9 @@
   already has, row by row (``coders.context``; stream format 1);
 - ``classes``: each coefficient coded with one of 64 fixed tables, its class known before its
   pass from what earlier passes decoded, so that every class decodes in one call over arrays
-  (``coders.classes``; format 2, every preset but ``plain``);
+  (``coders.classes``; format 2: narrow latents under ``coder = "auto"``);
 - ``bands``: one of those tables per detail band, named in the stream, each band one call
-  (``coders.bands``; format 3: wide latents under ``coder = "auto"``).
+  (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``).
 
 ``auto`` in a pipeline becomes ``bands`` for latents of ``WIDE_CHANNELS`` channels or more and
 ``classes`` otherwise, when the codec is resolved.
@@ -49,23 +49,30 @@ class Entropy(Stage):
             return self
         return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
 
+    @property
+    def module(self) -> ModuleType:
+        """The coder's module; ``auto``, which a resolved codec never holds, is refused."""
+        if self.coder == AUTO:
+            raise PipelineError("entropy coder 'auto' is chosen when the codec is resolved (Entropy.fitting)")
+        return CODERS[self.coder]
+
     def forward(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
         """One image's symbols (C, h, w) int32 -> its payload."""
         if symbols.ndim != 3 or symbols.dtype != np.int32:
             raise ValueError(f"expected int32 symbols of shape (C, h, w), got {symbols.dtype} {symbols.shape}")
-        return CODERS[self.coder].encode(symbols, bands)  # type: ignore[no-any-return]
+        return self.module.encode(symbols, bands)  # type: ignore[no-any-return]
 
     def inverse(
         self, payload: bytes | memoryview, shape: tuple[int, int, int], bands: tuple[Subband, ...]
     ) -> np.ndarray:
         """A payload -> int32 symbols of ``shape`` (C, h, w); damage raises CorruptStreamError."""
-        return CODERS[self.coder].decode(payload, shape, bands)  # type: ignore[no-any-return]
+        return self.module.decode(payload, shape, bands)  # type: ignore[no-any-return]
 
     def inverse_many(
         self, payloads: list[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
     ) -> np.ndarray:
         """Payloads of one shape -> (N, C, h, w) int32 symbols, in as few calls as the coder allows."""
-        many = getattr(CODERS[self.coder], "decode_many", None)
+        many = getattr(self.module, "decode_many", None)
         if many is not None:
             return many(payloads, shape, bands)  # type: ignore[no-any-return]
         return (
@@ -74,8 +81,8 @@ class Entropy(Stage):
 
     def information_bits(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
         """Ideal code length in bits of one image's symbols under the coder's own models."""
-        return float(CODERS[self.coder].information_bits(symbols, bands))
+        return float(self.module.information_bits(symbols, bands))
 
     def side_info_bytes(self, payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...]) -> int:
         """Bytes of a payload that hold models rather than ANS words."""
-        return int(CODERS[self.coder].side_info_bytes(payload, channels, bands))
+        return int(self.module.side_info_bytes(payload, channels, bands))

@@ -54,7 +54,8 @@ from vaeflow.stages.wavelet import Subband
 __all__ = ["decode", "decode_many", "encode", "information_bits", "side_info_bytes"]
 
 CLASS_BASE = 24  # the coarsest channel-0 band classes are coded from this value (class 23, scale about 1.8)
-_CHOICE_CLIP = 64  # magnitudes from 64 on count as 64 when choosing classes and the deadzone
+_EXACT = 64  # when choosing classes, magnitudes below this count exactly, larger ones by octave at their mean
+_OCTAVES = 26  # octaves of magnitudes from 64 up to 2**32
 _ESCAPE_BITS = round(math.log2(33) * 65536)
 
 
@@ -90,32 +91,47 @@ def _order(geo: Geometry, shape: tuple[int, int, int]) -> _Order:
     return order
 
 
-@lru_cache(maxsize=len(DEADZONES))
-def _choice_costs(zero_half_width: float) -> np.ndarray:
-    """(N_CLASSES, _CHOICE_CLIP + 1) cost of each magnitude under each class, escape bits included."""
-    k = np.repeat(np.arange(N_CLASSES), _CHOICE_CLIP + 1)
-    m = np.tile(np.arange(_CHOICE_CLIP + 1), N_CLASSES)
-    costs = symbol_costs(k, m, zero_half_width)
+def _costs(k: np.ndarray, m: np.ndarray, zero_half_width: float) -> np.ndarray:
+    """Cost (bits * 2**16) of magnitudes ``m`` under classes ``k`` (broadcast), escape bits included."""
+    k, m = np.broadcast_arrays(k, m)
     excess = m - HALF_WIDTHS[k]
     lengths = np.where(excess > 0, np.frexp(np.maximum(excess, 1).astype(np.float64))[1], 0)
-    costs = costs + np.where(excess >= 0, _ESCAPE_BITS + np.maximum(lengths - 1, 0) * 65536, 0)
-    return costs.reshape(N_CLASSES, _CHOICE_CLIP + 1)  # type: ignore[no-any-return]
+    escape = np.where(excess >= 0, _ESCAPE_BITS + np.maximum(lengths - 1, 0) * 65536, 0)
+    return symbol_costs(k, m, zero_half_width) + escape  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=len(DEADZONES))
+def _choice_costs(zero_half_width: float) -> np.ndarray:
+    """(N_CLASSES, _EXACT) cost of each magnitude below ``_EXACT`` under each class."""
+    return _costs(np.arange(N_CLASSES)[:, None], np.arange(_EXACT)[None, :], zero_half_width)
 
 
 def _choose(details: np.ndarray, sizes: np.ndarray) -> tuple[int, np.ndarray]:
-    """The deadzone index and each band's class + 1 (0 for a zero band) that cost fewest bits."""
-    band = np.repeat(np.arange(sizes.size), sizes)
-    clipped = np.minimum(np.abs(details), _CHOICE_CLIP)
-    histogram = np.bincount(band * (_CHOICE_CLIP + 1) + clipped, minlength=sizes.size * (_CHOICE_CLIP + 1))
-    histogram = histogram.reshape(sizes.size, _CHOICE_CLIP + 1).astype(np.float64)
-    best_total, best_zone, best_classes = math.inf, 0, np.zeros(sizes.size, np.int64)
+    """The deadzone index and each band's class + 1 (0 for a zero band) that cost fewest bits: small
+    magnitudes counted exactly, each octave of larger ones as often as it occurs at its mean."""
+    n = sizes.size
+    band = np.repeat(np.arange(n), sizes)
+    mags = np.abs(details)
+    small = mags < _EXACT
+    histogram = np.bincount(band[small] * _EXACT + mags[small], minlength=n * _EXACT)
+    histogram = histogram.reshape(n, _EXACT).astype(np.float64)
+    large = np.flatnonzero(~small)
+    octave = np.frexp(mags[large].astype(np.float64))[1] - 7  # 64..127 -> 0
+    key = band[large] * _OCTAVES + octave
+    counts = np.bincount(key, minlength=n * _OCTAVES)
+    rows = np.flatnonzero(counts)  # the (band, octave) pairs that occur
+    means = np.rint(np.bincount(key, weights=mags[large], minlength=n * _OCTAVES)[rows] / counts[rows])
+    best_total, best_zone, best_classes = math.inf, 0, np.zeros(n, np.int64)
     for zone, z in enumerate(DEADZONES):
         per_class = histogram @ _choice_costs(z).T.astype(np.float64)  # exact: integer sums below 2**53
+        if rows.size:
+            tail = _costs(np.arange(N_CLASSES)[None, :], means.astype(np.int64)[:, None], z) * counts[rows, None]
+            np.add.at(per_class, rows // _OCTAVES, tail.astype(np.float64))
         classes = np.argmin(per_class, axis=1)
-        total = float(per_class[np.arange(sizes.size), classes].sum())
+        total = float(per_class[np.arange(n), classes].sum())
         if total < best_total:
             best_total, best_zone, best_classes = total, zone, classes
-    nonzero = np.bincount(band, weights=clipped, minlength=sizes.size) > 0
+    nonzero = np.bincount(band, weights=mags, minlength=n) > 0
     return best_zone, np.where(nonzero, best_classes + 1, 0)
 
 
