@@ -70,11 +70,12 @@ class StreamHeader:
 
 
 def oldest_version(entropy: Entropy) -> int:
-    """The oldest format version that can hold a stream of this entropy coder (2 for all but ``bands``)."""
+    """The oldest format version, from 2 (what vaeflow writes since the class coder), that can hold a stream
+    of this entropy coder: 2 for all but ``bands``."""
     if entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
         raise PipelineError(f"entropy coder {entropy.coder!r} is chosen when the codec is resolved")
     code = CODER_CODES.index(entropy.coder)
-    return 3 if code >= CODERS_OF_VERSION[2] else 2
+    return min(v for v in VERSIONS if v >= 2 and code < CODERS_OF_VERSION[v])
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:

@@ -27,7 +27,10 @@ import numpy as np
 from vaeflow.errors import CorruptStreamError
 from vaeflow.stages.coders.classes import (
     _INT32,
+    ESCAPE_BITS,
     AnsCoder,
+    _bit_lengths,
+    _check_symbols,
     _decode_escapes,
     _escape_units,
     _fit_ll,
@@ -37,6 +40,7 @@ from vaeflow.stages.coders.classes import (
     _Unit,
     _write_side,
     decode_head,
+    escape_cost,
     head_units,
     side_info_bytes,
 )
@@ -56,7 +60,6 @@ __all__ = ["decode", "decode_many", "encode", "information_bits", "side_info_byt
 CLASS_BASE = 24  # the coarsest channel-0 band classes are coded from this value (class 23, scale about 1.8)
 _EXACT = 64  # when choosing classes, magnitudes below this count exactly, larger ones by octave at their mean
 _OCTAVES = 26  # octaves of magnitudes from 64 up to 2**32
-_ESCAPE_BITS = round(math.log2(33) * 65536)
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,8 @@ def _costs(k: np.ndarray, m: np.ndarray, zero_half_width: float) -> np.ndarray:
     """Cost (bits * 2**16) of magnitudes ``m`` under classes ``k`` (broadcast), escape bits included."""
     k, m = np.broadcast_arrays(k, m)
     excess = m - HALF_WIDTHS[k]
-    lengths = np.where(excess > 0, np.frexp(np.maximum(excess, 1).astype(np.float64))[1], 0)
-    escape = np.where(excess >= 0, _ESCAPE_BITS + np.maximum(lengths - 1, 0) * 65536, 0)
+    lengths = _bit_lengths(np.maximum(excess, 0))
+    escape = np.where(excess >= 0, ESCAPE_BITS + np.maximum(lengths - 1, 0) * 65536, 0)
     return symbol_costs(k, m, zero_half_width) + escape  # type: ignore[no-any-return]
 
 
@@ -120,25 +123,24 @@ def _choose(details: np.ndarray, sizes: np.ndarray) -> tuple[int, np.ndarray]:
     key = band[large] * _OCTAVES + octave
     counts = np.bincount(key, minlength=n * _OCTAVES)
     rows = np.flatnonzero(counts)  # the (band, octave) pairs that occur
-    means = np.rint(np.bincount(key, weights=mags[large], minlength=n * _OCTAVES)[rows] / counts[rows])
+    sums = np.bincount(key, weights=mags[large], minlength=n * _OCTAVES)[rows]
+    means = np.rint(sums / counts[rows]).astype(np.int64)
     best_total, best_zone, best_classes = math.inf, 0, np.zeros(n, np.int64)
     for zone, z in enumerate(DEADZONES):
         per_class = histogram @ _choice_costs(z).T.astype(np.float64)  # exact: integer sums below 2**53
         if rows.size:
-            tail = _costs(np.arange(N_CLASSES)[None, :], means.astype(np.int64)[:, None], z) * counts[rows, None]
+            tail = _costs(np.arange(N_CLASSES)[None, :], means[:, None], z) * counts[rows, None]
             np.add.at(per_class, rows // _OCTAVES, tail.astype(np.float64))
         classes = np.argmin(per_class, axis=1)
         total = float(per_class[np.arange(n), classes].sum())
         if total < best_total:
             best_total, best_zone, best_classes = total, zone, classes
-    nonzero = np.bincount(band, weights=mags, minlength=n) > 0
+    nonzero = histogram[:, 0] < sizes  # not every magnitude is 0
     return best_zone, np.where(nonzero, best_classes + 1, 0)
 
 
 def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[_Side, list[_Unit], int]:
-    if not isinstance(symbols, np.ndarray) or symbols.ndim != 3 or symbols.dtype != np.int32:
-        got = f"{symbols.dtype} {symbols.shape}" if isinstance(symbols, np.ndarray) else type(symbols).__name__
-        raise ValueError(f"expected int32 symbols of shape (C, h, w), got {got}")
+    _check_symbols(symbols)
     shape = (int(symbols.shape[0]), int(symbols.shape[1]), int(symbols.shape[2]))
     geo = geometry_of(shape, bands)
     order = _order(geo, shape)
@@ -165,7 +167,7 @@ def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> tuple[_Side, list[
     if excess.size:
         escape = _escape_units(excess)
         units.extend(escape)
-        total += excess.size * _ESCAPE_BITS + int(np.maximum(escape[0][0] - 1, 0).sum()) * 65536
+        total += escape_cost(escape[0][0])
     return _Side(zone, modes, ll_classes, centres, np.zeros(0, np.uint32), values), units, total
 
 

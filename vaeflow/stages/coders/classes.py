@@ -62,6 +62,7 @@ AnsCoder = constriction.stream.stack.AnsCoder
 _ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(33)  # bit length 0..32 of the excess
 _UNIFORM = constriction.stream.model.Uniform()
 _LOW_BITS = 16  # an excess's bits below its leading one: up to 16, then the rest
+ESCAPE_BITS = round(math.log2(33) * 65536)  # an escape's bit length under its uniform model (bits * 2**16)
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -90,6 +91,11 @@ def _escape_units(excess: np.ndarray) -> list[tuple[np.ndarray, object, np.ndarr
         high = rest[has_high] >> low_bits[has_high]
         units.append((high, _UNIFORM, np.left_shift(1, high_bits[has_high])))
     return units
+
+
+def escape_cost(lengths: np.ndarray) -> int:
+    """Cost (bits * 2**16) of escapes with these bit lengths: each length, then its bits below the leading one."""
+    return int(lengths.size) * ESCAPE_BITS + int(np.maximum(lengths - 1, 0).sum()) * 65536
 
 
 def _decode_escapes(coder: constriction.stream.stack.AnsCoder, count: int) -> np.ndarray:
@@ -369,8 +375,7 @@ def _add_symbols(units: list[_Unit], values: np.ndarray, classes: np.ndarray, ze
     if escaped.any():
         escape_units = _escape_units(mags[escaped] - r[escaped])
         units.extend(escape_units)
-        lengths = escape_units[0][0]
-        total += int(escaped.sum()) * round(math.log2(33) * 65536) + int(np.maximum(lengths - 1, 0).sum()) * 65536
+        total += escape_cost(escape_units[0][0])
     return total
 
 
