@@ -329,22 +329,20 @@ def run_fused(
     """Every stage of one batch in memory, in one task: the same streams and marker as ``run_batch``.
     ``meter(stage)`` wraps each stage (on Dask, the dashboard's per-task metrics by stage)."""
     state = BatchState.start(batch)
-    stamp = time.time()
-    with meter("load"):
-        state, rgb = load(ctx, batch, state)
-    state, stamp = state.timed("load", stamp), time.time()
-    with meter("vae"):
-        state, latents = vae(ctx, batch, state, rgb)
-    state, stamp = state.timed("vae", stamp), time.time()
-    with meter("transform"):
-        state, coeffs = transform(ctx, batch, state, latents)
-    state, stamp = state.timed("transform", stamp), time.time()
-    with meter("quantize"):
-        state, symbols = quantize(ctx, batch, state, coeffs, rgb)
-    state, stamp = state.timed("quantize", stamp), time.time()
-    with meter("entropy"):
-        state, streams = entropy(ctx, batch, state, symbols)
-    state = state.timed("entropy", stamp)
+
+    def run(stage: str, step: Callable[..., tuple[BatchState, Any]], *inputs: Any) -> Any:
+        nonlocal state
+        start = time.time()
+        with meter(stage):
+            state, out = step(ctx, batch, state, *inputs)
+        state = state.timed(stage, start)
+        return out
+
+    rgb = run("load", load)
+    latents = run("vae", vae, rgb)
+    coeffs = run("transform", transform, latents)
+    symbols = run("quantize", quantize, coeffs, rgb)
+    streams = run("entropy", entropy, symbols)
     with meter("write"):
         work = WorkStore(ctx.store)
         work.write_streams(batch.key, streams)
