@@ -31,19 +31,19 @@ def test_header_round_trips(stream: bytes) -> None:
     assert header.model == vaeflow.load_model("default").ref
     assert header.entropy == Entropy("classes")
     assert (header.quantize.quality, header.quantize.step) == (None, resolve_codec(None, 50).quantize.step)
-    assert header.version == 2 and stream_format.VERSION == 3  # the oldest format that holds the stream
+    assert header.version == stream_format.VERSION == 4 and header.latent_unit == 1  # exact latents: format 4
     assert stream_format.pack(header, bytes(payload)) == stream
 
 
-def test_a_band_coded_stream_is_format_3_and_no_older() -> None:
+def test_a_band_coded_stream_packs_in_format_3_not_2() -> None:
     symbols = resolve_codec(None, 50).run(np.zeros((96, 136, 3), np.uint8)[None], until="quantize")
     codec = resolve_codec(None, 50).replaced(Entropy("bands"))
-    banded = codec.entropy_code(symbols, [(96, 136)])[0]
+    header, banded_payload = stream_format.unpack(codec.entropy_code(symbols, [(96, 136)])[0])
+    assert header.entropy == Entropy("bands") and header.version == 4
+    banded = stream_format.pack(replace(header, version=3), bytes(banded_payload))
     assert banded[4] == 3 and vaeflow.info(banded)["format_version"] == 3
-    banded_header, banded_payload = stream_format.unpack(banded)
-    assert banded_header.entropy == Entropy("bands")
     with pytest.raises(ValueError, match="format 2 cannot hold coder 'bands'"):
-        stream_format.pack(replace(banded_header, version=2), bytes(banded_payload))
+        stream_format.pack(replace(header, version=2), bytes(banded_payload))
     # a format-2 header naming the band coder's byte code is damage
     head_end = len(banded) - len(banded_payload) - 8
     head = banded[:4] + b"\x02" + banded[5:head_end]
@@ -80,14 +80,32 @@ def test_format_1_cannot_carry_what_format_2_added(stream: bytes) -> None:
         vaeflow.decompress(forged)
 
 
-def test_the_drop_record_round_trips(kodak: list[np.ndarray]) -> None:
-    data = vaeflow.compress(kodak[0][:128, :192], pipeline="latent-store")
+@pytest.mark.parametrize("verify", ["all", "none"])
+def test_the_drop_record_round_trips_measured_or_predicted(kodak: list[np.ndarray], verify: str) -> None:
+    data = vaeflow.compress(kodak[0][:128, :192], pipeline="latent-store", verify=verify)
     header, payload = stream_format.unpack(data)
-    assert header.record is not None and header.record.drop_limit == pytest.approx(0.1)
-    assert header.record.drop is not None and 0 <= header.record.drop <= 0.1
+    record = header.record
+    assert record is not None and record.drop_limit == pytest.approx(0.1) and record.predicted_drop is not None
+    assert record.measured == (verify == "all") and (record.drop is None) == (verify == "none")
+    if record.drop is not None:
+        assert 0 <= record.drop <= 0.1
     target = vaeflow.info(data)["target"]
-    assert target["max_psnr_drop"] == pytest.approx(0.1) and target["psnr_drop"] == pytest.approx(header.record.drop)
+    assert target["max_psnr_drop"] == pytest.approx(0.1) and target["verified"] == record.measured
+    assert target["predicted_psnr_drop"] == pytest.approx(record.predicted_drop)
+    assert target["psnr_drop"] == (None if record.drop is None else pytest.approx(record.drop))
     assert stream_format.pack(header, bytes(payload)) == data
+    with pytest.raises(ValueError, match="format 3 holds neither a latent unit nor a predicted PSNR drop"):
+        stream_format.pack(replace(header, version=3), bytes(payload))
+
+
+def test_format_4_damage_in_its_new_fields_is_caught(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    for unit in (0, stream_format.MAX_LATENT_UNIT + 1):
+        forged = stream_format.pack(replace(header, latent_unit=unit), bytes(payload))
+        with pytest.raises(CorruptStreamError, match=f"latent unit {unit}"):
+            vaeflow.decompress(forged)
+    wide = stream_format.pack(replace(header, latent_unit=2), bytes(payload))  # a patch model's stream
+    assert stream_format.unpack(wide)[0].latent_shape == (4, 12, 18)  # 96 x 136 pixels padded to 16
 
 
 def test_every_stage_option_has_a_byte_code() -> None:
@@ -121,7 +139,7 @@ def test_wrong_magic(stream: bytes) -> None:
 
 def test_newer_version_is_refused_by_name(stream: bytes) -> None:
     newer = stream[:4] + bytes([stream_format.VERSION + 1]) + stream[5:]
-    with pytest.raises(CorruptStreamError, match=r"version 4 is not supported \(this vaeflow reads 1, 2, 3\)"):
+    with pytest.raises(CorruptStreamError, match=r"version 5 is not supported \(this vaeflow reads 1, 2, 3, 4\)"):
         vaeflow.decompress(newer)
 
 

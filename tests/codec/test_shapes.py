@@ -1,4 +1,4 @@
-"""Batch shapes (bounded padding, a function of an image's own size) and aspect-ratio buckets."""
+"""Padded shapes (an image's own, to the model's stride: its latent is the model's own) and aspect-ratio buckets."""
 
 from __future__ import annotations
 
@@ -8,37 +8,31 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow.codec.shapes import GRID_FINE, batch_shape, buckets, fit_bucket
+from vaeflow.codec.shapes import buckets, fit_bucket
 from vaeflow.errors import PipelineError
+from vaeflow.models import padded_shape
 
 
-@pytest.mark.parametrize("stride", [8, 16])
-def test_batch_shapes_pad_at_most_an_eighth_beyond_the_stride(stride: int) -> None:
-    worst = 0.0
-    for h in range(1, 4000, 7):
-        for w in (1, 9, 100, 333, 1000, 1999, 3333):
-            bh, bw = batch_shape(h, w, stride)
-            own = (-(-h // stride) * stride) * (-(-w // stride) * stride)
-            assert bh % stride == 0 and bw % stride == 0 and bh >= h and bw >= w
-            worst = max(worst, bh * bw / own)
-    assert worst <= 1.125, worst
+@pytest.mark.parametrize("unit", [8, 16])
+def test_padded_shapes_pad_only_to_the_stride(unit: int) -> None:
+    for h in range(1, 400, 7):
+        for w in (1, 9, 100, 333):
+            ph, pw = padded_shape(h, w, unit)
+            assert ph % unit == 0 and pw % unit == 0 and h <= ph < h + unit and w <= pw < w + unit
 
 
-def test_batch_shapes_are_few_and_keep_multiples_of_64() -> None:
-    sides = {batch_shape(h, h, 8)[0] for h in range(400, 1601)}
-    assert len(sides) <= 36  # 1,201 sizes, a few dozen batch sides
-    assert all(batch_shape(s, s, 8) == (s, s) for s in range(64, 4096, 64))
-    assert all(batch_shape(s, s, 8) == (s, s) for s in range(8, GRID_FINE + 1, 8))
-
-
-def test_an_image_codes_the_same_alone_or_padded_in_a_batch_of_its_shape(photos: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("size", [(201, 299), (64, 64), (37, 53), (1, 1)])
+def test_a_stored_latent_is_the_models_own_alone_or_in_a_batch_of_its_shape(
+    photos: list[np.ndarray], size: tuple[int, int]
+) -> None:
+    """Every value: the codec encodes an image exactly as ``encode_latent`` does, batched or not."""
     codec = vaeflow.resolve_codec()
-    image = photos[0][:201, :299]
-    shape = codec.batch_shape(201, 299)
-    padded = np.pad(image, ((0, shape[0] - 201), (0, shape[1] - 299), (0, 0)), mode="edge")
-    other = np.pad(photos[1][: shape[0] - 3, : shape[1] - 5], ((0, 3), (0, 5), (0, 0)), mode="edge")
-    latents = codec.encode_padded(np.stack([padded, other]))
-    np.testing.assert_array_equal(codec.crop_latents(latents[:1], (201, 299)), codec.encode_latents(image[None]))
+    h, w = size
+    image, other = photos[0][:h, :w], photos[1][5 : 5 + h, 7 : 7 + w]
+    exact = vaeflow.encode_latent(image)
+    np.testing.assert_array_equal(codec.encode_latents(image[None])[0], exact)
+    np.testing.assert_array_equal(codec.encode_latents(np.stack([other, image]))[1], exact)
+    assert exact.shape == codec.latent_shape(h, w)
 
 
 def test_buckets_follow_the_documented_list() -> None:

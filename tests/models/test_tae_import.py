@@ -38,7 +38,7 @@ def test_taef2_import_reconstructs_kodim01(
     stream = vaeflow.compress(kodim01, model="taef2", quality=60)
     info = vaeflow.info(stream)
     assert info["model"] == "taef2"
-    assert (info["pipeline"]["entropy"]["coder"], info["format_version"]) == ("bands", 3)  # auto, 32 channels
+    assert (info["pipeline"]["entropy"]["coder"], info["format_version"]) == ("bands", 4)  # auto, 32 channels
     assert metrics.psnr(kodim01, vaeflow.decompress(stream)) > 26.0
     # the band coder costs no more than 1% over the class coder on TAEF2's latents, at equal steps
     header, payload, codec = open_stream(stream)

@@ -61,10 +61,11 @@ def register(commands: Any) -> None:
         ("loader", "latents/s through a DataLoader against safetensors and webdataset, and bytes"),
         ("scale", "mixed sizes, batch fill, fused stages, a million planned images, GPU workers"),
         ("latents", "latent-store read speed against fp16+zstd zarr and .npy, bytes, encode time, bounds"),
+        ("store-write", "the latent-store job under each --verify policy against a trainer's fp16 cache loop"),
     ):
         p = sub.add_parser(name, help=what, add_help=False)
         p.add_argument("args", nargs="*", help=f"see `vaeflow bench {name} --help`")
-        p.set_defaults(run=run_forwarded, bench=name)
+        p.set_defaults(run=run_forwarded, bench=name.replace("-", "_"))
 
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")

@@ -12,7 +12,15 @@ from typing import Any
 import vaeflow
 from vaeflow.cli.messages import error, escaped, note, one_line, print_json
 from vaeflow.cli.options import add_codec_options, add_runtime_options, runtime_from
-from vaeflow.cli.parsing import EXIT_PARTIAL, UsageError, memory_limit, positive_float, positive_int, scheduler
+from vaeflow.cli.parsing import (
+    EXIT_PARTIAL,
+    UsageError,
+    fraction,
+    memory_limit,
+    positive_float,
+    positive_int,
+    scheduler,
+)
 from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
 from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
@@ -25,6 +33,7 @@ from vaeflow.errors import VaeflowError
 from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
 from vaeflow.progressbar import progress_bar
 from vaeflow.reports.trace import write_trace
+from vaeflow.stages.target import DEFAULT_VERIFY_FRACTION, VERIFY
 from vaeflow.timing import StageTimer
 
 STREAM_SUFFIX = ".vfl"
@@ -91,6 +100,13 @@ def register(commands: Any) -> None:
                    help="write a Chrome trace-event file of every stage")  # fmt: skip
     p.add_argument("--target-bpp", type=positive_float, default=None, help="search each image's step for this bpp")
     p.add_argument("--target-psnr", type=positive_float, default=None, help="search each image's step for this PSNR")
+    p.add_argument("--verify", choices=VERIFY, default=None,
+                   help="under a PSNR-drop limit (latent-store): decode every image to check its step (all), a sample "
+                   "of them, chosen from their names, the rest predicted with the margin they give (sample), or none "
+                   "(default: the preset's)")  # fmt: skip
+    p.add_argument("--verify-fraction", type=fraction, default=None, metavar="F",
+                   help="with --verify sample: the share of images decoded (default: the preset's, "
+                   f"{DEFAULT_VERIFY_FRACTION:.4g})")  # fmt: skip
     p.set_defaults(run=run_compress)
 
     p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")
@@ -172,15 +188,20 @@ def run_compress(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit, performance_report=str(args.report) if args.report else None,
     )  # fmt: skip
     target = rate_target(args.target_bpp, args.target_psnr)  # the preset, each image's step searched
+    if not args.add and not args.retry_failed:
+        _check_verify(args)
     if args.dry_run:
         local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
-        codec, preset, options = job_codec(Path(local), args.model, args.quality, args.pipeline, target, options)
+        codec, preset, options = job_codec(
+            Path(local), args.model, args.quality, args.pipeline, target, options, args.verify, args.verify_fraction
+        )
         print(plan_job(args.src, Path(local), codec, preset, options, not args.no_resume))
         return 0
     report = compress_dataset(
         args.src, store, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,
         resume=not args.no_resume, options=options, cluster=cluster,
-        storage_options=storage_options(args.storage_options), staging=args.staging,
+        storage_options=storage_options(args.storage_options), staging=args.staging, verify=args.verify,
+        verify_fraction=args.verify_fraction,
     )  # fmt: skip
     if args.trace:
         path = write_trace(report.spans, args.trace)
@@ -191,6 +212,22 @@ def run_compress(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(report)
     return 0 if report.ok else EXIT_PARTIAL
+
+
+def _check_verify(args: argparse.Namespace) -> None:
+    """``--verify`` and ``--verify-fraction`` need a PSNR-drop limit, and the fraction the sample policy."""
+    if args.verify is None and args.verify_fraction is None:
+        return
+    target = resolve_codec(
+        args.model, args.quality, args.pipeline, rate_target(args.target_bpp, args.target_psnr)
+    ).target
+    if target is None or target.max_psnr_drop is None:
+        raise UsageError(
+            f"--verify applies to a PSNR-drop limit, which the {args.pipeline or 'default'} preset has not: "
+            "use --pipeline latent-store (or latent-store-fast)"
+        )
+    if args.verify_fraction is not None and (args.verify or target.verify) != "sample":
+        raise UsageError("--verify-fraction goes with --verify sample")
 
 
 def messages_plain(report: Any) -> dict[str, Any]:
@@ -220,12 +257,16 @@ def _compress_file(args: argparse.Namespace) -> int:
         raise VaeflowError(f"{dst} exists; pass --overwrite to replace it, or choose another path")
     if not dst.parent.is_dir():
         raise VaeflowError(f"{dst.parent} is not a folder; make it first, or choose another path for {dst.name}")
-    resolve_codec(args.model, args.quality, args.pipeline, rate_target(args.target_bpp, args.target_psnr))
+    if args.verify_fraction is not None:
+        raise UsageError("--verify-fraction is for a folder of images: one image is its own sample")
+    _check_verify(args)
+    target = rate_target(args.target_bpp, args.target_psnr)
+    resolve_codec(args.model, args.quality, args.pipeline, target, args.verify)
     loaded = load_image(args.src, args.max_pixels)
     timer = StageTimer()
     data = vaeflow.compress(
         loaded.pixels, model=args.model, quality=args.quality, pipeline=args.pipeline, runtime=runtime_from(args),
-        timer=timer, target_bpp=args.target_bpp, target_psnr=args.target_psnr,
+        timer=timer, target_bpp=args.target_bpp, target_psnr=args.target_psnr, verify=args.verify,
     )  # fmt: skip
     atomic_write(dst, data)
     meta = vaeflow.info(data)
@@ -329,14 +370,24 @@ def run_ls(args: argparse.Namespace) -> int:
         return 0
     rows: list[dict[str, Any]] = [{"name": name, "width": w, "height": h, "bytes": nbytes, "bpp": bpp}
             for name, (h, w), nbytes, bpp in store.entries()]  # fmt: skip
-    if args.json:  # with what a trainer reads beside each latent
+    if args.json:  # with what a trainer reads beside each latent, and how its PSNR drop was kept
         print_json([{**entry, "caption": store.caption(entry["name"]), "metadata": store.metadata(entry["name"]),
-                     "original_size": list(store.original_size(entry["name"]))} for entry in rows])  # fmt: skip
+                     "original_size": list(store.original_size(entry["name"])), **_drop_fields(store, entry["name"])}
+                    for entry in rows])  # fmt: skip
         return 0
     print("name\tsize\tbytes\tbpp")
     for row in rows:
         print(f"{escaped(row['name'])}\t{row['width']}x{row['height']}\t{row['bytes']}\t{row['bpp']:.4f}")
     return 0
+
+
+def _drop_fields(store: Any, name: str) -> dict[str, Any]:
+    """Under a PSNR-drop limit: the drop measured (None where predicted only), the predicted one, verified."""
+    target = store.info(name).get("target") or {}
+    if target.get("max_psnr_drop") is None:
+        return {}
+    keys = ("max_psnr_drop", "psnr_drop", "predicted_psnr_drop", "verified")
+    return {k: target.get(k) for k in keys}
 
 
 def run_verify(args: argparse.Namespace) -> int:

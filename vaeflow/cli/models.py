@@ -11,6 +11,7 @@ import numpy as np
 
 from vaeflow.cli.parsing import positive_int
 from vaeflow.codec.calibrate import calibrate_model
+from vaeflow.codec.dropmodel import DropModel
 from vaeflow.errors import ModelError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import registry as model_registry
@@ -50,7 +51,12 @@ def register(commands: Any) -> None:
     p.add_argument("--channel", default="hadamard", choices=["hadamard", "identity"], help="channel transform")
     p.add_argument("--wavelet", default="cdf97", choices=["haar", "cdf53", "cdf97"], help="wavelet")
     p.add_argument("--levels", type=positive_int, default=3, help="wavelet levels")
-    p.add_argument("--limit", type=positive_int, default=8, help="number of photos (centre crops)")
+    p.add_argument("--limit", type=positive_int, default=8, help="number of photos (centre crops) for the band gains")
+    p.add_argument(
+        "--drops-only",
+        action="store_true",
+        help="keep the band gains and quality scale; fit only the drop model (PSNR-drop predictions)",
+    )
     p.set_defaults(run=run_calibrate)
 
     p = sub.add_parser("scale", help="show a model's quality scale: the step and PSNR of each quality")
@@ -152,10 +158,24 @@ def run_scale(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    path, gains = calibrate_model(args.name, args.data, args.channel, args.wavelet, args.levels, args.limit)
-    spread = gains.max() / gains.min()
-    print(
-        f"calibrated {args.name!r} ({args.channel}-{args.wavelet}-{args.levels}): gains span {spread:.1f}x, "
-        f"arithmetic/geometric mean {gains.mean() / np.exp(np.log(gains).mean()):.2f}; written to {path}"
+    path, gains = calibrate_model(
+        args.name, args.data, args.channel, args.wavelet, args.levels, args.limit, args.drops_only
     )
+    key = f"{args.channel}-{args.wavelet}-{args.levels}"
+    fitted = Registry.load().resolve(args.name).drop_model.get(key)
+    measured = (
+        ""
+        if gains is None
+        else f"gains span {gains.max() / gains.min():.1f}x, arithmetic/geometric mean "
+        f"{gains.mean() / np.exp(np.log(gains).mean()):.2f}; "
+    )
+    if fitted is None:
+        predicted = "no drop model (too few crops showed a measurable drop)"
+    else:
+        drops = DropModel.from_dict(fitted)
+        predicted = (
+            f"PSNR drops predicted to a spread of {drops.measured_sigma:.0%} with the exact decode measured, "
+            f"{drops.predicted_sigma:.0%} without ({drops.samples} crops)"
+        )
+    print(f"calibrated {args.name!r} ({key}): {measured}{predicted}; written to {path}")
     return 0

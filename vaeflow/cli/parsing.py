@@ -103,6 +103,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], e.g. 0.05, got {text}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """``5,10,20`` -> [5, 10, 20]."""
     try:

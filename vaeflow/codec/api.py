@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,12 +28,16 @@ def resolve_codec(
     quality: int | None = None,
     pipeline: PipelineLike = None,
     target: RateTarget | None = None,
+    verify: str | None = None,
+    verify_fraction: float | None = None,
 ) -> Codec:
     """The codec for a preset (by name or object); ``model``, ``quality`` and ``target`` override it.
 
     A quality or a target given here replaces the preset's target or step. The quality of a
     named preset, and ``quality`` here, are on the model's own scale where it has one (see
     ``Codec.with_quality``); a ``Quantize(quality=...)`` in a pipeline object is kept as it is.
+    ``verify`` (``"all"``, ``"sample"``, ``"none"``) and ``verify_fraction`` replace how the
+    target's PSNR-drop limit is kept (``RateTarget``); a target without one refuses them.
     """
     if quality is not None and target is not None:
         raise PipelineError(f"give a quality or a rate target, not both (quality {quality}, {target})")
@@ -50,7 +55,20 @@ def resolve_codec(
         codec = codec.with_quality(quality)
     if target is not None:
         codec = codec.with_target(target)
+    if verify is not None or verify_fraction is not None:
+        codec = codec.with_target(verified_target(codec.target, verify, verify_fraction))
     return codec
+
+
+def verified_target(target: RateTarget | None, verify: str | None, verify_fraction: float | None) -> RateTarget:
+    """``target`` with its PSNR-drop limit kept as ``verify`` and ``verify_fraction`` say."""
+    if target is None or target.max_psnr_drop is None:
+        raise PipelineError(
+            f"verify={verify!r} applies to a PSNR-drop limit (the latent-store presets); this codec has "
+            f"{'no rate target' if target is None else target}"
+        )
+    fraction = verify_fraction if verify_fraction is not None else target.verify_fraction
+    return replace(target, verify=verify or target.verify, verify_fraction=fraction)
 
 
 def rate_target(target_bpp: float | None = None, target_psnr: float | None = None) -> RateTarget | None:
@@ -82,6 +100,7 @@ def compress(
     timer: StageTimer | None = None,
     target_bpp: float | None = None,
     target_psnr: float | None = None,
+    verify: str | None = None,
 ) -> bytes:
     """Compress one HxWx3 uint8 image to a vaeflow stream.
 
@@ -89,9 +108,11 @@ def compress(
     and ``quality`` (1..100), when given, override the preset's. ``target_bpp`` or
     ``target_psnr`` instead search the quantizer step for that rate (within 2%) or
     quality (within 0.1 dB); ``info`` then reports the target and what was achieved.
+    Under a PSNR-drop limit (the latent-store presets), ``verify="none"`` predicts the
+    image's drop without decoding; otherwise it is measured (an image alone is its own sample).
     """
     rgb = as_rgb(image)
-    codec = resolve_codec(model, quality, pipeline, rate_target(target_bpp, target_psnr))
+    codec = resolve_codec(model, quality, pipeline, rate_target(target_bpp, target_psnr), verify)
     return encode(codec, rgb[None], runtime, timer)[0]
 
 
@@ -212,8 +233,10 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
     if header.record:
         record = header.record
         target: dict[str, Any] = {"kind": record.kind, "value": record.value, "achieved": record.achieved}
-        if record.drop is not None:
-            target |= {"max_psnr_drop": record.drop_limit, "psnr_drop": record.drop}
+        if record.drop_limit is not None:  # measured (verified) or predicted only (format 4)
+            target |= {"max_psnr_drop": record.drop_limit, "psnr_drop": record.drop, "verified": record.measured}
+            if header.version >= 4:
+                target["predicted_psnr_drop"] = record.predicted_drop
         out["target"] = target
     elif header.quantize.quality is None:
         out |= model_quality(header.model, codec.calibration_key, header.quantize.base_step)

@@ -13,6 +13,7 @@ water-filling). Gains are averaged over crops of the calibration photos.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,15 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from vaeflow import metrics
+from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
+from vaeflow.codec.dropmodel import DropModel, fit, image_features, relative_error
 from vaeflow.codec.presets import load_pipeline
 from vaeflow.errors import ModelError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import RuntimeOptions, load_model
-from vaeflow.models.registry import REGISTRY_FILE, Registry, register
+from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, Registry, register
 from vaeflow.progressbar import progress_bar
 from vaeflow.stages import ChannelTransform, Wavelet
 from vaeflow.stages import quantize as quantizer
+
+log = logging.getLogger("vaeflow")
 
 NOISE_AMPLITUDE = 0.1  # uniform noise in [-a, a] on normalised coefficients (about half a mid-quality step)
 CROP = 192
@@ -134,6 +139,74 @@ def measure_quality_scale(
     return tuple(rounded), tuple(round(float(v), 3) for v in targets), ceiling
 
 
+DROP_PHOTOS = 30  # calibration photos the drop model is fitted on
+DROP_CROP = 512  # the largest side of a crop it measures
+DROP_REAIM = (0.5, 2.0)  # a measured drop outside these shares of the limit is measured again, re-aimed
+
+
+def measure_drop_model(
+    codec: Codec, photos: Sequence[np.ndarray], runtime: RuntimeOptions | None = None, seed: int = 0
+) -> DropModel:
+    """Fit a model's drop model (``vaeflow.codec.dropmodel``) for this codec's channel transform and
+    wavelet, on two crops of each photo (the centre, and one of random size and place, at most
+    ``DROP_CROP`` pixels a side): each quantized at the latent-store preset's step that the band
+    gains predict for its PSNR-drop limit, then decoded, and measured again near the limit when the
+    first measure lands far from it."""
+    rng = np.random.default_rng(seed)
+    store = Codec.resolve(load_pipeline("latent-store"), codec.model.name).replaced(codec.channel, codec.wavelet)
+    if store.band_gains is None:
+        raise ModelError(f"model {codec.model.name!r} needs its band gains for {store.calibration_key!r} first")
+    assert store.target is not None and store.target.max_psnr_drop is not None
+    rho_limit = relative_error(store.target.max_psnr_drop)
+    features, references, ratios = [], [], []
+    for photo in progress_bar(iterable=photos, total=len(photos), desc="drop model", unit="photo"):
+        for crop in _drop_crops(photo, rng):
+            size = crop.shape[:2]
+            latent = store.encode_latents(crop[None], runtime)
+            coeffs = store.transform(latent)
+            exact = metrics.mse(crop, store.decode_images(latent, size, runtime)[0])
+            if exact == 0.0:
+                continue
+            factor, base, rho = 1.0 / exact, 0.0, 0.0
+            for _ in range(2):
+                step = _step_for(store, coeffs, size, rho_limit / factor)
+                trial = store.with_step(step)
+                dequantized = trial.dequantize(trial.quantize_coefficients(coeffs))
+                base = ratecontrol.base_error(store, coeffs, dequantized, size[0] * size[1])
+                decoded = store.decode_images(trial.untransform(dequantized), size, runtime)[0]
+                rho = metrics.mse(crop, decoded) / exact - 1.0
+                if base <= 0 or DROP_REAIM[0] * rho_limit <= rho <= DROP_REAIM[1] * rho_limit:
+                    break
+                factor = max(rho, 1e-3 * rho_limit) / base
+            if base > 0 and rho > 0:
+                features.append(image_features(crop, latent[0]))
+                references.append(exact)
+                ratios.append(float(np.log(rho / base)))
+    return fit(features, references, ratios)
+
+
+def _drop_crops(photo: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    h, w = photo.shape[:2]
+    side = min(DROP_CROP, h, w)
+    crops = [center_crop(photo, side)]
+    ch, cw = (int(rng.integers(min(128, n), min(DROP_CROP, n) + 1)) for n in (h, w))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return [*crops, photo[top : top + ch, left : left + cw]]
+
+
+def _step_for(codec: Codec, coeffs: np.ndarray, size: tuple[int, int], base_aim: float) -> float:
+    """The step whose band-gain error is about ``base_aim`` (it grows about as the step squared)."""
+    step = 0.25
+    for _ in range(4):
+        trial = codec.with_step(step)
+        dequantized = trial.dequantize(trial.quantize_coefficients(coeffs))
+        base = ratecontrol.base_error(codec, coeffs, dequantized, size[0] * size[1])
+        if base <= 0:
+            return step * 4
+        step = float(np.float32(step * float(np.sqrt(base_aim / base))))
+    return step
+
+
 def calibrate_model(
     name: str,
     data_dir: Path,
@@ -141,24 +214,51 @@ def calibrate_model(
     wavelet_name: str = "cdf97",
     levels: int = 3,
     limit: int = 8,
-) -> tuple[Path, np.ndarray]:
-    """Measure a model's band gains on photos, then its quality scale with those gains (the default
-    preset's quantizer at this channel transform and wavelet), and store both with the model."""
+    drops_only: bool = False,
+    drop_photos: int = DROP_PHOTOS,
+) -> tuple[Path, np.ndarray | None]:
+    """Measure a model's band gains on ``limit`` photos, then its quality scale with those gains (the
+    default preset's quantizer at this channel transform and wavelet) and its drop model on
+    ``drop_photos``, and store them with the model; ``drops_only`` keeps the gains and scale the
+    model has and fits its drop model alone."""
     plain = Codec.resolve(load_pipeline("plain"), name)
     codec = replace(plain, channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
     codec.channel.check(codec.model.latent_channels)
-    photos = [read_rgb(p) for p in list_images(data_dir, limit)]
-    gains = band_gains(codec, photos)
-    entry = Registry.load().resolve(name)
-    source = entry.source
-    if source is None:
-        raise ModelError(f"model {name!r} has no registry file to write to")
-    rounded = tuple(tuple(float(f"{g:.4g}") for g in row) for row in gains)
     key = codec.calibration_key
-    entry = replace(entry, calibration={**entry.calibration, key: rounded}, quality_scale=dict(entry.quality_scale))
-    entry.quality_scale.pop(key, None)  # a scale measured with the earlier gains no longer holds
-    register(entry, source / REGISTRY_FILE)
-    return calibrate_quality_scale(name, photos, codec.channel, codec.wavelet), gains
+    gains = None
+    if not drops_only:
+        photos = [read_rgb(p) for p in list_images(data_dir, limit)]
+        gains = band_gains(codec, photos)
+        rounded = tuple(tuple(float(f"{g:.4g}") for g in row) for row in gains)
+        entry = _writable(name)
+        entry = replace(entry, calibration={**entry.calibration, key: rounded}, quality_scale=dict(entry.quality_scale),
+                        drop_model=dict(entry.drop_model))  # fmt: skip
+        entry.quality_scale.pop(key, None)  # a scale measured with the earlier gains no longer holds
+        entry.drop_model.pop(key, None)  # nor does a drop model
+        register(entry, _source(entry))
+        calibrate_quality_scale(name, photos, codec.channel, codec.wavelet)
+    elif key not in _writable(name).calibration:
+        raise ModelError(f"model {name!r} has no band gains for {key!r} to fit a drop model on; calibrate it whole")
+    try:
+        model = measure_drop_model(codec, [read_rgb(p) for p in list_images(data_dir, drop_photos)])
+    except ValueError as exc:  # too few crops with a measurable drop (a model that barely depends on its latent)
+        log.warning("model %r: no drop model for %r (%s); PSNR-drop limits verify every image", name, key, exc)
+        return _source(_writable(name)), gains
+    entry = _writable(name)
+    entry = replace(entry, drop_model={**entry.drop_model, key: model.to_dict()})
+    return register(entry, _source(entry)), gains
+
+
+def _writable(name: str) -> ModelEntry:
+    entry = Registry.load().resolve(name)
+    if entry.source is None:
+        raise ModelError(f"model {name!r} has no registry file to write to")
+    return entry
+
+
+def _source(entry: ModelEntry) -> Path:
+    assert entry.source is not None
+    return entry.source / REGISTRY_FILE
 
 
 def calibrate_quality_scale(
@@ -170,11 +270,9 @@ def calibrate_quality_scale(
     if default.allocation_table is None:
         raise ModelError(f"model {name!r} needs its band gains for {default.calibration_key!r} before a quality scale")
     measured = measure_quality_scale(default, photos)
-    entry = Registry.load().resolve(name)
-    if entry.source is None:
-        raise ModelError(f"model {name!r} has no registry file to write to")
+    entry = _writable(name)
     if measured is None:
-        return entry.source / REGISTRY_FILE
+        return _source(entry)
     steps, psnr, _ = measured
     updated = replace(entry, quality_scale={**entry.quality_scale, default.calibration_key: (steps, psnr)})
-    return register(updated, entry.source / REGISTRY_FILE)
+    return register(updated, _source(updated))

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from vaeflow.codec import format as stream_format
-from vaeflow.codec.shapes import batch_shape
+from vaeflow.codec.dropmodel import DropModel
 from vaeflow.errors import PipelineError
-from vaeflow.models import ModelRef, Registry, RuntimeOptions, load_model
+from vaeflow.models import ModelRef, Registry, RuntimeOptions, latent_unit, load_model, pad_images, padded_shape
 from vaeflow.stages import (
     VAE,
     ChannelTransform,
@@ -57,6 +57,8 @@ class Codec:
     allocation_table: AllocationTable | None = None
     band_gains: tuple[tuple[float, ...], ...] | None = None  # the decoder's calibrated sensitivity (encoder side)
     quality_scale: tuple[float, ...] | None = None  # the model's own steps at qualities 1, 10, ..., 100
+    latent_unit: int = 1  # latent samples an image is padded to a multiple of (a model's latent patch)
+    drop_model: DropModel | None = None  # predicts an image's PSNR drop (encoder side; vaeflow.codec.dropmodel)
 
     @classmethod
     def resolve(cls, pipeline: Pipeline, model: str | None = None) -> Codec:
@@ -87,6 +89,7 @@ class Codec:
             entropy=pipeline.stage("entropy").fitting(entry.latent_channels),  # type: ignore[union-attr]
             postfilter=pipeline.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
             target=pipeline.target,
+            latent_unit=latent_unit(entry.latent_convention()),
         )
         codec.channel.check(codec.model.latent_channels)
         gains = entry.calibration.get(codec.calibration_key)
@@ -101,6 +104,9 @@ class Codec:
         scale = entry.quality_scale.get(codec.calibration_key)
         if scale is not None:
             codec = replace(codec, quality_scale=scale[0])
+        fitted = entry.drop_model.get(codec.calibration_key)
+        if fitted is not None and gains is not None:
+            codec = replace(codec, drop_model=DropModel.from_dict(fitted))
         if codec.quantize.allocation != "decoder":
             return codec
         if gains is None:
@@ -160,25 +166,19 @@ class Codec:
         return self.quantize.steps(self.bands(latent_shape), latent_shape[-3], self.wavelet, table)
 
     # Forward stages, each batch-wise (leading N axis).
-    def batch_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The padded shape an image of this size is encoded at (``vaeflow.codec.shapes``)."""
-        return batch_shape(height, width, self.model.downsample)
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The shape an image of this size is encoded at (``vaeflow.models.padded_shape``)."""
+        return padded_shape(height, width, self.model.downsample * self.latent_unit)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """The latent of an image of this size: what the VAE gives for it and what its stream holds."""
+        return self.model.latent_shape(height, width, self.latent_unit)
 
     def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
-        """Same-size images (N, h, w, 3) -> latents (N, C, ceil(h/s), ceil(w/s)), each image encoded
-        padded to its batch shape, as a dataset job encodes it."""
-        height, width = images.shape[1:3]
-        padded = pad_to(images, self.batch_shape(height, width))
-        return self.crop_latents(self.encode_padded(padded, runtime), (height, width))
-
-    def encode_padded(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
-        """The VAE alone, on images already padded to their batch shape."""
-        return self.vae.forward(images, load_model(self.model, runtime))
-
-    def crop_latents(self, latents: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """The part of padded latents (.., C, h', w') that belongs to an image of ``size`` (H, W)."""
-        _, h, w = self.model.latent_shape(*size)
-        return latents[..., :h, :w]
+        """Same-size images (N, H, W, 3) -> their exact latents (N, C, h, w): each edge-padded to its
+        padded shape only, as ``vaeflow.encode_latent`` encodes it (images already padded stay as they are)."""
+        padded = pad_images(images, self.model.downsample * self.latent_unit)
+        return self.vae.forward(padded, load_model(self.model, runtime))
 
     def transform(self, latents: np.ndarray) -> np.ndarray:
         return self.wavelet.forward(self.channel.forward(latents))
@@ -189,7 +189,7 @@ class Codec:
     def header(self, size: tuple[int, int], record: TargetRecord | None = None) -> stream_format.StreamHeader:
         return stream_format.StreamHeader(
             self.model, size[0], size[1], self.channel, self.wavelet, self.quantize, self.entropy, self.postfilter,
-            record,
+            record, latent_unit=self.latent_unit,
         )  # fmt: skip
 
     def entropy_code(
@@ -269,6 +269,7 @@ class Codec:
             quantize=header.quantize,
             entropy=header.entropy,
             postfilter=header.postfilter,
+            latent_unit=header.latent_unit,
         )
 
     @classmethod
@@ -296,14 +297,6 @@ class Codec:
     ) -> np.ndarray:
         """Latents -> images through this codec's very model (another fingerprint is refused)."""
         return self.postfilter.inverse(self.vae.inverse(latents, load_model(self.model, runtime), size))
-
-
-def pad_to(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Images (N, h, w, 3) padded with their edge pixels to ``shape`` (H, W)."""
-    h, w = images.shape[1:3]
-    if (h, w) == tuple(shape):
-        return images
-    return np.pad(images, ((0, 0), (0, shape[0] - h), (0, shape[1] - w), (0, 0)), mode="edge")
 
 
 def calibration_key(transform: str, wavelet: Wavelet) -> str:

@@ -18,28 +18,31 @@ from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, Targ
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
-VERSION = 3  # the newest this vaeflow writes; each stream is written in the oldest that holds it
-VERSIONS = (1, 2, 3)  # what it reads
+VERSION = 4  # what this vaeflow writes: the latent is the model's own latent of the image (see docs/format.md)
+VERSIONS = (1, 2, 3, 4)  # what it reads
 MAX_HEADER_BYTES = 1024
 MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
 MAX_LATENT_CHANNELS = 1024
 MAX_DOWNSAMPLE = 64
+MAX_LATENT_UNIT = 16
 MAX_MODEL_NAME_BYTES = 64
 
 # Byte codes: an index into each table. Never reorder; append only.
 CHANNEL_CODES = ("hadamard", "identity")
 WAVELET_CODES = ("haar", "cdf53", "cdf97")
 CODER_CODES = ("laplace", "context", "classes", "bands")  # format 1 knows the first two, format 2 three
-CODERS_OF_VERSION = {1: 2, 2: 3, 3: 4}
+CODERS_OF_VERSION = {1: 2, 2: 3, 3: 4, 4: 4}
 TARGET_CODES = ("bpp", "psnr", "latent")
 FLAG_DECODER_ALLOCATION = 1
 FLAG_TARGET = 2
 FLAG_RDO = 4
-FLAG_DROP = 8  # formats 2 and 3: a PSNR-drop record follows the rate-control record
+FLAG_DROP = 8  # formats 2 to 4: a PSNR-drop record follows the rate-control record
+FLAG_MEASURED = 16  # format 4: the drop was measured by decoding (its value follows the predicted one)
 FLAGS = {
     1: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO,
     2: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
     3: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
+    4: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP | FLAG_MEASURED,
 }
 ROUNDING_UNITS = 256  # rounding offset in 1/256
 SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
@@ -58,24 +61,16 @@ class StreamHeader:
     entropy: Entropy
     postfilter: PostFilter
     record: TargetRecord | None = None
-    version: int = 0  # 0: the oldest version that holds this header (``oldest_version``)
+    version: int = VERSION
+    latent_unit: int = 1  # format 4: the image is padded to a multiple of this many latent samples
 
     def __post_init__(self) -> None:
-        if self.version == 0:
-            object.__setattr__(self, "version", oldest_version(self.entropy))
+        if self.entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
+            raise PipelineError(f"entropy coder {self.entropy.coder!r} is chosen when the codec is resolved")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return self.model.latent_shape(self.height, self.width)
-
-
-def oldest_version(entropy: Entropy) -> int:
-    """The oldest format version, from 2 (what vaeflow writes since the class coder), that can hold a stream
-    of this entropy coder: 2 for all but ``bands``."""
-    if entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
-        raise PipelineError(f"entropy coder {entropy.coder!r} is chosen when the codec is resolved")
-    code = CODER_CODES.index(entropy.coder)
-    return min(v for v in VERSIONS if v >= 2 and code < CODERS_OF_VERSION[v])
+        return self.model.latent_shape(self.height, self.width, self.latent_unit)
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
@@ -84,8 +79,13 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
         raise ValueError(f"format version {header.version} is not one of {VERSIONS}")
     if CODER_CODES.index(header.entropy.coder) >= CODERS_OF_VERSION[header.version]:
         raise ValueError(f"format {header.version} cannot hold coder {header.entropy.coder!r}")
-    if header.version == 1 and header.record and header.record.drop is not None:
+    drop = header.record is not None and header.record.drop_limit is not None
+    if header.version == 1 and drop:
         raise ValueError("format 1 cannot hold a PSNR-drop record")
+    if header.version < 4 and (header.latent_unit != 1 or (drop and header.record.predicted_drop is not None)):  # type: ignore[union-attr]
+        raise ValueError(f"format {header.version} holds neither a latent unit nor a predicted PSNR drop")
+    if header.version >= 4 and drop and header.record.predicted_drop is None:  # type: ignore[union-attr]
+        raise ValueError("a format-4 PSNR-drop record holds the predicted drop")
     body = ByteWriter()
     body.text(header.model.name)
     fingerprint = header.model.fingerprint_bytes
@@ -94,6 +94,8 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
     body.raw(fingerprint)
     body.varint(header.model.latent_channels)
     body.varint(header.model.downsample)
+    if header.version >= 4:
+        body.u8(header.latent_unit)
     body.varint(header.height)
     body.varint(header.width)
     body.u8(CHANNEL_CODES.index(header.channel.transform))
@@ -108,15 +110,22 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
     body.u8(round(header.postfilter.sigma * SIGMA_UNITS))
     flags = FLAG_DECODER_ALLOCATION if quantize.allocation == "decoder" else 0
     flags |= (FLAG_TARGET if header.record else 0) | (FLAG_RDO if quantize.rdo else 0)
-    flags |= FLAG_DROP if header.record and header.record.drop is not None else 0
+    record = header.record
+    flags |= FLAG_DROP if drop else 0
+    flags |= FLAG_MEASURED if drop and header.version >= 4 and record.drop is not None else 0  # type: ignore[union-attr]
     body.u8(flags)
-    if header.record:
-        body.u8(TARGET_CODES.index(header.record.kind))
-        body.f32(header.record.value)
-        body.f32(header.record.achieved)
-        if header.record.drop is not None:
-            body.f32(header.record.drop_limit or 0.0)
-            body.f32(header.record.drop)
+    if record:
+        body.u8(TARGET_CODES.index(record.kind))
+        body.f32(record.value)
+        body.f32(record.achieved)
+        if drop and header.version >= 4:
+            body.f32(record.drop_limit or 0.0)
+            body.f32(record.predicted_drop or 0.0)
+            if record.drop is not None:
+                body.f32(record.drop)
+        elif drop:
+            body.f32(record.drop_limit or 0.0)
+            body.f32(record.drop if record.drop is not None else 0.0)
     body.varint(len(payload))
     head = ByteWriter()
     head.raw(MAGIC)
@@ -158,12 +167,16 @@ def unpack(
     name = h.text(MAX_MODEL_NAME_BYTES)
     fingerprint = bytes(h.take(FINGERPRINT_BYTES)).hex()
     latent_channels, downsample = h.varint(MAX_LATENT_CHANNELS), h.varint(MAX_DOWNSAMPLE)
+    unit = h.u8() if version >= 4 else 1
     height, width = h.varint(1 << 24), h.varint(1 << 24)
-    if latent_channels < 1 or downsample < 1:
-        raise CorruptStreamError(f"stream claims {latent_channels} latent channels and downsample {downsample}")
+    if latent_channels < 1 or downsample < 1 or not 1 <= unit <= MAX_LATENT_UNIT:
+        raise CorruptStreamError(
+            f"stream claims {latent_channels} latent channels, downsample {downsample} and latent unit {unit}"
+        )
     if height < 1 or width < 1 or height * width > max_pixels:
         raise CorruptStreamError(f"stream claims a {height}x{width} image; the limit is {max_pixels} pixels")
-    if latent_channels * -(-height // downsample) * -(-width // downsample) > max_pixels:
+    step_px = downsample * unit
+    if latent_channels * -(-height // step_px) * -(-width // step_px) * unit * unit > max_pixels:
         raise CorruptStreamError(
             f"stream claims a latent of {latent_channels} channels for {height}x{width}, over the limit"
         )
@@ -186,12 +199,22 @@ def unpack(
     coder = _pick(CODER_CODES[: CODERS_OF_VERSION[version]], h.u8(), "entropy coder")
     sigma = h.u8() / SIGMA_UNITS
     flags = h.u8()
-    if flags & ~FLAGS[version] or (flags & FLAG_DROP and not flags & FLAG_TARGET):
+    if (
+        flags & ~FLAGS[version]
+        or (flags & FLAG_DROP and not flags & FLAG_TARGET)
+        or (flags & FLAG_MEASURED and not flags & FLAG_DROP)
+    ):
         raise CorruptStreamError(f"stream sets unknown flags {flags:#x}")
-    record: tuple[str, float, float, float | None, float | None] | None = None
+    record: tuple[str, float, float, float | None, float | None, float | None] | None = None
     if flags & FLAG_TARGET:
         kind, value, achieved = _pick(TARGET_CODES, h.u8(), "rate-control target"), h.f32(), h.f32()
-        record = (kind, value, achieved, *((h.f32(), h.f32()) if flags & FLAG_DROP else (None, None)))
+        if not flags & FLAG_DROP:
+            record = (kind, value, achieved, None, None, None)
+        elif version >= 4:  # the limit, the predicted drop, then the measured one if it was measured
+            limit, predicted = h.f32(), h.f32()
+            record = (kind, value, achieved, limit, h.f32() if flags & FLAG_MEASURED else None, predicted)
+        else:  # formats 2 and 3: every drop was measured
+            record = (kind, value, achieved, h.f32(), h.f32(), None)
     payload_len = h.varint()
     h.expect_end()
     if reader.remaining != payload_len + 4:
@@ -221,6 +244,7 @@ def unpack(
             postfilter=PostFilter(sigma),
             record=TargetRecord(*record) if record else None,
             version=version,
+            latent_unit=unit,
         )
     except PipelineError as exc:
         raise CorruptStreamError(f"stream header holds impossible settings: {exc}") from exc

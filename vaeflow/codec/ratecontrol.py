@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from vaeflow import metrics
 from vaeflow.codec.codec import Codec
+from vaeflow.codec.dropmodel import DropModel, drop_db, image_features, relative_error
 from vaeflow.models import RuntimeOptions
 from vaeflow.stages import TargetRecord
 
@@ -36,31 +38,39 @@ class Choice:
     step: float
     symbols: np.ndarray  # (1, C, h, w)
     achieved: float
-    drop: float | None = None  # with a PSNR-drop limit: the dB lost against decoding the exact latent
+    drop: float | None = None  # with a PSNR-drop limit: the dB lost against decoding the exact latent, if measured
+    predicted: float | None = None  # ... and the dB the calibration predicts without decoding
 
 
-PREDICTION_MARGIN = 0.95  # aim the predicted drop this far below the limit, so that the check rarely fails
-CHECKS = 4  # verifying decodes before falling back to a search by decodes alone
-UNDERSHOOT = 0.8  # a checked drop below this share of the limit earns a try at a larger step
-REFINES = 3  # such tries, each one decode
+# A PSNR-drop limit (``_within_drop``): each figure a spread of the drop model's residuals (natural log).
+CHECK_SPREADS = 1.0  # a verified image's first step aims this many spreads below the limit
+PREDICT_SPREADS = 2.05  # an unverified image's step: about 2% of images end over the limit
+RECHECK_AIM = 0.9  # after a failed check, with the image's own measured correction, aim this far below
+UNDERSHOOT = 0.4  # a check that finds less than this share of the limit earns one try at a larger step
+UNCALIBRATED_AIM = 0.7  # a model without a drop model: aim this far below on its band gains alone
+SEARCH_TRIES = 6  # evaluations of the power-law search for a step (no decoding)
+SEARCH_CLOSE = 0.97  # ... which stops when a step within the limits reaches this share of them
+PRIOR_WEIGHT = 4  # the calibration's spread counts as this many verified images in a learned margin
 
 
 def predicted_drop(codec: Codec, coeffs: np.ndarray, step: float, exact_mse: float, pixels: int) -> float:
-    """The PSNR drop (dB) that quantizing ``coeffs`` at ``step`` should cost, from the decoder's calibration.
-
-    Calibration measured the image's squared error added per unit of coefficient error energy
-    in each channel and subband (``band_gains``); the quantizer's actual error in each band,
-    weighted so, predicts the error the decoded image gains over decoding the exact latent.
-    """
+    """The PSNR drop (dB) the band gains alone predict for quantizing ``coeffs`` at ``step``, given the
+    exact decode's MSE (no drop model: what ``vaeflow models calibrate`` measured before it existed)."""
     trial = codec.with_step(step)
-    error = (trial.dequantize(trial.quantize_coefficients(coeffs)) - coeffs).astype(np.float64) ** 2
+    added = base_error(codec, coeffs, trial.dequantize(trial.quantize_coefficients(coeffs)), pixels)
+    if exact_mse == 0.0:
+        return math.inf if added > 0 else 0.0
+    return drop_db(added / exact_mse)
+
+
+def base_error(codec: Codec, coeffs: np.ndarray, dequantized: np.ndarray, pixels: int) -> float:
+    """The squared error per image sample that the band gains predict for this quantization error."""
+    error = (dequantized - coeffs).astype(np.float64) ** 2
     gains = np.asarray(codec.band_gains, np.float64)
     added = 0.0
     for j, band in enumerate(codec.bands(coeffs.shape)):
         added += float((error[0, :, band.rows, band.cols].sum(axis=(1, 2)) * gains[:, j]).sum())
-    if exact_mse == 0.0:
-        return math.inf if added > 0 else 0.0
-    return 10.0 * math.log10(1.0 + added / (3 * pixels) / exact_mse)
+    return added / (3 * pixels)
 
 
 def _met(kind: str, value: float, achieved: float) -> bool:
@@ -77,8 +87,15 @@ def search(
     size: tuple[int, int],
     image: np.ndarray | None = None,
     runtime: RuntimeOptions | None = None,
+    *,
+    measure: bool = True,
+    margin: float | None = None,
 ) -> Choice:
-    """The step for one image's coefficients (1, C, h, w) that meets ``codec``'s target."""
+    """The step for one image's coefficients (1, C, h, w) that meets ``codec``'s target.
+
+    Beside a PSNR-drop limit, ``measure`` says whether this image's drop is measured by decoding
+    (verified) or predicted alone, and ``margin`` is the factor an unverified image's predicted
+    relative error aims below the limit's (``learned_margin``; default: the calibration's own)."""
     target = codec.target
     if target is None:
         raise ValueError("the codec has no rate-control target")
@@ -104,15 +121,14 @@ def search(
         return Choice(step, symbols, achieved)
 
     low, high = LOG2_STEP_RANGE  # small step: high bpp and PSNR, low latent error; large step: the reverse
+    if kind == "latent" and target.max_psnr_drop is not None:
+        assert image is not None and latent is not None
+        return _within_drop(codec, coeffs, latent, size, image, runtime, measure, margin)
     fine, coarse = attempt(low), attempt(high)
     if kind == "latent":
         if fine.achieved > value:
             raise ValueError(f"latent error bound {value} is out of reach: the finest step gives {fine.achieved:.4g}")
-        bounded = coarse if coarse.achieved <= value else _largest(attempt, lambda c: c.achieved <= value, fine, high)
-        limit = target.max_psnr_drop
-        if limit is None:
-            return bounded
-        return _within_drop(codec, coeffs, latent, size, image, runtime, attempt, bounded, fine, limit)  # type: ignore[arg-type]
+        return coarse if coarse.achieved <= value else _largest(attempt, lambda c: c.achieved <= value, fine, high)
     if fine.achieved < value and not _met(kind, value, fine.achieved):
         raise ValueError(f"target {kind} {value} is out of reach: the finest step gives {fine.achieved:.3f}")
     if coarse.achieved > value and not _met(kind, value, coarse.achieved):
@@ -134,6 +150,14 @@ def search(
     return best
 
 
+@dataclass(frozen=True)
+class _Trial:
+    """A step tried under a PSNR-drop limit: its choice (latent error achieved) and the band gains' error."""
+
+    choice: Choice
+    base: float  # squared error per image sample the band gains predict (``base_error``)
+
+
 def _within_drop(
     codec: Codec,
     coeffs: np.ndarray,
@@ -141,107 +165,166 @@ def _within_drop(
     size: tuple[int, int],
     image: np.ndarray,
     runtime: RuntimeOptions | None,
-    attempt: Callable[[float], Choice],
-    bounded: Choice,
-    fine: Choice,
-    limit: float,
+    measure: bool,
+    margin: float | None,
 ) -> Choice:
-    """The largest step within the latent bound whose decoded PSNR is within ``limit`` dB of the exact
-    latent's: predicted from the calibration, then checked by decoding it (refined only when the check
-    fails). The exact latent is decoded once, as the reference."""
-    exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])
+    """The step of an image under a latent error bound and a PSNR-drop limit.
+
+    Each step is chosen by prediction alone (``vaeflow.codec.dropmodel``): the largest step within
+    the latent bound whose predicted relative error aims a margin below the limit's. An unverified
+    image stops there. A verified one first decodes its exact latent (the reference) and aims with
+    the measured reference, then decodes the chosen step to check it: a step over the limit is
+    chosen again with the image's own measured correction and checked again; one far inside the
+    limit earns one larger step, checked. So a verified image takes two decodes, rarely three.
+    """
+    target = codec.target
+    assert target is not None and target.max_latent_error is not None and target.max_psnr_drop is not None
+    bound, limit = target.max_latent_error, target.max_psnr_drop
     pixels = size[0] * size[1]
+    model = codec.drop_model
+    if codec.band_gains is None:
+        raise ValueError(f"a PSNR-drop limit needs the model's calibration for {codec.calibration_key!r}")
+    if model is None and not measure:
+        raise ValueError(
+            f"predicting PSNR drops needs model {codec.model.name!r}'s drop model for {codec.calibration_key!r}: "
+            f"run `vaeflow models calibrate {codec.model.name} --data PHOTOS` again, or verify every image"
+        )
+    features = image_features(image, latent[0]) if model is not None else None
+    tried: dict[float, _Trial] = {}
 
-    losses: dict[float, float] = {}  # step -> its measured drop: each step decoded once
+    def attempt(log2_step: float) -> _Trial:
+        step = float(np.float32(2.0**log2_step))  # exactly what the stream can record
+        if step not in tried:
+            trial = codec.with_step(step)
+            symbols = trial.quantize_coefficients(coeffs)
+            dequantized = trial.dequantize(symbols)
+            achieved = float(np.abs(trial.untransform(dequantized) - latent).max())
+            tried[step] = _Trial(Choice(step, symbols, achieved), base_error(codec, coeffs, dequantized, pixels))
+        return tried[step]
 
-    def drop(c: Choice) -> float:
+    def unverified(t: _Trial) -> float | None:
+        """The drop the calibration predicts without decoding (None without a drop model)."""
+        return None if model is None else drop_db(t.base * math.exp(model.log_factor(features, None)))  # type: ignore[arg-type]
+
+    rho_limit = relative_error(limit)
+    if not measure:
+        assert model is not None
+        factor = math.exp(model.log_factor(features, None))  # type: ignore[arg-type]
+        aim = rho_limit * (margin if margin is not None else math.exp(-PREDICT_SPREADS * model.predicted_sigma))
+        chosen = _step_search(attempt, lambda t: t.base * factor / aim, bound)
+        return Choice(chosen.choice.step, chosen.choice.symbols, chosen.choice.achieved, None, unverified(chosen))
+
+    exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])
+    losses: dict[float, float] = {}
+
+    def drop(t: _Trial) -> float:
         """dB of PSNR lost against decoding the exact latent (inf if that was lossless and this is not)."""
-        if c.step not in losses:
-            trial = codec.with_step(c.step)
-            latents = trial.untransform(trial.dequantize(c.symbols))
+        step = t.choice.step
+        if step not in losses:
+            trial = codec.with_step(step)
+            latents = trial.untransform(trial.dequantize(t.choice.symbols))
             mse = metrics.mse(image, trial.decode_images(latents, size, runtime)[0])
             lossless = 0.0 if mse == 0.0 else math.inf
-            losses[c.step] = lossless if exact_mse == 0.0 else 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
-        return losses[c.step]
+            losses[step] = lossless if exact_mse == 0.0 else 10.0 * math.log10(max(mse, 1e-300) / exact_mse)
+        return losses[step]
 
-    def found(c: Choice, lost: float) -> Choice:
-        return Choice(c.step, c.symbols, c.achieved, lost)
+    def found(t: _Trial) -> Choice:
+        c = t.choice
+        predicted = unverified(t)
+        if predicted is None:  # no drop model: what the band gains predict against the measured reference
+            predicted = drop_db(t.base / exact_mse) if exact_mse > 0 else 0.0
+        return Choice(c.step, c.symbols, c.achieved, drop(t), predicted)
 
-    if codec.band_gains is not None:
-
-        def largest_predicted(aim: float, top: float) -> Choice:
-            """The largest step within the latent bound whose predicted drop is at most ``aim``."""
-            if predicted_drop(codec, coeffs, bounded.step, exact_mse, pixels) <= aim:
-                return bounded
-            return _largest(
-                attempt, lambda c: predicted_drop(codec, coeffs, c.step, exact_mse, pixels) <= aim, fine, top
-            )
-
-        aim, top = limit * PREDICTION_MARGIN, float(np.log2(bounded.step))
-        for _ in range(CHECKS):
-            chosen = largest_predicted(aim, top)
-            lost = drop(chosen)
-            predicted = predicted_drop(codec, coeffs, chosen.step, exact_mse, pixels)
-            if lost <= limit:
-                return found(*_closer(attempt, drop, chosen, lost, bounded, limit))
-            # the prediction was short by the factor the check shows: aim lower by as much
-            aim *= PREDICTION_MARGIN * (predicted / lost if math.isfinite(lost) and lost > 0 else 0.5)
-            top = float(np.log2(chosen.step))
-    # no calibration, or the prediction kept missing: search by decodes
-    top, first = float(np.log2(bounded.step)), drop(bounded)
-    if first <= limit:
-        return found(bounded, first)
-    guess = top + 0.5 * math.log2(limit / first) - 0.05 if math.isfinite(first) else top - 0.5
-    upper = top
-    for below in (guess, guess - 0.25, guess - 0.5, guess - 1.0, guess - 2.0, guess - 4.0):
-        if below <= LOG2_STEP_RANGE[0]:
-            break
-        feasible = attempt(below)
-        lost = drop(feasible)
-        if lost <= limit:
-            best = _largest(attempt, lambda c: drop(c) <= limit, feasible, upper)
-            return found(best, drop(best) if best is not feasible else lost)
-        upper = below
-    lost = drop(fine)
-    if lost <= limit:
-        best = _largest(attempt, lambda c: drop(c) <= limit, fine, upper)
-        return found(best, drop(best) if best is not fine else lost)
-    raise ValueError(
-        f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.step:.3g}, loses {lost:.3f} dB"
-    )
+    if exact_mse == 0.0:  # a lossless decode: only a lossless step keeps it (rare: flat images)
+        return found(_search_by_decodes(attempt, drop, bound, limit))
+    if model is not None:
+        factor = math.exp(model.log_factor(features, exact_mse))  # type: ignore[arg-type]
+        aim = rho_limit * math.exp(-CHECK_SPREADS * model.measured_sigma)
+    else:
+        factor, aim = 1.0 / exact_mse, rho_limit * UNCALIBRATED_AIM
+    chosen = _step_search(attempt, lambda t: t.base * factor / aim, bound)
+    lost = drop(chosen)
+    room = lost < UNDERSHOOT * limit and (chosen.choice.achieved / bound) ** 2 < SEARCH_CLOSE
+    if lost <= limit and not room:
+        return found(chosen)
+    if math.isfinite(lost) and lost > 0 and chosen.base > 0:  # aim again with the image's own measured factor
+        own = relative_error(lost) / chosen.base
+        again = _step_search(attempt, lambda t: t.base * own / (rho_limit * RECHECK_AIM), bound)
+        if (lost > limit or again.choice.step > chosen.choice.step) and drop(again) <= limit:
+            return found(again)
+    return found(chosen if lost <= limit else _search_by_decodes(attempt, drop, bound, limit))
 
 
-def _closer(
-    attempt: Callable[[float], Choice],
-    drop: Callable[[Choice], float],
-    chosen: Choice,
-    lost: float,
-    bounded: Choice,
-    limit: float,
-) -> tuple[Choice, float]:
-    """From a checked step well inside the drop limit, up to ``REFINES`` larger ones, each checked:
-    the drop taken to grow as a power of the step (its exponent 2 until two checks measure it),
-    and never beyond halfway (in log step) to a step found over the limit."""
-    passed, passed_drop = chosen, lost
-    failed: float | None = None  # log2 of the smallest step found over the limit
-    exponent = 2.0
-    for _ in range(REFINES):
-        if passed is bounded or not 0 < passed_drop < UNDERSHOOT * limit:
-            break
-        here = math.log2(passed.step)
-        up = here + math.log2(PREDICTION_MARGIN * limit / passed_drop) / exponent
-        up = min(up, math.log2(bounded.step), (here + failed) / 2 if failed is not None else math.inf)
-        larger = attempt(up)
-        if larger.step <= passed.step:
-            break
-        higher = drop(larger)
-        if math.isfinite(higher) and higher > passed_drop > 0:
-            exponent = max(0.5, math.log2(higher / passed_drop) / (math.log2(larger.step) - here))
-        if higher <= limit:
-            passed, passed_drop = larger, higher
+def _step_search(attempt: Callable[[float], _Trial], ratio: Callable[[_Trial], float], bound: float) -> _Trial:
+    """The largest step found with ``ratio(trial) <= 1`` and a latent error within ``bound``.
+
+    Both grow about as powers of the step (the predicted error as its square, the latent error
+    linearly), so each try jumps to where the worse of the two would just meet its limit, the
+    exponent learned from the tries; ``SEARCH_TRIES`` tries, stopping once a step within both
+    reaches ``SEARCH_CLOSE`` of them; then a bisection below the smallest step over them, if no
+    step within them was found.
+    """
+
+    def worst(t: _Trial) -> float:
+        return max(ratio(t), (t.choice.achieved / bound) ** 2)  # both as squares of the step
+
+    x, aim = float(np.log2(0.25)), (1.0 + SEARCH_CLOSE) / 2
+    ok: tuple[float, _Trial] | None = None
+    over = LOG2_STEP_RANGE[1]
+    exponent, last = 2.0, None
+    for _ in range(SEARCH_TRIES):
+        t = attempt(x)
+        w = worst(t)
+        if w <= 1.0:
+            if ok is None or x > ok[0]:
+                ok = (x, t)
+            if w >= SEARCH_CLOSE or x >= LOG2_STEP_RANGE[1]:
+                break
         else:
-            failed = math.log2(larger.step)
-    return passed, passed_drop
+            over = min(over, x)
+        if last is not None and last[1] > 0 and w > 0 and abs(x - last[0]) > 1e-6:
+            exponent = min(4.0, max(0.5, math.log2(w / last[1]) / (x - last[0])))
+        last = (x, w)
+        nxt = x + math.log2(aim / w) / exponent if w > 0 else x + 1.0
+        nxt = min(nxt, LOG2_STEP_RANGE[1], over - 1e-3)
+        if ok is not None:
+            nxt = max(nxt, ok[0])
+        if abs(nxt - x) < 1e-3:
+            break
+        x = max(nxt, LOG2_STEP_RANGE[0])
+    if ok is not None:
+        return ok[1]
+    fine = attempt(LOG2_STEP_RANGE[0])
+    if worst(fine) > 1.0:
+        raise ValueError(
+            f"latent error bound {bound} is out of reach: the finest step gives {fine.choice.achieved:.4g}"
+        )
+    found = _largest(lambda v: attempt(v).choice, lambda c: worst(_trial_of(attempt, c)) <= 1.0, fine.choice, over)
+    return _trial_of(attempt, found)
+
+
+def _trial_of(attempt: Callable[[float], _Trial], choice: Choice) -> _Trial:
+    return attempt(math.log2(choice.step))
+
+
+def _search_by_decodes(
+    attempt: Callable[[float], _Trial], drop: Callable[[_Trial], float], bound: float, limit: float
+) -> _Trial:
+    """The fallback when predictions keep missing: the largest step within both limits, each try decoded."""
+    fine = attempt(LOG2_STEP_RANGE[0])
+    if drop(fine) > limit or fine.choice.achieved > bound:
+        raise ValueError(
+            f"PSNR drop limit {limit} dB is out of reach: the finest step, {fine.choice.step:.3g}, loses "
+            f"{drop(fine):.3f} dB"
+        )
+    upper = LOG2_STEP_RANGE[1]
+    best = _largest(
+        lambda v: attempt(v).choice,
+        lambda c: c.achieved <= bound and drop(_trial_of(attempt, c)) <= limit,
+        fine.choice,
+        upper,
+    )
+    return _trial_of(attempt, best)
 
 
 def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], feasible: Choice, high: float) -> Choice:
@@ -260,13 +343,88 @@ def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], f
 def encode_to_target(
     codec: Codec, images: np.ndarray, coeffs: np.ndarray, runtime: RuntimeOptions | None = None
 ) -> list[bytes]:
-    """One stream per image (with its coefficients), each at the step its own search chose."""
+    """One stream per image (with its coefficients), each at the step its own search chose. Images
+    coded alone are their own sample: verified under ``verify="sample"`` as under ``"all"``."""
+    measure = codec.target is None or codec.target.verify != "none"
     streams = []
     for i, image in enumerate(images):
         size = (image.shape[0], image.shape[1])
-        choice = search(codec, coeffs[i : i + 1], size, image, runtime)
+        choice = search(codec, coeffs[i : i + 1], size, image, runtime, measure=measure)
         streams += record(codec, choice, size)
     return streams
+
+
+def learned_margin(model: DropModel, pairs: Sequence[tuple[float, float]]) -> float:
+    """The factor unverified images aim below the limit's relative error, learned from verified images'
+    (predicted, measured) drops: the log ratios' mean and spread, with the calibration's spread
+    counted as ``PRIOR_WEIGHT`` images of ratio 1, aimed ``PREDICT_SPREADS`` spreads above the mean.
+    Sorted and summed exactly, so the same images give the same margin in any order."""
+    logs = sorted(
+        math.log(max(relative_error(measured), 0.05 * relative_error(predicted)) / relative_error(predicted))
+        for predicted, measured in pairs
+        if predicted > 0 and math.isfinite(measured)
+    )
+    mean = math.fsum(logs) / (len(logs) + PRIOR_WEIGHT)
+    spread = (PRIOR_WEIGHT * model.predicted_sigma**2 + math.fsum((r - mean) ** 2 for r in logs)) / (
+        PRIOR_WEIGHT + len(logs)
+    )
+    return math.exp(-(mean + PREDICT_SPREADS * math.sqrt(spread)))
+
+
+@dataclass(frozen=True)
+class DropSummary:
+    """How a store's PSNR drops were kept: counts and sums over its images, merged across runs."""
+
+    limit: float
+    verified: int = 0  # drops measured by decoding
+    predicted: int = 0  # drops predicted only
+    max_drop: float = 0.0  # the largest measured drop
+    error_sum: float = 0.0  # sum over verified images of |predicted / measured - 1|
+    error_max: float = 0.0
+    margin: float | None = None  # the margin unverified images aimed with in the last run
+
+    @classmethod
+    def of(cls, limit: float, pairs: Sequence[tuple[float, float | None]], margin: float | None) -> DropSummary:
+        """From each image's (predicted, measured or None) drop."""
+        measured = [(p, m) for p, m in pairs if m is not None]
+        errors = [abs(p / m - 1.0) for p, m in measured if m > 0]
+        return cls(
+            limit, len(measured), len(pairs) - len(measured), max((m for _, m in measured), default=0.0),
+            math.fsum(errors), max(errors, default=0.0), margin,
+        )  # fmt: skip
+
+    def merged(self, other: DropSummary) -> DropSummary:
+        return DropSummary(
+            other.limit, self.verified + other.verified, self.predicted + other.predicted,
+            max(self.max_drop, other.max_drop), self.error_sum + other.error_sum, max(self.error_max, other.error_max),
+            other.margin if other.margin is not None else self.margin,
+        )  # fmt: skip
+
+    @property
+    def error_mean(self) -> float:
+        return self.error_sum / self.verified if self.verified else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DropSummary | None:
+        try:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+
+    def __str__(self) -> str:
+        images = self.verified + self.predicted
+        text = f"{self.verified} of {images} images decoded to check their PSNR drop"
+        if self.verified:
+            text += (
+                f"; largest measured drop {self.max_drop:.3f} dB (limit {self.limit:g} dB); predicted against "
+                f"measured: mean error {100 * self.error_mean:.0f}%, worst {100 * self.error_max:.0f}%"
+            )
+        if self.margin is not None:
+            text += f"; unverified images aimed at {self.margin:.2f} of the limit's error"
+        return text
 
 
 def record(codec: Codec, choice: Choice, size: tuple[int, int]) -> list[bytes]:
@@ -274,6 +432,7 @@ def record(codec: Codec, choice: Choice, size: tuple[int, int]) -> list[bytes]:
     target = codec.target
     if target is None:
         raise ValueError("the codec has no rate-control target")
-    drop_limit = target.max_psnr_drop if choice.drop is not None else None
-    kept = TargetRecord(target.kind, target.value, choice.achieved, drop_limit, choice.drop)
+    reached = choice.drop is not None or choice.predicted is not None
+    drop_limit = target.max_psnr_drop if reached else None
+    kept = TargetRecord(target.kind, target.value, choice.achieved, drop_limit, choice.drop, choice.predicted)
     return codec.with_step(choice.step).entropy_code(choice.symbols, [size], kept)

@@ -1,15 +1,11 @@
 """The shape an image is encoded at, and aspect-ratio buckets for training data.
 
-**Batch shapes.** A CNN encoder's output near an image's border depends on the padding it
-sees, so an image is always encoded padded (edge pixels) to its *batch shape*, a function of
-its own size alone: images of nearby sizes share one, so a dataset job can batch them through
-the VAE, and an image's bytes never depend on which batch it fell into (or on whether it was
-coded alone by ``compress``). Each side is first rounded up to a multiple of the model's
-downsampling ``s`` (that much padding is needed anyway), then to the next value of a grid in
-which consecutive sides differ by at most 6%: every multiple of ``s`` up to ``GRID_FINE``
-samples, above it a geometric grid that also holds every multiple of 64. So at most
-``1.06^2 - 1`` (12.4%) extra pixels are coded beyond the stride's own padding. The latent is
-cropped back to the image's own ``ceil(h/s) x ceil(w/s)`` before anything else.
+**Padded shapes** (``vaeflow.models.padded_shape``). An image is encoded at its own size,
+edge-padded only to a multiple of the model's downsampling (times its latent patch, for a model
+that folds patches into channels): exactly as ``vaeflow.encode_latent`` pads it, so the latent
+a stream holds is the model's own latent of the image. A CNN encoder's output near the border
+depends on the padding it sees (and, with normalisation layers, everywhere), so images share a
+VAE run only with others of the same padded shape: batching never changes a value.
 
 **Aspect-ratio buckets** (``--buckets 1024``): sizes of about ``1024 x 1024`` pixels in area,
 sides multiples of 64, aspect ratios from 1:4 to 4:1. An image is resized (Lanczos) to cover
@@ -25,32 +21,8 @@ from functools import lru_cache
 
 from vaeflow.errors import PipelineError
 
-SIDE_RATIO = 1.06  # the largest step between consecutive batch sides
-GRID_FINE = 128  # below this many samples every multiple of the stride is a batch side
 BUCKET_UNIT = 64
 MAX_ASPECT = 4.0
-
-
-@lru_cache(maxsize=8)
-def _grid(stride: int, limit: int) -> tuple[int, ...]:
-    sides = list(range(stride, min(GRID_FINE, limit) + stride, stride))
-    while sides[-1] < limit:
-        step = max(stride, math.floor(sides[-1] * SIDE_RATIO / stride) * stride - sides[-1])
-        nxt = sides[-1] + step
-        aligned = (sides[-1] // BUCKET_UNIT + 1) * BUCKET_UNIT  # keep every multiple of 64 a batch side
-        sides.append(min(nxt, aligned) if aligned % stride == 0 else nxt)
-    return tuple(sides)
-
-
-def batch_side(length: int, stride: int) -> int:
-    """The side an image side of ``length`` pixels is encoded at."""
-    need = -(-length // stride) * stride
-    grid = _grid(stride, max(need, GRID_FINE) * 2)
-    return next(side for side in grid if side >= need)
-
-
-def batch_shape(height: int, width: int, stride: int) -> tuple[int, int]:
-    return batch_side(height, stride), batch_side(width, stride)
 
 
 @dataclass(frozen=True)

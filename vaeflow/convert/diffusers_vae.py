@@ -438,7 +438,7 @@ def import_diffusers(
         with tempfile.TemporaryDirectory() as tmp:
             photo_dir = Path(data) if data is not None else _write_photos(photos, Path(tmp))
             for transform in CALIBRATIONS:
-                calibrate_model(name, photo_dir, transform=transform, limit=limit)
+                calibrate_model(name, photo_dir, transform=transform, limit=limit, drop_photos=limit)
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from vaeflow.codec.api import PipelineLike, resolve_codec
 from vaeflow.codec.codec import Codec
+from vaeflow.codec.ratecontrol import DropSummary, learned_margin
 from vaeflow.dataset import policy as store_policy
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.assemble import assemble, finish
@@ -73,6 +74,7 @@ class JobReport:
     dashboard_link: str | None = None
     spans: list[list[Any]] = field(default_factory=list, repr=False)
     upload: UploadReport | None = None  # for a store on object storage
+    drops: DropSummary | None = None  # under a PSNR-drop limit: how this run's drops were kept
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,8 @@ class JobReport:
             else "  nothing new to code",
             f"  wall time {self.wall_s:.1f} s; slowest stage {slowest}; stage time: {shares or '-'}",
         ]
+        if self.drops is not None:
+            lines.append(f"  verify: {self.drops}")
         if self.upload is not None:
             up = self.upload
             lines.append(f"  uploaded to {up.url}: {up.uploaded} objects ({up.bytes_sent:,} bytes) sent and verified, "
@@ -112,7 +116,8 @@ class JobReport:
                 ("other files skipped", self.skipped), ("batches resumed", self.resumed_batches),
                 ("bytes in / out", f"{self.bytes_in:,} / {self.bytes_out:,} ({ratio})"),
                 ("mean bpp", f"{self.mean_bpp:.3f}" if self.bytes_out else "-"), ("wall time", f"{self.wall_s:.1f} s"),
-                ("stage time", shares), ("dashboard", self.dashboard_link or "-")]  # fmt: skip
+                ("stage time", shares), ("verify", str(self.drops) if self.drops else "-"),
+                ("dashboard", self.dashboard_link or "-")]  # fmt: skip
         footer = f"failed images: vaeflow ls {self.store} --failed" if self.failed else ""
         return html_table(f"vaeflow job: {self.store}", rows, footer)
 
@@ -134,11 +139,16 @@ def compress_dataset(
     cluster: ClusterOptions | None = None,
     storage_options: dict[str, Any] | None = None,
     staging: str | Path | None = None,
+    verify: str | None = None,
+    verify_fraction: float | None = None,
 ) -> JobReport:
     """Compress every image under ``src`` into the zarr store ``store``.
 
     ``pipeline`` is a preset name or a pipeline; ``model``, ``quality`` and ``target`` override
-    its own, as in ``vaeflow.compress``.
+    its own, as in ``vaeflow.compress``. Under a PSNR-drop limit (the latent-store presets),
+    ``verify`` says how it is kept: ``"all"`` decodes every image to check its step, ``"sample"``
+    only ``verify_fraction`` of them (chosen from their names; the others' steps are predicted
+    with a margin learned from them), ``"none"`` predicts every step (``vaeflow.codec.ratecontrol``).
 
     Runs on ``client`` when given (a ``dask.distributed.Client``), else as ``cluster`` says
     (``scheduler`` and ``workers`` are shortcuts for it): a new local cluster of worker
@@ -159,14 +169,14 @@ def compress_dataset(
         cluster = replace(cluster, scheduler=scheduler or cluster.scheduler, workers=workers or cluster.workers)
     if client is None and cluster.scheduler == "sync" and cluster.performance_report:
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
-    codec, preset, options = job_codec(store, model, quality, pipeline, target, options)
+    codec, preset, options = job_codec(store, model, quality, pipeline, target, options, verify, verify_fraction)
     if is_url(store):
         url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
         if not (local / "zarr.json").exists():  # no staged copy: continue from the remote store, if any
             download(url, local, storage_options)
         report = compress_dataset(
             src, local, model=model, quality=quality, pipeline=pipeline, target=target, client=client,
-            resume=resume, options=options, cluster=cluster,
+            resume=resume, options=options, cluster=cluster, verify=verify, verify_fraction=verify_fraction,
         )  # fmt: skip
         report.upload = upload(local, url, storage_options)
         report.store = url  # type: ignore[assignment]
@@ -191,6 +201,8 @@ def job_codec(
     pipeline: PipelineLike,
     target: RateTarget | None,
     options: JobOptions,
+    verify: str | None = None,
+    verify_fraction: float | None = None,
 ) -> tuple[Codec, str, JobOptions]:
     """The job's codec and preset name. ``--add`` and ``--retry-failed`` continue with the store's
     own settings when none are asked for (a store written by an earlier default keeps it)."""
@@ -201,7 +213,7 @@ def job_codec(
     if recorded is not None and model is None and quality is None and pipeline is None and target is None:
         pipeline, model, preset, buckets = recorded
         options = replace(options, buckets=options.buckets or buckets)
-    return resolve_codec(model, quality, pipeline, target), preset, options
+    return resolve_codec(model, quality, pipeline, target, verify, verify_fraction), preset, options
 
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
@@ -250,15 +262,59 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
             markers[marker["key"]] = marker
             advance(marker)
 
+        if _learns_margin(plan):  # the sample's drops are measured first: the rest aim with the margin they give
+            executor.run(ctx, [b for b in pending if b.verified], on_done)
+            ctx = replace(ctx, margin=_margin(plan, markers))
+            pending = [b for b in pending if not b.verified]
         executor.run(ctx, pending, on_done)
+    drops = _drop_summary(plan, markers, ctx.margin)
+    if drops is not None:
+        earlier = DropSummary.from_dict(meta.get("verification")) if plan.policy.action == "append" else None
+        meta = {**meta, "verification": (earlier.merged(drops) if earlier else drops).to_dict()}
     assemble(plan, meta, markers, work)
     finish(plan.store, options.keep_intermediates)
     report.wall_s = time.perf_counter() - start
+    report.drops = drops
     for marker in markers.values():
         for stage, begin, end, _pid in marker["spans"]:
             report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + end - begin
         report.spans += [[*span, marker["key"]] for span in marker["spans"]]
     return report_from_store(report, plan)
+
+
+def _learns_margin(plan: Plan) -> bool:
+    target = plan.codec.target
+    return target is not None and target.max_psnr_drop is not None and target.verify == "sample"
+
+
+def _pairs(plan: Plan, markers: dict[str, Marker], verified: bool | None = None) -> list[tuple[float, float | None]]:
+    """Each coded image's (predicted, measured or None) drop, in index order; only those of verified
+    (or unverified) batches when asked."""
+    chosen = {b.key for b in plan.batches if verified is None or b.verified == verified}
+    found = [
+        (item["index"], item["drop"])
+        for key, marker in markers.items()
+        if key in chosen
+        for item in marker["items"]
+        if item.get("drop") is not None and item["drop"][0] is not None
+    ]
+    return [(float(drop[0]), None if drop[1] is None else float(drop[1])) for _, drop in sorted(found)]
+
+
+def _margin(plan: Plan, markers: dict[str, Marker]) -> float | None:
+    """The margin learned from the verified batches of this run (the plan's, done or resumed)."""
+    model = plan.codec.drop_model
+    if model is None:
+        return None
+    measured = [(p, m) for p, m in _pairs(plan, markers, verified=True) if m is not None]
+    return learned_margin(model, measured)
+
+
+def _drop_summary(plan: Plan, markers: dict[str, Marker], margin: float | None) -> DropSummary | None:
+    target = plan.codec.target
+    if target is None or target.max_psnr_drop is None:
+        return None
+    return DropSummary.of(target.max_psnr_drop, _pairs(plan, markers), margin)
 
 
 def report_from_store(report: JobReport, plan: Plan) -> JobReport:

@@ -1,5 +1,8 @@
-"""The plan of a dataset job: what happens to the store, and the images grouped by batch
-shape (``vaeflow.codec.shapes``) and cut into batches.
+"""The plan of a dataset job: what happens to the store, and the images grouped by padded
+shape (``vaeflow.models.padded_shape``: images share a VAE run only at one shape, so that
+each latent is the model's own) and cut into batches. Under a PSNR-drop limit verified on a
+sample, the sampled images (chosen from their names, ``sampled``) form batches of their own,
+which run first.
 
 A plan is built, and every setting checked, before anything runs, and building it changes
 nothing on disk; ``str(plan)`` prints it.
@@ -7,6 +10,7 @@ nothing on disk; ``str(plan)`` prints it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ class Batch:
     padded_shape: tuple[int, int]
     start: int  # first row of the batch in its group's work arrays
     items: tuple[Item, ...]
+    verified: bool = False  # under a PSNR-drop limit: its images' drops are measured by decoding
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,9 @@ class Plan:
         return sum(len(b.items) for b in self.batches) / sum(capacity)
 
     @property
-    def padding_overhead(self) -> float:
-        """Pixels coded beyond the images' own (rounded to the model's stride), as a share of those."""
-        s = self.codec.model.downsample
-        own = sum(-(-i.height // s) * s * (-(-i.width // s) * s) for i in self.items)
-        return self.megapixels * 1e6 / own - 1 if own else 0.0
+    def verified(self) -> int:
+        """Images whose PSNR drop is measured by decoding (under a PSNR-drop limit)."""
+        return sum(len(b.items) for b in self.batches if b.verified)
 
     def __str__(self) -> str:
         codec = self.codec
@@ -104,11 +107,18 @@ class Plan:
             f"  model {codec.model.name} ({codec.model.fingerprint}), {setting}, pipeline {self.settings['pipeline']}",
             f"  images: {len(self.items)} to code, {len(self.failed_at_scan)} unreadable, "
             f"{len(self.skipped)} other files skipped",
-            f"  groups: {len(self.groups)} batch shapes; batches: {len(self.batches)} (up to {self.batch_size} each), "
-            f"mean fill {100 * self.batch_fill:.0f}%",
-            f"  work: {self.megapixels:.1f} megapixels through the VAE in {len(self.batches)} runs, "
-            f"{100 * self.padding_overhead:.1f}% of them padding",
+            f"  groups: {len(self.groups)} padded shapes; batches: {len(self.batches)} (up to {self.batch_size} "
+            f"each), mean fill {100 * self.batch_fill:.0f}%",
+            f"  work: {self.megapixels:.1f} megapixels through the VAE in {len(self.batches)} runs",
         ]
+        target = codec.target
+        if target is not None and target.max_psnr_drop is not None:
+            how = {"all": "every image", "sample": f"a sample ({100 * target.verify_fraction:.3g}%)", "none": "none"}
+            then = "; their batches run first, the rest predicted with the margin they give"
+            lines.append(
+                f"  verify: {how[target.verify]}: {self.verified} of {len(self.items)} images decoded to check their "
+                f"PSNR drop{then if target.verify == 'sample' else ''}"
+            )
         if self.buckets:
             sides = ", ".join(f"{b.width}x{b.height}" for b in shapes.buckets(self.buckets))
             lines.append(f"  aspect-ratio buckets of about {self.buckets}x{self.buckets} (width x height): {sides}")
@@ -127,6 +137,13 @@ class Plan:
         table = html_list_table(["group", "images", "padded to", "latent"], groups)
         return html_table(head, [(line.split(":", 1)[0].strip(), line.split(":", 1)[-1].strip()) for line in rest
                                  if not line.startswith("    ")]) + table  # fmt: skip
+
+
+def sampled(name: str, fraction: float) -> bool:
+    """Whether an image is in a verified sample of ``fraction`` of a dataset: from its name alone (its
+    hash), so that every run and every executor picks the same images."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2.0**64
 
 
 def build_plan(
@@ -148,6 +165,7 @@ def build_plan(
     items: list[Item] = []
     failed: list[tuple[Item, str]] = []
     by_shape: dict[tuple[int, int], list[Item]] = {}
+    verify = codec.target.verify if codec.target is not None and codec.target.max_psnr_drop is not None else None
     sidecars: dict[int, Sidecar] = {}
     for i, scanned in enumerate(images):
         item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes)
@@ -161,16 +179,22 @@ def build_plan(
             item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
                         fitted.crop_top_left)  # fmt: skip
         items.append(item)
-        by_shape.setdefault(codec.batch_shape(item.height, item.width), []).append(item)
+        by_shape.setdefault(codec.padded_shape(item.height, item.width), []).append(item)
+    fraction = codec.target.verify_fraction if codec.target is not None else 1.0
     groups, batches = [], []
     for g, shape in enumerate(sorted(by_shape)):
-        members = by_shape[shape]
-        latent = codec.model.latent_shape(*shape)
-        groups.append(Group(g, shape, latent, len(members)))
+        checked: list[Item] = []
+        rest: list[Item] = []
+        for item in by_shape[shape]:
+            verified = verify == "all" or (verify == "sample" and sampled(item.path, fraction))
+            (checked if verified else rest).append(item)
+        groups.append(Group(g, shape, codec.latent_shape(*shape), len(checked) + len(rest)))
         per_batch = max(1, min(batch_size, BATCH_PIXEL_BUDGET // (shape[0] * shape[1])))
-        for b, start in enumerate(range(0, len(members), per_batch)):
-            chunk = tuple(members[start : start + per_batch])
-            batches.append(Batch(f"{policy.key_prefix}g{g}-b{b}", g, shape, start, chunk))
+        for kind, members, start in (("v", checked, 0), ("b", rest, len(checked))):
+            for b, first in enumerate(range(0, len(members), per_batch)):
+                chunk = tuple(members[first : first + per_batch])
+                key = f"{policy.key_prefix}g{g}-{kind}{b}"
+                batches.append(Batch(key, g, shape, start + first, chunk, verified=kind == "v"))
     return Plan(
         src=src,
         store=store,

@@ -23,6 +23,7 @@ import zarr
 
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress, decompress_latent, decompress_latents, info
+from vaeflow.codec.ratecontrol import DropSummary
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
@@ -369,7 +370,15 @@ class StoreReader:
             "pixels": int(pixels[ok].sum()),
             "settings": self.meta.get("settings"),
             "vaeflow_version": self.meta.get("vaeflow_version"),
+            **self._verification(),
         }
+
+    def _verification(self) -> dict[str, Any]:
+        """Under a PSNR-drop limit: how many drops were measured, the largest, and the predictions' error."""
+        drops = DropSummary.from_dict(self.meta.get("verification"))
+        if drops is None:
+            return {}
+        return {"verification": {**drops.to_dict(), "error_mean": drops.error_mean, "summary": str(drops)}}
 
     def _repr_html_(self) -> str:
         s = self.summary()

@@ -10,8 +10,10 @@ of the batch goes on. Two ways to run them over a batch give the same streams an
 - one task per stage: each reads its input rows from the work store, runs its stage, writes
   its output rows, and returns only a small ``BatchState``.
 
-An image is encoded padded to its batch shape (``vaeflow.codec.shapes``); its latent is
-cropped to its own size at once, so its bytes never depend on its batch.
+A batch holds images of one padded shape (``vaeflow.models.padded_shape``), each encoded
+exactly as ``vaeflow.encode_latent`` encodes it alone, so its bytes never depend on its batch.
+Under a PSNR-drop limit, a batch of verified images measures each drop by decoding; the other
+batches predict it, aiming by ``TaskContext.margin``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TaskContext:
     prefix: str = ""
     keep_intermediates: bool = False
     fused: bool = True  # a batch's stages in one task (``run_fused``), or one task per stage
+    margin: float | None = None  # under a PSNR-drop limit, unverified images aim this far below it
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class BatchState:
     notes: tuple[tuple[str, ...], ...]
     nbytes: tuple[int, ...] = ()
     spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
-    choices: tuple[tuple[float, float, float | None] | None, ...] = ()  # rate control: (step, achieved, drop)
+    # rate control: (step, achieved, measured drop, predicted drop) of each image
+    choices: tuple[tuple[float, float, float | None, float | None] | None, ...] = ()
 
     @classmethod
     def start(cls, batch: Batch) -> BatchState:
@@ -87,7 +91,7 @@ class BatchState:
 
 
 def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState, Rows]:
-    """Decode each file (bring it to its bucket when the job has buckets) and pad it to the batch shape."""
+    """Decode each file (bring it to its bucket when the job has buckets) and pad it to the batch's shape."""
     rows: Rows = {}
     notes = list(state.notes)
     height, width = batch.padded_shape
@@ -141,18 +145,13 @@ def _isolated(
 
 
 def vae(ctx: TaskContext, batch: Batch, state: BatchState, rgb: Rows) -> tuple[BatchState, Rows]:
-    """The VAE encoder over the padded images (batch-shaped latents)."""
-    return _isolated(state, "vae", rgb, lambda xs: list(ctx.codec.encode_padded(np.stack(xs), ctx.runtime)))
+    """The VAE encoder over the padded images: each image's exact latent."""
+    return _isolated(state, "vae", rgb, lambda xs: list(ctx.codec.encode_latents(np.stack(xs), ctx.runtime)))
 
 
 def transform(ctx: TaskContext, batch: Batch, state: BatchState, latents: Rows) -> tuple[BatchState, Rows]:
-    """Each latent cropped to its image's size, then the channel transform and wavelet."""
-
-    def run(pos: int, latent: np.ndarray) -> np.ndarray:
-        item = batch.items[pos]
-        return ctx.codec.transform(ctx.codec.crop_latents(latent[None], (item.height, item.width)))[0]  # type: ignore[no-any-return]
-
-    return _per_image(state, "transform", latents, run)
+    """The channel transform and wavelet of each latent."""
+    return _per_image(state, "transform", latents, lambda _, latent: ctx.codec.transform(latent[None])[0])
 
 
 def _per_image(
@@ -172,21 +171,25 @@ def _per_image(
 def quantize(
     ctx: TaskContext, batch: Batch, state: BatchState, coeffs: Rows, rgb: Rows | None = None
 ) -> tuple[BatchState, Rows]:
-    """Quantize at the codec's step, or, under rate control, search each image's own step."""
+    """Quantize at the codec's step, or, under rate control, search each image's own step (measuring
+    its PSNR drop in a verified batch, predicting it in the others)."""
     if ctx.codec.target is None:
         return _per_image(state, "quantize", coeffs, lambda _, c: ctx.codec.quantize_coefficients(c[None])[0])
-    choices: list[tuple[float, float, float | None] | None] = [None] * len(batch.items)
+    choices: list[tuple[float, float, float | None, float | None] | None] = [None] * len(batch.items)
     out: Rows = {}
     for pos in sorted(coeffs):
         item = batch.items[pos]
         image = rgb[pos][: item.height, : item.width] if rgb is not None else None
         try:
-            choice = ratecontrol.search(ctx.codec, coeffs[pos][None], (item.height, item.width), image, ctx.runtime)
+            choice = ratecontrol.search(
+                ctx.codec, coeffs[pos][None], (item.height, item.width), image, ctx.runtime,
+                measure=batch.verified, margin=ctx.margin,
+            )  # fmt: skip
         except ValueError as exc:
             state = state.fail(pos, str(exc))
             continue
         out[pos] = choice.symbols[0]
-        choices[pos] = (choice.step, choice.achieved, choice.drop)
+        choices[pos] = (choice.step, choice.achieved, choice.drop, choice.predicted)
     return replace(state, choices=tuple(choices)), out
 
 
@@ -197,8 +200,8 @@ def entropy(ctx: TaskContext, batch: Batch, state: BatchState, symbols: Rows) ->
         item = batch.items[pos]
         size = (item.height, item.width)
         if state.choices:
-            step, achieved, drop = state.choices[pos]  # type: ignore[misc]
-            choice = ratecontrol.Choice(step, symbols[pos][None], achieved, drop)
+            step, achieved, drop, predicted = state.choices[pos]  # type: ignore[misc]
+            choice = ratecontrol.Choice(step, symbols[pos][None], achieved, drop, predicted)
             streams[pos] = ratecontrol.record(ctx.codec, choice, size)[0]
         else:
             streams[pos] = ctx.codec.entropy_code(symbols[pos][None], [size])[0]
@@ -206,8 +209,10 @@ def entropy(ctx: TaskContext, batch: Batch, state: BatchState, symbols: Rows) ->
 
 
 def marker(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
-    """The batch's small marker: each image's row, and where its bytes wait in the work store."""
+    """The batch's small marker: each image's row, and where its bytes wait in the work store; under a
+    PSNR-drop limit, each image's predicted and measured drop (None where not measured)."""
     offsets = np.concatenate([[0], np.cumsum(state.nbytes, dtype=np.int64)])[:-1]
+    drops = [None if c is None else [c[3], c[2]] for c in state.choices] or [None] * len(batch.items)
     items = [
         {
             "index": item.index,
@@ -218,9 +223,10 @@ def marker(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
             "nbytes": nbytes,
             "shape": [item.height, item.width],
             "stream": [batch.key, int(offset)],
+            "drop": drop,
         }
-        for item, ok, reason, notes, nbytes, offset in zip(
-            batch.items, state.ok, state.reasons, state.notes, state.nbytes, offsets, strict=True
+        for item, ok, reason, notes, nbytes, offset, drop in zip(
+            batch.items, state.ok, state.reasons, state.notes, state.nbytes, offsets, drops, strict=True
         )
     ]
     return {"key": batch.key, "items": items, "spans": [list(s) for s in state.spans]}
@@ -244,12 +250,9 @@ def _staged(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., B
     return wrap
 
 
-def _read(ctx: TaskContext, batch: Batch, name: str, state: BatchState, cropped: bool = False) -> Rows:
+def _read(ctx: TaskContext, batch: Batch, name: str, state: BatchState) -> Rows:
     which = state.ok_positions()
-    shapes: list[tuple[int, ...]] | None = None
-    if cropped:
-        shapes = [ctx.codec.model.latent_shape(batch.items[p].height, batch.items[p].width) for p in which]
-    rows = WorkStore(ctx.store).read_rows(batch, name, ctx.prefix, which, shapes)
+    rows = WorkStore(ctx.store).read_rows(batch, name, ctx.prefix, which)
     return dict(zip(which, rows, strict=True))
 
 
@@ -282,7 +285,7 @@ def transform_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchSt
 
 @_staged("quantize")
 def quantize_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    coeffs = _read(ctx, batch, "coefficients", state, cropped=True)
+    coeffs = _read(ctx, batch, "coefficients", state)
     target = ctx.codec.target
     rgb = _read(ctx, batch, "rgb", state) if target is not None and target.searches_with_image else None
     state, symbols = quantize(ctx, batch, state, coeffs, rgb)
@@ -292,7 +295,7 @@ def quantize_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchSta
 
 @_staged("entropy")
 def entropy_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    state, streams = entropy(ctx, batch, state, _read(ctx, batch, "symbols", state, cropped=True))
+    state, streams = entropy(ctx, batch, state, _read(ctx, batch, "symbols", state))
     WorkStore(ctx.store).write_streams(batch.key, streams)
     return state
 

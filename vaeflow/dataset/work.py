@@ -46,11 +46,6 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *(min(s, TILE) for s in shape[1:]))
 
 
-def _corner(row: int, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
-    """The index of a row's top-left corner of ``shape``."""
-    return (row, *(slice(0, n) for n in shape))
-
-
 def _runs(positions: list[int], values: list[T]) -> list[tuple[int, list[T]]]:
     """``values`` split where ``positions`` stop being consecutive: (first position, values)."""
     runs: list[tuple[int, list[T]]] = []
@@ -96,30 +91,22 @@ class WorkStore:
         return _open_cached(self.root / f"{prefix}g{batch.group}" / name)
 
     def write_rows(self, batch: Batch, name: str, prefix: str, rows: list[np.ndarray], which: list[int]) -> None:
-        """Write ``rows`` into the batch's rows ``which`` (positions within the batch), one zarr
-        write per run of consecutive positions; a row smaller than the group's (a latent cropped
-        to its image) fills the top-left corner, the rest of its row staying zero."""
+        """Write ``rows`` (each of the group's row shape) into the batch's rows ``which`` (positions
+        within the batch), one zarr write per run of consecutive positions."""
         arr = self.array(batch, name, prefix)
         per_block = max(1, BLOCK_BYTES // max(1, arr.dtype.itemsize * int(np.prod(arr.shape[1:]))))
         for first, run in _runs(which, rows):
             for at in range(0, len(run), per_block):
                 part = run[at : at + per_block]
-                block = np.zeros((len(part), *arr.shape[1:]), arr.dtype)
-                for k, row in enumerate(part):
-                    block[_corner(k, row.shape)] = row
-                arr[batch.start + first + at : batch.start + first + at + len(part)] = block
+                arr[batch.start + first + at : batch.start + first + at + len(part)] = np.stack(part).astype(arr.dtype)
 
-    def read_rows(
-        self, batch: Batch, name: str, prefix: str, which: list[int], shapes: list[tuple[int, ...]] | None = None
-    ) -> list[np.ndarray]:
-        """The batch's rows ``which``, one zarr read per run of consecutive positions; with
-        ``shapes``, each row's top-left corner of that shape."""
+    def read_rows(self, batch: Batch, name: str, prefix: str, which: list[int]) -> list[np.ndarray]:
+        """The batch's rows ``which``, one zarr read per run of consecutive positions."""
         arr = self.array(batch, name, prefix)
         out: list[np.ndarray] = []
-        wanted: list[tuple[int, ...] | None] = list(shapes) if shapes is not None else [None] * len(which)
-        for first, run in _runs(which, wanted):
+        for first, run in _runs(which, which):
             block = np.asarray(arr[batch.start + first : batch.start + first + len(run)])
-            out += [block[k] if shape is None else block[_corner(k, shape)] for k, shape in enumerate(run)]
+            out += list(block)
         return out
 
     def write_streams(self, key: str, streams: list[bytes]) -> None:

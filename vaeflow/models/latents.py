@@ -13,7 +13,7 @@ import numpy as np
 from vaeflow.imageio import as_rgb
 from vaeflow.models.convention import LatentConvention
 from vaeflow.models.onnx_vae import RuntimeOptions, check_ref, load_model
-from vaeflow.models.registry import ModelEntry, ModelRef, Registry
+from vaeflow.models.registry import ModelEntry, ModelRef, Registry, padded_shape
 
 ModelLike = str | ModelEntry | ModelRef
 
@@ -46,6 +46,20 @@ def from_model_convention(latents: np.ndarray, model: ModelLike = "default") -> 
     return convention.from_model(latents) if convention is not None else np.asarray(latents, np.float32)
 
 
+def latent_unit(convention: LatentConvention | None) -> int:
+    """Latent samples an image is padded to a multiple of: the patch a model folds into channels, else 1."""
+    return convention.patch if convention is not None else 1
+
+
+def pad_images(images: np.ndarray, unit: int) -> np.ndarray:
+    """Images (N, H, W, 3) edge-padded to a multiple of ``unit`` pixels (``padded_shape``)."""
+    _, height, width, _ = images.shape
+    padded = padded_shape(height, width, unit)
+    if padded == (height, width):
+        return images
+    return np.pad(images, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)), mode="edge")
+
+
 def encode_latent(image: np.ndarray, *, model: str = "default", runtime: RuntimeOptions | None = None) -> np.ndarray:
     """The exact (unquantized) latent of an HxWx3 uint8 image (or a batch NxHxWx3), in the model's convention.
 
@@ -58,11 +72,7 @@ def encode_latent(image: np.ndarray, *, model: str = "default", runtime: Runtime
         raise ValueError(f"encode_latent takes uint8 (H, W, 3) or (N, H, W, 3), got {images.dtype} {images.shape}")
     vae = load_model(model, runtime)
     convention = vae.entry.latent_convention()
-    unit = vae.downsample * (convention.patch if convention is not None else 1)
-    _, height, width, _ = images.shape
-    if height % unit or width % unit:
-        images = np.pad(images, ((0, 0), (0, -height % unit), (0, -width % unit), (0, 0)), mode="edge")
-    normalised = vae.encode(images)
+    normalised = vae.encode(pad_images(images, vae.downsample * latent_unit(convention)))
     latents = convention.to_model(normalised) if convention is not None else normalised
     return latents if batch else latents[0]
 

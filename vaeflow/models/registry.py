@@ -38,6 +38,12 @@ def home_dir() -> Path:
     return Path(os.environ.get("VAEFLOW_HOME", Path.home() / ".vaeflow")).expanduser()
 
 
+def padded_shape(height: int, width: int, unit: int) -> tuple[int, int]:
+    """The shape an image of ``height x width`` is encoded at: each side edge-padded up to a multiple
+    of ``unit`` (the model's downsampling times its latent patch), as ``vaeflow.encode_latent`` pads it."""
+    return -(-height // unit) * unit, -(-width // unit) * unit
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model as resolved once: what a codec carries, a plan records and a stream names.
@@ -61,9 +67,11 @@ class ModelRef:
     def fingerprint_bytes(self) -> bytes:
         return bytes.fromhex(self.fingerprint)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+    def latent_shape(self, height: int, width: int, unit: int = 1) -> tuple[int, int, int]:
+        """The latent of an image of this size, padded to a multiple of ``unit`` latent samples."""
         s = self.downsample
-        return (self.latent_channels, -(-height // s), -(-width // s))
+        padded_height, padded_width = padded_shape(height, width, s * unit)
+        return (self.latent_channels, padded_height // s, padded_width // s)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -115,6 +123,8 @@ class ModelEntry:
     quality_scale: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(
         default_factory=dict, compare=False, hash=False
     )
+    # by calibration key: the fitted correction that predicts an image's PSNR drop (vaeflow.codec.dropmodel)
+    drop_model: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -151,6 +161,7 @@ class ModelEntry:
                 k: (tuple(float(v) for v in scale["step"]), tuple(float(v) for v in scale["psnr"]))
                 for k, scale in table.get("quality_scale", {}).items()
             },
+            drop_model={str(k): dict(v) for k, v in table.get("drop_model", {}).items()},
             source=base,
         )
         entry.validate()
@@ -219,6 +230,9 @@ class ModelEntry:
         table["quality_scale"] = {k: {"step": list(st), "psnr": list(ps)} for k, (st, ps) in self.quality_scale.items()}
         if not table["quality_scale"]:
             del table["quality_scale"]
+        table["drop_model"] = {k: dict(v) for k, v in self.drop_model.items()}
+        if not table["drop_model"]:
+            del table["drop_model"]
         return table
 
 

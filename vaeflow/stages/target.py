@@ -13,6 +13,8 @@ from typing import Any
 from vaeflow.errors import PipelineError
 
 KINDS = ("bpp", "psnr", "latent")
+VERIFY = ("all", "sample", "none")  # how a PSNR-drop limit is proved: every image decoded, a sample, none
+DEFAULT_VERIFY_FRACTION = 1 / 32
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,28 @@ class RateTarget:
     - ``max_latent_error``: the largest step keeping every dequantized latent value within this
       (unit-variance scale); with ``max_psnr_drop``, also keeping the decoded PSNR within that
       many dB of decoding the exact latent.
+
+    ``verify`` says how a PSNR-drop limit is kept (``vaeflow.codec.ratecontrol``): ``"all"``
+    decodes every image and checks its step; ``"sample"`` decodes ``verify_fraction`` of a
+    dataset's images, chosen from their names, and predicts the others' steps with a margin
+    learned from them; ``"none"`` predicts every step from the model's calibration.
     """
 
     bpp: float | None = None
     psnr: float | None = None
     max_latent_error: float | None = None
     max_psnr_drop: float | None = None
+    verify: str = "all"
+    verify_fraction: float = DEFAULT_VERIFY_FRACTION
 
     def __post_init__(self) -> None:
-        for key, value in asdict(self).items():
+        if self.verify not in VERIFY:
+            raise PipelineError(f"target verify must be one of {', '.join(VERIFY)}, got {self.verify!r}")
+        fraction = self.verify_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            raise PipelineError(f"target verify_fraction must be a number in (0, 1], got {fraction!r}")
+        for key in ("bpp", "psnr", "max_latent_error", "max_psnr_drop"):
+            value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise PipelineError(f"target {key} must be a number, got {value!r}")
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -42,6 +57,10 @@ class RateTarget:
             raise PipelineError(f"a rate target takes one of bpp, psnr or max_latent_error; got {given or 'none'}")
         if self.max_psnr_drop is not None and self.max_latent_error is None:
             raise PipelineError("max_psnr_drop works beside max_latent_error; give both")
+        if self.max_psnr_drop is None and (self.verify != "all" or fraction != DEFAULT_VERIFY_FRACTION):
+            raise PipelineError("verify and verify_fraction apply to a PSNR-drop limit (max_psnr_drop)")
+        if self.verify != "sample":  # the fraction means nothing then: one target, one form
+            object.__setattr__(self, "verify_fraction", DEFAULT_VERIFY_FRACTION)
 
     @property
     def kind(self) -> str:
@@ -56,8 +75,19 @@ class RateTarget:
         """Whether the search decodes trials and compares them with the original image."""
         return self.psnr is not None or self.max_psnr_drop is not None
 
+    @property
+    def measures_every_image(self) -> bool:
+        """Whether every image's PSNR drop is measured by decoding (any other target: none is predicted)."""
+        return self.max_psnr_drop is None or self.verify == "all"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its settings; the verification policy only beside a PSNR-drop limit, the fraction only for ``sample``."""
+        out = asdict(self)
+        if self.max_psnr_drop is None or self.verify != "sample":
+            del out["verify_fraction"]
+        if self.max_psnr_drop is None:
+            del out["verify"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "target") -> RateTarget:
@@ -70,16 +100,26 @@ class RateTarget:
 @dataclass(frozen=True)
 class TargetRecord:
     """What a rate-controlled stream records: the target's kind and value, and the figure reached;
-    beside a latent error bound, the PSNR-drop limit and the drop reached (format 2)."""
+    beside a latent error bound, the PSNR-drop limit (formats 2 to 4), the drop measured by decoding
+    (None where it was predicted only) and the drop predicted from the model's calibration (format 4)."""
 
     kind: str
     value: float
     achieved: float
     drop_limit: float | None = None
     drop: float | None = None
+    predicted_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise PipelineError(f"unknown target kind {self.kind!r}; choose one of {KINDS}")
-        if (self.drop_limit is None) != (self.drop is None) or (self.drop_limit is not None and self.kind != "latent"):
-            raise PipelineError("a PSNR-drop record needs both its limit and the drop, beside a latent error bound")
+        reached = self.drop is not None or self.predicted_drop is not None
+        if (self.drop_limit is None) == reached or (self.drop_limit is not None and self.kind != "latent"):
+            raise PipelineError(
+                "a PSNR-drop record needs its limit and the drop measured or predicted, beside a latent error bound"
+            )
+
+    @property
+    def measured(self) -> bool:
+        """Whether the drop was measured by decoding (every format-2 and format-3 drop was)."""
+        return self.drop is not None

@@ -1,0 +1,47 @@
+"""Write tests/golden/pixel_sums.json: each golden stream's and store image's decoded pixel sum.
+
+    python tests/golden/make_pixel_sums.py
+
+The manifest's pixel hashes are what ONNX Runtime decoded on the machine that made each file.
+ONNX Runtime's float arithmetic may round differently on another CPU (its kernels differ by
+instruction set), which turns a few decoded values sitting within about 1e-3 of a half into
+their neighbours: the hash changes, the image does not. These sums (of the uint8 values) let
+the golden test tell that apart from a real change: off by at most a few units per thousand
+values, where any change to the latent or the model moves them by thousands. Run once; it
+refuses to replace an entry (add entries for new golden files only).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import vaeflow
+
+GOLDEN = Path(__file__).parent
+
+
+def main() -> None:
+    manifest = json.loads((GOLDEN / "manifest.json").read_text())
+    path = GOLDEN / "pixel_sums.json"
+    sums: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    found: dict[str, int] = {}
+    for name, entry in manifest["streams"].items():
+        if entry["pixels_sha256"] is not None:
+            found[name] = int(vaeflow.decompress((GOLDEN / entry["file"]).read_bytes()).astype(np.int64).sum())
+    for store in ("store", "store_v2"):
+        reader = vaeflow.open_store(GOLDEN / manifest[store]["path"])
+        for image in manifest[store]["images"]:
+            found[f"{store}/{image}"] = int(reader.read_image(image).astype(np.int64).sum())
+    clash = [k for k in found if k in sums and sums[k] != found[k]]
+    if clash:
+        sys.exit(f"pixel sums of {clash} exist with other values: golden records are never rewritten")
+    path.write_text(json.dumps({**sums, **found}, indent=2, sort_keys=True) + "\n")
+    print(f"{len(found)} pixel sums in {path}")
+
+
+if __name__ == "__main__":
+    main()
