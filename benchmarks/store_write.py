@@ -25,8 +25,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +33,11 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 import vaeflow
+from benchmarks.latents import counting_decodes
 from vaeflow import metrics
-from vaeflow.codec.codec import Codec
 from vaeflow.imageio import list_images, read_rgb
 
 POLICIES = ("none", "sample", "all")
-
-
-@contextmanager
-def counted_decodes() -> Iterator[list[int]]:
-    """Count the VAE decodes run in this process while inside."""
-    count = [0]
-    original = Codec.decode_images
-
-    def decode_images(self: Codec, *args: Any, **kwargs: Any) -> np.ndarray:
-        count[0] += 1
-        return original(self, *args, **kwargs)
-
-    Codec.decode_images = decode_images  # type: ignore[method-assign]
-    try:
-        yield count
-    finally:
-        Codec.decode_images = original  # type: ignore[method-assign]
 
 
 def bare_loop(paths: list[Path], model: str, out: Path) -> float:
@@ -74,7 +55,7 @@ def job(src: Path, store: Path, model: str, verify: str) -> tuple[float, int, va
     """The latent-store job in this process: wall seconds, VAE decodes, its report."""
     shutil.rmtree(store, ignore_errors=True)
     options = vaeflow.JobOptions(progress=False)
-    with counted_decodes() as decodes:
+    with counting_decodes() as decodes:
         start = time.perf_counter()
         report = vaeflow.compress_dataset(
             src, store, model=model, pipeline="latent-store", verify=verify, scheduler="sync", options=options
