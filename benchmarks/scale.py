@@ -4,9 +4,9 @@ In one run:
 - **Mixed sizes**: a folder of real photos of many sizes (the given folders, plus copies of
   them resized to a few scales) through the default job on 2 workers, against a bare
   ``compress()`` loop in one process on all cores, in rounds (ratios within a round, medians
-  over rounds); the plan's batch shapes, mean batch fill
-  and padding overhead; 2-worker scaling over 1 worker (one core each); the stages run one
-  task each through the zarr work store against fused into one task per batch.
+  over rounds); the plan's padded shapes and mean batch fill; 2-worker scaling over 1 worker
+  (one core each); the stages run one task each through the zarr work store against fused into
+  one task per batch.
 - **A million planned images**: a simulated scan of N small images (no files) is planned,
   its batches' markers and streams files made as workers would leave them (synthetic stream
   bytes), and the index assembled from them, each N in a fresh process,
@@ -67,7 +67,7 @@ def mixed(folders: list[Path], rounds: int = 3) -> dict[str, Any]:
         root = Path(tmp)
         paths = mixed_folder(folders, root / "src")
         plan = plan_job(root / "src", root / "plan.zarr", vaeflow.resolve_codec(), "default", JobOptions())
-        shapes = {(-(-i.height // 8) * 8, -(-i.width // 8) * 8) for i in plan.items}
+        sizes = {(i.height, i.width) for i in plan.items}
         cores = os.cpu_count() or 1
         runs: list[dict[str, Any]] = []
         for _ in range(rounds):
@@ -79,8 +79,8 @@ def mixed(folders: list[Path], rounds: int = 3) -> dict[str, Any]:
                 "one_worker_fused": job(root / "src", 1, root / "one-fused.zarr", 1),
             })  # fmt: skip
         return {
-            "images": len(paths), "stride_shapes": len(shapes), "batch_shapes": len(plan.groups),
-            "batches": len(plan.batches), "batch_fill": plan.batch_fill, "padding": plan.padding_overhead,
+            "images": len(paths), "sizes": len(sizes), "padded_shapes": len(plan.groups),
+            "batches": len(plan.batches), "batch_fill": plan.batch_fill,
             "rounds": runs, "cores": cores, "hardware_scaling": hardware_scaling(root / "src"),
             "same_bytes": len({r[k]["bytes"] for r in runs for k in RUNS}) == 1,
         }  # fmt: skip
@@ -182,9 +182,8 @@ def report(result: dict[str, Any]) -> str:
         return f"{statistics.median(walls):.1f} s ({m['images'] / statistics.median(walls):.2f} images/s)"
 
     lines = [
-        f"vaeflow bench scale: {m['images']} mixed-size images ({m['stride_shapes']} shapes at the model's stride)",
-        f"  plan: {m['batch_shapes']} batch shapes, {m['batches']} batches, mean fill {100 * m['batch_fill']:.0f}%, "
-        f"padding {100 * m['padding']:.1f}% of the pixels",
+        f"vaeflow bench scale: {m['images']} mixed-size images of {m['sizes']} sizes",
+        f"  plan: {m['padded_shapes']} padded shapes, {m['batches']} batches, mean fill {100 * m['batch_fill']:.0f}%",
         f"  {len(rounds)} rounds, each running everything below once in turn; medians of the rounds' ratios",
         f"  bare compress() loop, 1 process, all cores: {seconds('bare')}",
         f"  job, {m['cores']} workers, stages fused (the default): {seconds('fused')}, "

@@ -129,7 +129,7 @@ def _item_shapes(
     if kind == "image":
         return [(3, int(h), int(w)) for h, w in sizes]
     header, _ = stream_format.unpack(reader.read_stream(names[0]))
-    shapes: list[tuple[int, ...]] = [header.model.latent_shape(int(h), int(w)) for h, w in sizes]
+    shapes: list[tuple[int, ...]] = [header.model.latent_shape(int(h), int(w), header.latent_unit) for h, w in sizes]
     own = reader.convention if convention == "model" else None
     if own is None:
         return shapes

@@ -232,6 +232,28 @@ def test_latent_store_predicts_without_decoding_under_verify_none(
         assert 0 < drop <= 0.15, drop  # predicted with the calibration's margin: about 2% of images pass 0.1
 
 
+def test_images_unlike_the_calibration_photos_are_still_coded_under_verify_none() -> None:
+    """Flat, one-row and one-pixel images: features clamped to the calibration's range, and where no step
+    meets the prediction, the image is decoded to check it instead."""
+    rng = np.random.default_rng(3)
+    for image in (np.full((64, 64, 3), 120, np.uint8), rng.integers(0, 255, (1, 40, 3), dtype=np.uint8),
+                  rng.integers(0, 255, (2, 300, 3), dtype=np.uint8), np.zeros((1, 1, 3), np.uint8)):  # fmt: skip
+        data = vaeflow.compress(image, pipeline="latent-store", verify="none")
+        target = vaeflow.info(data)["target"]
+        assert target["predicted_psnr_drop"] is not None and np.isfinite(target["predicted_psnr_drop"])
+        assert np.abs(vaeflow.decompress_latent(data) - vaeflow.encode_latent(image)).max() <= 0.5 + 1e-6
+
+
+def test_predicting_drops_needs_a_drop_model() -> None:
+    codec = replace(resolve_codec(None, None, "latent-store"), drop_model=None)
+    assert resolve_codec(pipeline=codec, verify="all").target.verify == "all"  # type: ignore[union-attr]
+    for verify in ("sample", "none"):
+        with pytest.raises(PipelineError, match=r"needs the drop model of 'f8c4-v1'.*--drops-only"):
+            resolve_codec(pipeline=codec, verify=verify)
+    with pytest.raises(PipelineError, match=r"verify_fraction=0\.2 goes with verify='sample'"):
+        resolve_codec(None, None, "latent-store", verify_fraction=0.2)
+
+
 def test_a_verified_image_over_the_limit_is_coded_again(
     kodak: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:

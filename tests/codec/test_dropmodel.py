@@ -26,6 +26,9 @@ def test_the_fit_recovers_a_known_correction_and_its_spread() -> None:
     assert model.measured_sigma == pytest.approx(0.1, rel=0.15) and model.samples == n
     # without the reference, the features explain less of it: a wider spread
     assert model.predicted_sigma > model.measured_sigma
+    assert model.log_factor(np.full(len(FEATURES), 99.0), None) == model.log_factor(
+        np.asarray(model.high), None
+    )  # clamped to the calibration's range
     image = features[0]
     expected = truth_measured[0] + image @ truth_measured[1:-1] + (truth_measured[-1] - 1) * math.log(reference[0])
     assert model.log_factor(image, float(reference[0])) == pytest.approx(expected, abs=0.05)
@@ -44,14 +47,16 @@ def test_few_samples_give_a_constant_correction() -> None:
 
 
 def test_a_drop_model_round_trips_and_damage_is_refused() -> None:
-    model = DropModel((0.1, 0.2, 0.3, 0.4, 0.5, 0.6), 0.11, (0.1, 0.2, 0.3, 0.4, 0.5), 0.22, 60)
+    model = DropModel(
+        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6), 0.11, (0.1, 0.2, 0.3, 0.4, 0.5), 0.22, 60, (-1.0,) * 4, (1.0,) * 4
+    )
     assert DropModel.from_dict(model.to_dict()) == model
     with pytest.raises(ModelError, match="not this vaeflow's"):
         DropModel.from_dict({**model.to_dict(), "features": ["gradient"]})
     with pytest.raises(ModelError, match="damaged drop model"):
         DropModel.from_dict({k: v for k, v in model.to_dict().items() if k != "samples"})
     with pytest.raises(ModelError, match="finite weights"):
-        DropModel((0.1,) * 6, math.nan, (0.1,) * 5, 0.2, 60)
+        DropModel((0.1,) * 6, math.nan, (0.1,) * 5, 0.2, 60, (0.0,) * 4, (1.0,) * 4)
 
 
 def test_image_features_are_finite_for_any_image() -> None:
@@ -62,7 +67,7 @@ def test_image_features_are_finite_for_any_image() -> None:
 
 
 def test_a_learned_margin_shrinks_toward_what_the_sample_shows_in_any_order() -> None:
-    model = DropModel((0.0,) * 6, 0.1, (0.0,) * 5, 0.3, 60)
+    model = DropModel((0.0,) * 6, 0.1, (0.0,) * 5, 0.3, 60, (0.0,) * 4, (1.0,) * 4)
     assert learned_margin(model, []) == pytest.approx(math.exp(-PREDICT_SPREADS * 0.3))
     exact = [(0.05 + 0.001 * i, 0.05 + 0.001 * i) for i in range(40)]  # predictions that were right
     assert learned_margin(model, exact) > 0.8

@@ -1,5 +1,6 @@
 """The stream format: header round trips, framing overhead, and damage of every kind detected."""
 
+import math
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -100,12 +101,28 @@ def test_the_drop_record_round_trips_measured_or_predicted(kodak: list[np.ndarra
 
 def test_format_4_damage_in_its_new_fields_is_caught(stream: bytes) -> None:
     header, payload = stream_format.unpack(stream)
+    name = header.model.name.encode()
+    at = 6 + 1 + len(name) + 8 + 1 + 1  # magic, version, body length; name, fingerprint, channels, downsample
+    assert stream[5] < 128 and stream[at] == 1  # a one-byte body length, and this stream's latent unit
     for unit in (0, stream_format.MAX_LATENT_UNIT + 1):
-        forged = stream_format.pack(replace(header, latent_unit=unit), bytes(payload))
+        head = stream[:at] + bytes([unit]) + stream[at + 1 : 6 + stream[5]]
+        forged = head + zlib.crc32(head).to_bytes(4, "little") + stream[len(head) + 4 :]
         with pytest.raises(CorruptStreamError, match=f"latent unit {unit}"):
             vaeflow.decompress(forged)
     wide = stream_format.pack(replace(header, latent_unit=2), bytes(payload))  # a patch model's stream
     assert stream_format.unpack(wide)[0].latent_shape == (4, 12, 18)  # 96 x 136 pixels padded to 16
+    with pytest.raises(ValueError, match=r"latent unit 17 is outside 1\.\.16"):
+        stream_format.pack(replace(header, latent_unit=17), bytes(payload))
+
+
+def test_an_impossible_drop_record_is_damage(kodak: list[np.ndarray]) -> None:
+    data = vaeflow.compress(kodak[0][:64, :96], pipeline="latent-store")
+    header, payload = stream_format.unpack(data)
+    assert header.record is not None
+    for bad in ({"drop_limit": math.nan}, {"drop_limit": -0.1}, {"predicted_drop": math.inf}, {"drop": math.nan}):
+        forged = stream_format.pack(replace(header, record=replace(header.record, **bad)), bytes(payload))
+        with pytest.raises(CorruptStreamError, match="impossible PSNR-drop record"):
+            vaeflow.decompress(forged)
 
 
 def test_every_stage_option_has_a_byte_code() -> None:

@@ -11,7 +11,6 @@ import numpy as np
 
 from vaeflow.cli.parsing import positive_int
 from vaeflow.codec.calibrate import calibrate_model
-from vaeflow.codec.dropmodel import DropModel
 from vaeflow.errors import ModelError
 from vaeflow.imageio import list_images, read_rgb
 from vaeflow.models import registry as model_registry
@@ -158,21 +157,19 @@ def run_scale(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    path, gains = calibrate_model(
+    path, gains, drops = calibrate_model(
         args.name, args.data, args.channel, args.wavelet, args.levels, args.limit, args.drops_only
     )
     key = f"{args.channel}-{args.wavelet}-{args.levels}"
-    fitted = Registry.load().resolve(args.name).drop_model.get(key)
     measured = (
         ""
         if gains is None
         else f"gains span {gains.max() / gains.min():.1f}x, arithmetic/geometric mean "
         f"{gains.mean() / np.exp(np.log(gains).mean()):.2f}; "
     )
-    if fitted is None:
+    if drops is None:
         predicted = "no drop model (too few crops showed a measurable drop)"
     else:
-        drops = DropModel.from_dict(fitted)
         predicted = (
             f"PSNR drops predicted to a spread of {drops.measured_sigma:.0%} with the exact decode measured, "
             f"{drops.predicted_sigma:.0%} without ({drops.samples} crops)"

@@ -57,6 +57,13 @@ def resolve_codec(
         codec = codec.with_target(target)
     if verify is not None or verify_fraction is not None:
         codec = codec.with_target(verified_target(codec.target, verify, verify_fraction))
+    drops = codec.target
+    if drops is not None and drops.max_psnr_drop is not None and drops.verify != "all" and codec.drop_model is None:
+        name, key = codec.model.name, codec.calibration_key
+        raise PipelineError(
+            f"verify={drops.verify!r} predicts PSNR drops, which needs the drop model of {name!r} for {key!r}: run "
+            f"`vaeflow models calibrate {name} --data PHOTOS --drops-only` (with its --channel), or verify all"
+        )
     return codec
 
 
@@ -67,8 +74,11 @@ def verified_target(target: RateTarget | None, verify: str | None, verify_fracti
             f"verify={verify!r} applies to a PSNR-drop limit (the latent-store presets); this codec has "
             f"{'no rate target' if target is None else target}"
         )
+    policy = verify or target.verify
+    if verify_fraction is not None and policy != "sample":
+        raise PipelineError(f"verify_fraction={verify_fraction} goes with verify='sample', not {policy!r}")
     fraction = verify_fraction if verify_fraction is not None else target.verify_fraction
-    return replace(target, verify=verify or target.verify, verify_fraction=fraction)
+    return replace(target, verify=policy, verify_fraction=fraction)
 
 
 def rate_target(target_bpp: float | None = None, target_psnr: float | None = None) -> RateTarget | None:

@@ -216,11 +216,12 @@ def calibrate_model(
     limit: int = 8,
     drops_only: bool = False,
     drop_photos: int = DROP_PHOTOS,
-) -> tuple[Path, np.ndarray | None]:
+) -> tuple[Path, np.ndarray | None, DropModel | None]:
     """Measure a model's band gains on ``limit`` photos, then its quality scale with those gains (the
     default preset's quantizer at this channel transform and wavelet) and its drop model on
     ``drop_photos``, and store them with the model; ``drops_only`` keeps the gains and scale the
-    model has and fits its drop model alone."""
+    model has and fits its drop model alone. Returns the registry file, the gains measured (None with
+    ``drops_only``) and the drop model fitted (None where too few crops showed a measurable drop)."""
     plain = Codec.resolve(load_pipeline("plain"), name)
     codec = replace(plain, channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
     codec.channel.check(codec.model.latent_channels)
@@ -242,11 +243,11 @@ def calibrate_model(
     try:
         model = measure_drop_model(codec, [read_rgb(p) for p in list_images(data_dir, drop_photos)])
     except ValueError as exc:  # too few crops with a measurable drop (a model that barely depends on its latent)
-        log.warning("model %r: no drop model for %r (%s); PSNR-drop limits verify every image", name, key, exc)
-        return _source(_writable(name)), gains
+        log.warning("model %r: no drop model for %r (%s); only verify='all' keeps a PSNR-drop limit", name, key, exc)
+        return _source(_writable(name)), gains, None
     entry = _writable(name)
     entry = replace(entry, drop_model={**entry.drop_model, key: model.to_dict()})
-    return register(entry, _source(entry)), gains
+    return register(entry, _source(entry)), gains, model
 
 
 def _writable(name: str) -> ModelEntry:

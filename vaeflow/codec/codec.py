@@ -18,8 +18,16 @@ import numpy as np
 
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.dropmodel import DropModel
-from vaeflow.errors import PipelineError
-from vaeflow.models import ModelRef, Registry, RuntimeOptions, latent_unit, load_model, pad_images, padded_shape
+from vaeflow.errors import ModelError, PipelineError
+from vaeflow.models import (
+    ModelRef,
+    Registry,
+    RuntimeOptions,
+    latent_unit_of,
+    load_model,
+    pad_images,
+    padded_shape,
+)
 from vaeflow.stages import (
     VAE,
     ChannelTransform,
@@ -89,7 +97,7 @@ class Codec:
             entropy=pipeline.stage("entropy").fitting(entry.latent_channels),  # type: ignore[union-attr]
             postfilter=pipeline.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
             target=pipeline.target,
-            latent_unit=latent_unit(entry.latent_convention()),
+            latent_unit=latent_unit_of(entry.latent_convention()),
         )
         codec.channel.check(codec.model.latent_channels)
         gains = entry.calibration.get(codec.calibration_key)
@@ -106,7 +114,10 @@ class Codec:
             codec = replace(codec, quality_scale=scale[0])
         fitted = entry.drop_model.get(codec.calibration_key)
         if fitted is not None and gains is not None:
-            codec = replace(codec, drop_model=DropModel.from_dict(fitted))
+            try:
+                codec = replace(codec, drop_model=DropModel.from_dict(fitted))
+            except ModelError as exc:  # what needs it says so; every other setting works without it
+                log.warning("model %r: %s", entry.name, exc)
         if codec.quantize.allocation != "decoder":
             return codec
         if gains is None:

@@ -16,8 +16,9 @@ least squares on the calibration photos (``fit``), with the spread of its residu
   a verified image has), and ``log reference`` is one more feature;
 - **predicted**: ``reference`` is 1 and the features predict it as well: no decode at all.
 
-A margin of ``z`` residual spreads below the limit keeps the share of images over it near the
-normal tail beyond ``z``.
+Features are clamped to the range the calibration saw, so that an image unlike every calibration
+photo (a flat one, a one-pixel one) is predicted as the nearest of them. A margin of ``z``
+residual spreads below the limit keeps the share of images over it near the normal tail beyond ``z``.
 """
 
 from __future__ import annotations
@@ -62,20 +63,24 @@ class DropModel:
     predicted: tuple[float, ...]  # intercept, one weight per feature
     predicted_sigma: float
     samples: int
+    low: tuple[float, ...]  # each feature's smallest value in the calibration
+    high: tuple[float, ...]  # ... and largest
 
     def __post_init__(self) -> None:
         n = len(FEATURES)
-        values = (*self.measured, *self.predicted, self.measured_sigma, self.predicted_sigma)
-        if len(self.measured) != n + 2 or len(self.predicted) != n + 1 or not all(map(math.isfinite, values)):
+        values = (*self.measured, *self.predicted, self.measured_sigma, self.predicted_sigma, *self.low, *self.high)
+        shapes = (len(self.measured), len(self.predicted), len(self.low), len(self.high))
+        if shapes != (n + 2, n + 1, n, n) or not all(map(math.isfinite, values)):
             raise ModelError(
-                f"a drop model holds {n + 2} measured and {n + 1} predicted finite weights, got "
-                f"{len(self.measured)} and {len(self.predicted)}; run `vaeflow models calibrate` again"
+                f"a drop model holds {n + 2} measured and {n + 1} predicted finite weights and {n} feature ranges, "
+                f"got {shapes}; run `vaeflow models calibrate` again"
             )
         if self.measured_sigma < 0 or self.predicted_sigma < 0 or self.samples < 1:
             raise ModelError("a drop model's spreads must be non-negative and its sample count positive")
 
     def log_factor(self, features: np.ndarray, reference_mse: float | None) -> float:
         """log(rho / base): the correction with the exact decode's MSE measured, or predicted (None)."""
+        features = np.clip(features, self.low, self.high)
         if reference_mse is None:
             return float(self.predicted[0] + np.dot(self.predicted[1:], features))
         log_reference = math.log(max(reference_mse, 1e-6))
@@ -93,6 +98,8 @@ class DropModel:
             "predicted": [round(float(v), 6) for v in self.predicted],
             "predicted_sigma": round(float(self.predicted_sigma), 6),
             "samples": self.samples,
+            "low": [round(float(v), 6) for v in self.low],
+            "high": [round(float(v), 6) for v in self.high],
         }
 
     @classmethod
@@ -106,6 +113,8 @@ class DropModel:
                 tuple(float(v) for v in data["predicted"]),
                 float(data["predicted_sigma"]),
                 int(data["samples"]),
+                tuple(float(v) for v in data["low"]),
+                tuple(float(v) for v in data["high"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"damaged drop model {data!r}: {exc}; run `vaeflow models calibrate` again") from exc
@@ -141,12 +150,12 @@ def fit(features: Sequence[np.ndarray], reference_mse: Sequence[float], log_rati
     log_reference = np.log(np.maximum(np.asarray(reference_mse, np.float64), 1e-6))
     y = np.asarray(log_ratio, np.float64)
     ones = np.ones((n, 1))
+    low, high = tuple(float(v) for v in f.min(axis=0)), tuple(float(v) for v in f.max(axis=0))
     if n < FEATURE_SAMPLES:
         weights, predicted_sigma = _least_squares(ones, y)
         constant, zeros = float(weights[0]), (0.0,) * len(FEATURES)
-        return DropModel((constant, *zeros, 1.0), predicted_sigma, (constant, *zeros), predicted_sigma, n)
+        return DropModel((constant, *zeros, 1.0), predicted_sigma, (constant, *zeros), predicted_sigma, n, low, high)
     measured, measured_sigma = _least_squares(np.hstack([ones, f, log_reference[:, None]]), y + log_reference)
     predicted, predicted_sigma = _least_squares(np.hstack([ones, f]), y)
-    return DropModel(
-        tuple(float(v) for v in measured), measured_sigma, tuple(float(v) for v in predicted), predicted_sigma, n
-    )
+    weights_m, weights_p = tuple(float(v) for v in measured), tuple(float(v) for v in predicted)
+    return DropModel(weights_m, measured_sigma, weights_p, predicted_sigma, n, low, high)

@@ -8,12 +8,13 @@ and size is checked, and any damage raises ``CorruptStreamError``.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 
 from vaeflow.binary import ByteReader, ByteWriter
 from vaeflow.errors import CorruptStreamError, PipelineError
-from vaeflow.models.registry import FINGERPRINT_BYTES, ModelRef
+from vaeflow.models.registry import FINGERPRINT_BYTES, MAX_PATCH, ModelRef
 from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, TargetRecord, Wavelet
 from vaeflow.stages.wavelet import MAX_LEVELS
 
@@ -24,7 +25,7 @@ MAX_HEADER_BYTES = 1024
 MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
 MAX_LATENT_CHANNELS = 1024
 MAX_DOWNSAMPLE = 64
-MAX_LATENT_UNIT = 16
+MAX_LATENT_UNIT = MAX_PATCH  # a model's latent patch, the unit its images are padded to
 MAX_MODEL_NAME_BYTES = 64
 
 # Byte codes: an index into each table. Never reorder; append only.
@@ -79,6 +80,8 @@ def pack(header: StreamHeader, payload: bytes) -> bytes:
         raise ValueError(f"format version {header.version} is not one of {VERSIONS}")
     if CODER_CODES.index(header.entropy.coder) >= CODERS_OF_VERSION[header.version]:
         raise ValueError(f"format {header.version} cannot hold coder {header.entropy.coder!r}")
+    if not 1 <= header.latent_unit <= MAX_LATENT_UNIT:
+        raise ValueError(f"latent unit {header.latent_unit} is outside 1..{MAX_LATENT_UNIT}")
     drop = header.record is not None and header.record.drop_limit is not None
     if header.version == 1 and drop:
         raise ValueError("format 1 cannot hold a PSNR-drop record")
@@ -212,7 +215,12 @@ def unpack(
             record = (kind, value, achieved, None, None, None)
         elif version >= 4:  # the limit, the predicted drop, then the measured one if it was measured
             limit, predicted = h.f32(), h.f32()
-            record = (kind, value, achieved, limit, h.f32() if flags & FLAG_MEASURED else None, predicted)
+            measured = h.f32() if flags & FLAG_MEASURED else None
+            if not (math.isfinite(limit) and limit > 0 and math.isfinite(predicted) and math.isfinite(measured or 0)):
+                raise CorruptStreamError(
+                    f"stream holds an impossible PSNR-drop record {limit}, {predicted}, {measured}"
+                )
+            record = (kind, value, achieved, limit, measured, predicted)
         else:  # formats 2 and 3: every drop was measured
             record = (kind, value, achieved, h.f32(), h.f32(), None)
     payload_len = h.varint()

@@ -53,16 +53,6 @@ SEARCH_CLOSE = 0.97  # ... which stops when a step within the limits reaches thi
 PRIOR_WEIGHT = 4  # the calibration's spread counts as this many verified images in a learned margin
 
 
-def predicted_drop(codec: Codec, coeffs: np.ndarray, step: float, exact_mse: float, pixels: int) -> float:
-    """The PSNR drop (dB) the band gains alone predict for quantizing ``coeffs`` at ``step``, given the
-    exact decode's MSE (no drop model: what ``vaeflow models calibrate`` measured before it existed)."""
-    trial = codec.with_step(step)
-    added = base_error(codec, coeffs, trial.dequantize(trial.quantize_coefficients(coeffs)), pixels)
-    if exact_mse == 0.0:
-        return math.inf if added > 0 else 0.0
-    return drop_db(added / exact_mse)
-
-
 def base_error(codec: Codec, coeffs: np.ndarray, dequantized: np.ndarray, pixels: int) -> float:
     """The squared error per image sample that the band gains predict for this quantization error."""
     error = (dequantized - coeffs).astype(np.float64) ** 2
@@ -211,8 +201,11 @@ def _within_drop(
         assert model is not None
         factor = math.exp(model.log_factor(features, None))  # type: ignore[arg-type]
         aim = rho_limit * (margin if margin is not None else math.exp(-PREDICT_SPREADS * model.predicted_sigma))
-        chosen = _step_search(attempt, lambda t: t.base * factor / aim, bound)
-        return Choice(chosen.choice.step, chosen.choice.symbols, chosen.choice.achieved, None, unverified(chosen))
+        try:
+            chosen = _step_search(attempt, lambda t: t.base * factor / aim, bound)
+            return Choice(chosen.choice.step, chosen.choice.symbols, chosen.choice.achieved, None, unverified(chosen))
+        except ValueError:  # no step meets the prediction (an image unlike the calibration's): decode to know
+            pass
 
     exact_mse = metrics.mse(image, codec.decode_images(latent, size, runtime)[0])
     losses: dict[float, float] = {}
@@ -249,26 +242,28 @@ def _within_drop(
         return found(chosen)
     if math.isfinite(lost) and lost > 0 and chosen.base > 0:  # aim again with the image's own measured factor
         own = relative_error(lost) / chosen.base
-        again = _step_search(attempt, lambda t: t.base * own / (rho_limit * RECHECK_AIM), bound)
+        again = _step_search(attempt, lambda t: t.base * own / (rho_limit * RECHECK_AIM), bound, chosen.choice.step)
         if (lost > limit or again.choice.step > chosen.choice.step) and drop(again) <= limit:
             return found(again)
     return found(chosen if lost <= limit else _search_by_decodes(attempt, drop, bound, limit))
 
 
-def _step_search(attempt: Callable[[float], _Trial], ratio: Callable[[_Trial], float], bound: float) -> _Trial:
+def _step_search(
+    attempt: Callable[[float], _Trial], ratio: Callable[[_Trial], float], bound: float, start: float = 0.25
+) -> _Trial:
     """The largest step found with ``ratio(trial) <= 1`` and a latent error within ``bound``.
 
     Both grow about as powers of the step (the predicted error as its square, the latent error
-    linearly), so each try jumps to where the worse of the two would just meet its limit, the
-    exponent learned from the tries; ``SEARCH_TRIES`` tries, stopping once a step within both
-    reaches ``SEARCH_CLOSE`` of them; then a bisection below the smallest step over them, if no
+    linearly), so each try, from ``start``, jumps to where the worse of the two would just meet its
+    limit, the exponent learned from the tries; ``SEARCH_TRIES`` tries, stopping once a step within
+    both reaches ``SEARCH_CLOSE`` of them; then a bisection below the smallest step over them, if no
     step within them was found.
     """
 
     def worst(t: _Trial) -> float:
         return max(ratio(t), (t.choice.achieved / bound) ** 2)  # both as squares of the step
 
-    x, aim = float(np.log2(0.25)), (1.0 + SEARCH_CLOSE) / 2
+    x, aim = float(np.log2(start)), (1.0 + SEARCH_CLOSE) / 2
     ok: tuple[float, _Trial] | None = None
     over = LOG2_STEP_RANGE[1]
     exponent, last = 2.0, None
@@ -295,9 +290,13 @@ def _step_search(attempt: Callable[[float], _Trial], ratio: Callable[[_Trial], f
     if ok is not None:
         return ok[1]
     fine = attempt(LOG2_STEP_RANGE[0])
-    if worst(fine) > 1.0:
+    if fine.choice.achieved > bound:
         raise ValueError(
             f"latent error bound {bound} is out of reach: the finest step gives {fine.choice.achieved:.4g}"
+        )
+    if ratio(fine) > 1.0:
+        raise ValueError(
+            f"the PSNR drop limit is out of reach by prediction: the finest step is predicted {ratio(fine):.3g}x over"
         )
     found = _largest(lambda v: attempt(v).choice, lambda c: worst(_trial_of(attempt, c)) <= 1.0, fine.choice, over)
     return _trial_of(attempt, found)
@@ -379,7 +378,8 @@ class DropSummary:
     verified: int = 0  # drops measured by decoding
     predicted: int = 0  # drops predicted only
     max_drop: float = 0.0  # the largest measured drop
-    error_sum: float = 0.0  # sum over verified images of |predicted / measured - 1|
+    errors: int = 0  # verified images with a positive measured drop, which an error is taken of
+    error_sum: float = 0.0  # sum over them of |predicted / measured - 1|
     error_max: float = 0.0
     margin: float | None = None  # the margin unverified images aimed with in the last run
 
@@ -390,19 +390,19 @@ class DropSummary:
         errors = [abs(p / m - 1.0) for p, m in measured if m > 0]
         return cls(
             limit, len(measured), len(pairs) - len(measured), max((m for _, m in measured), default=0.0),
-            math.fsum(errors), max(errors, default=0.0), margin,
+            len(errors), math.fsum(errors), max(errors, default=0.0), margin,
         )  # fmt: skip
 
     def merged(self, other: DropSummary) -> DropSummary:
         return DropSummary(
             other.limit, self.verified + other.verified, self.predicted + other.predicted,
-            max(self.max_drop, other.max_drop), self.error_sum + other.error_sum, max(self.error_max, other.error_max),
-            other.margin if other.margin is not None else self.margin,
+            max(self.max_drop, other.max_drop), self.errors + other.errors, self.error_sum + other.error_sum,
+            max(self.error_max, other.error_max), other.margin if other.margin is not None else self.margin,
         )  # fmt: skip
 
     @property
     def error_mean(self) -> float:
-        return self.error_sum / self.verified if self.verified else math.nan
+        return self.error_sum / self.errors if self.errors else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -418,9 +418,11 @@ class DropSummary:
         images = self.verified + self.predicted
         text = f"{self.verified} of {images} images decoded to check their PSNR drop"
         if self.verified:
+            text += f"; largest measured drop {self.max_drop:.3f} dB (limit {self.limit:g} dB)"
+        if self.errors:
             text += (
-                f"; largest measured drop {self.max_drop:.3f} dB (limit {self.limit:g} dB); predicted against "
-                f"measured: mean error {100 * self.error_mean:.0f}%, worst {100 * self.error_max:.0f}%"
+                f"; predicted against measured: mean error {100 * self.error_mean:.0f}%, "
+                f"worst {100 * self.error_max:.0f}%"
             )
         if self.margin is not None:
             text += f"; unverified images aimed at {self.margin:.2f} of the limit's error"

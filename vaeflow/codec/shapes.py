@@ -1,4 +1,4 @@
-"""The shape an image is encoded at, and aspect-ratio buckets for training data.
+"""Aspect-ratio buckets for training data (and where the shape an image is encoded at is decided).
 
 **Padded shapes** (``vaeflow.models.padded_shape``). An image is encoded at its own size,
 edge-padded only to a multiple of the model's downsampling (times its latent patch, for a model

@@ -70,6 +70,17 @@ def batch_pixels(batch: Batch) -> int:
     return len(batch.items) * batch.padded_shape[0] * batch.padded_shape[1]
 
 
+@contextlib.contextmanager
+def job_performance_report(path: str | None) -> Iterator[None]:
+    """Dask's HTML performance report of everything run inside (a whole job, every phase), self-contained."""
+    if path is None:
+        yield
+        return
+    with performance_report(filename=path, mode="inline"):  # BokehJS in the page: works offline
+        yield
+    without_remote_icon(Path(path))
+
+
 class DaskExecutor:
     """Runs batches on a ``distributed`` client; lost workers' tasks are recomputed elsewhere."""
 
@@ -78,13 +89,11 @@ class DaskExecutor:
         client: Client,
         dashboard_link: str | None,
         threads_per_task: int | None,
-        performance_report: str | None = None,
         window: int | None = None,
     ) -> None:
         self.client = client
         self.dashboard_link = dashboard_link
         self.threads_per_task = threads_per_task
-        self.performance_report = performance_report
         self.window = window  # batches on the scheduler at once (None: WINDOW_PER_THREAD per worker thread)
         self.peak_in_flight = 0
 
@@ -95,14 +104,9 @@ class DaskExecutor:
         if not batches:
             return
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
-        report = (
-            performance_report(filename=self.performance_report, mode="inline")  # BokehJS in the page: works offline
-            if self.performance_report
-            else contextlib.nullcontext()
-        )
         check_shared_paths(self.client, [Path(ctx.src), Path(ctx.store)], Path(ctx.store))
         self.window = self.window or max(2, WINDOW_PER_THREAD * sum(self.client.nthreads().values()))
-        with report, span("vaeflow-compress") as job:
+        with span("vaeflow-compress") as job:
             spans = stage_spans(job)
             queue = iter(sorted(batches, key=batch_pixels, reverse=True))  # the largest first: a short tail
             in_flight: dict[str, Batch] = {}
@@ -129,8 +133,6 @@ class DaskExecutor:
                 on_done(marker)
                 future.release()
                 submit()
-        if self.performance_report:
-            without_remote_icon(Path(self.performance_report))
 
     def _isolate(self, ctx: TaskContext, batch: Batch, token: str, spans: Spans) -> dict[str, Any]:
         """One image at a time, because a dying worker also counts against the tasks queued on it:

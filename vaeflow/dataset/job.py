@@ -218,7 +218,7 @@ def job_codec(
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
     """Check the settings against any existing store and build the plan; nothing on disk changes."""
-    settings = {**codec.settings(), "pipeline": preset, "buckets": options.buckets}
+    settings = {**codec.settings(), "pipeline": preset, "buckets": options.buckets, "latents": store_policy.EXACT}
     decided = store_policy.decide(
         store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
     )
@@ -268,8 +268,8 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
             pending = [b for b in pending if not b.verified]
         executor.run(ctx, pending, on_done)
     drops = _drop_summary(plan, markers, ctx.margin)
-    if drops is not None:
-        earlier = DropSummary.from_dict(meta.get("verification")) if plan.policy.action == "append" else None
+    if drops is not None:  # merged with the earlier generations' (an --add, or its resumption)
+        earlier = DropSummary.from_dict(meta.get("verification"))
         meta = {**meta, "verification": (earlier.merged(drops) if earlier else drops).to_dict()}
     assemble(plan, meta, markers, work)
     finish(plan.store, options.keep_intermediates)
@@ -336,7 +336,10 @@ def _executor(cluster: ClusterOptions, client: Any, plan: Plan) -> Iterator[Exec
         yield SerialExecutor()  # nothing to code needs no cluster
         return
     # Dask is imported only for jobs that run on it
-    from vaeflow.dataset.distributed import DaskExecutor, cluster_client
+    from vaeflow.dataset.distributed import DaskExecutor, cluster_client, job_performance_report
 
-    with cluster_client(client, cluster) as (dask_client, link, threads):
-        yield DaskExecutor(dask_client, link, threads, cluster.performance_report)
+    with (
+        cluster_client(client, cluster) as (dask_client, link, threads),
+        job_performance_report(cluster.performance_report),
+    ):
+        yield DaskExecutor(dask_client, link, threads)

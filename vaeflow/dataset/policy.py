@@ -13,6 +13,7 @@ which of these the run is, and the attributes it starts from:
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,10 @@ from vaeflow.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Pipeline, Wavelet
 
+log = logging.getLogger("vaeflow")
+
 ACTIONS = ("create", "replace", "resume", "append", "complete")
+EXACT = "exact"  # the store's latents are the model's own (stream format 4); earlier stores padded to batch shapes
 _V1_TARGET_KEYS = {"target_bpp": "bpp", "target_psnr": "psnr", "max_latent_error": "max_latent_error",
                    "max_psnr_drop": "max_psnr_drop"}  # fmt: skip
 
@@ -67,6 +71,13 @@ def decide(
         return StorePolicy("create", fresh_meta(settings))
     changed = differences(comparable(existing.get("settings")), comparable(settings))
     changed += quality_hint(existing.get("settings"), settings) if changed else ""
+    codes_more = add or retry_failed or not existing.get("complete")
+    if not changed and codes_more and _padded_latents(existing.get("settings")):
+        log.warning(
+            "%s was written before stream format 4: its latents were encoded padded to batch shapes; the images "
+            "this run codes get the model's own latents (write a new store to have them all so)",
+            store,
+        )
     earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
     extend = add or retry_failed
     if extend and changed:
@@ -141,7 +152,8 @@ def comparable(settings: Any) -> dict[str, Any]:
         described = Pipeline.from_dict(codec, "store settings").to_dict()
     except (PipelineError, TypeError):
         described = codec  # a store from a newer vaeflow, say: compared as written
-    rest = {k: v for k, v in settings.items() if k not in ("model", "fingerprint", "codec", "pipeline")}
+    ignored = ("model", "fingerprint", "codec", "pipeline", "latents")  # latents: how the encoder padded, see decide
+    rest = {k: v for k, v in settings.items() if k not in ignored}
     return _given({"model": identity, "codec": described, **rest})
 
 
@@ -188,6 +200,11 @@ def quality_hint(old: Any, new: Any) -> str:
     if before is None or after is None or before == after:
         return ""
     return f" (quality {before} -> {after} on the model's scale)"
+
+
+def _padded_latents(settings: Any) -> bool:
+    """Whether a store's settings come from before exact latents (stream format 4)."""
+    return isinstance(settings, dict) and settings.get("latents") != EXACT
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> str:

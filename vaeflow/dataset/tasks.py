@@ -36,7 +36,7 @@ from vaeflow.dataset.plan import Batch, Item
 from vaeflow.dataset.work import WorkStore
 from vaeflow.errors import ClusterLostError, ImageReadError, ModelError
 from vaeflow.imageio import load_image
-from vaeflow.models import RuntimeOptions
+from vaeflow.models import RuntimeOptions, pad_images
 
 STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
 # Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
@@ -94,7 +94,6 @@ def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState,
     """Decode each file (bring it to its bucket when the job has buckets) and pad it to the batch's shape."""
     rows: Rows = {}
     notes = list(state.notes)
-    height, width = batch.padded_shape
     for pos, item in enumerate(batch.items):
         try:
             loaded = load_image(os.path.join(ctx.src, item.path), ctx.max_pixels)
@@ -108,7 +107,7 @@ def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState,
             continue
         if item.source is not None:
             pixels = fit(pixels, item)
-        rows[pos] = np.pad(pixels, ((0, height - item.height), (0, width - item.width), (0, 0)), mode="edge")
+        rows[pos] = pad_images(pixels[None], ctx.codec.model.downsample * ctx.codec.latent_unit)[0]
         notes[pos] = loaded.notes
     return replace(state, notes=tuple(notes)), rows
 

@@ -5,7 +5,7 @@ from vaeflow.models.latents import (
     decode_latent,
     encode_latent,
     from_model_convention,
-    latent_unit,
+    latent_unit_of,
     pad_images,
     to_model_convention,
 )
@@ -22,7 +22,7 @@ __all__ = [
     "decode_latent",
     "encode_latent",
     "from_model_convention",
-    "latent_unit",
+    "latent_unit_of",
     "load_model",
     "pad_images",
     "padded_shape",

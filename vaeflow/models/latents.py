@@ -46,7 +46,7 @@ def from_model_convention(latents: np.ndarray, model: ModelLike = "default") -> 
     return convention.from_model(latents) if convention is not None else np.asarray(latents, np.float32)
 
 
-def latent_unit(convention: LatentConvention | None) -> int:
+def latent_unit_of(convention: LatentConvention | None) -> int:
     """Latent samples an image is padded to a multiple of: the patch a model folds into channels, else 1."""
     return convention.patch if convention is not None else 1
 
@@ -72,7 +72,7 @@ def encode_latent(image: np.ndarray, *, model: str = "default", runtime: Runtime
         raise ValueError(f"encode_latent takes uint8 (H, W, 3) or (N, H, W, 3), got {images.dtype} {images.shape}")
     vae = load_model(model, runtime)
     convention = vae.entry.latent_convention()
-    normalised = vae.encode(pad_images(images, vae.downsample * latent_unit(convention)))
+    normalised = vae.encode(pad_images(images, vae.downsample * latent_unit_of(convention)))
     latents = convention.to_model(normalised) if convention is not None else normalised
     return latents if batch else latents[0]
 

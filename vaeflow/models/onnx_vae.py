@@ -187,8 +187,7 @@ class OnnxVAE:
         return scale, shift
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        s = self.downsample
-        return (self.latent_channels, -(-height // s), -(-width // s))
+        return self.ref.latent_shape(height, width)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, C, ceil(H/s), ceil(W/s)), scaled by the registry.

@@ -32,6 +32,7 @@ from vaeflow.resources import shipped_models_dir
 
 REGISTRY_FILE = "models.toml"
 FINGERPRINT_BYTES = 8
+MAX_PATCH = 16  # the largest latent patch a stream's latent unit can say
 
 
 def home_dir() -> Path:
@@ -181,8 +182,8 @@ class ModelEntry:
             raise ModelError(f"{where}: latent_scale must not be zero")
         if self.convention not in CONVENTIONS:
             raise ModelError(f"{where}: unknown convention {self.convention!r}; known: {', '.join(CONVENTIONS)}")
-        if self.convention_patch < 1:
-            raise ModelError(f"{where}: convention_patch must be at least 1, got {self.convention_patch}")
+        if not 1 <= self.convention_patch <= MAX_PATCH:
+            raise ModelError(f"{where}: convention_patch must be 1..{MAX_PATCH}, got {self.convention_patch}")
         patched = self.latent_channels * self.convention_patch**2
         for key in ("convention_shift", "convention_scale"):
             if len(getattr(self, key)) not in (1, patched):
