@@ -154,9 +154,9 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
             else:
                 header, payload, opened = open_stream(streams[i])
                 symbols = opened.decode_symbols(payload, header.latent_shape)[0]
-            bands = codec.bands(symbols.shape)
-            ours += len(codec.entropy.forward(symbols, bands))
-            theirs += len(Entropy("context").forward(symbols, bands))
+            spec = codec.latent_spec(symbols.shape)
+            ours += len(codec.entropy.forward(symbols[None], spec)[0])
+            theirs += len(Entropy("context").forward(symbols[None], spec)[0])
         ratios[label] = ours / theirs
     encode_timer, decode_timer = StageTimer(), StageTimer()
     for image in images:

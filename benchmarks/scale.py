@@ -89,6 +89,7 @@ def mixed(folders: list[Path], rounds: int = 3) -> dict[str, Any]:
 def planned(count: int) -> dict[str, Any]:
     """In this process: plan ``count`` simulated images, make their markers, assemble the index."""
     from vaeflow.dataset import assemble, work
+    from vaeflow.dataset.layout import BatchMarker, ImageMarker
     from vaeflow.dataset.plan import build_plan
     from vaeflow.dataset.policy import StorePolicy, fresh_meta
     from vaeflow.dataset.scan import Scan, ScannedImage
@@ -113,10 +114,9 @@ def planned(count: int) -> dict[str, Any]:
             (streams / f"{batch.key}{work.STREAMS_SUFFIX}").write_bytes(stream * len(batch.items))
             n = len(batch.items)
             size = len(stream)
-            items = [{"index": it.index, "path": it.path, "ok": True, "reason": None, "notes": [], "nbytes": size,
-                      "shape": [it.height, it.width], "stream": [batch.key, k * size]}
-                     for k, it in enumerate(batch.items)]  # fmt: skip
-            markers[batch.key] = {"key": batch.key, "items": items, "spans": [["vae", 0.0, 0.0, 0]] * (n > 0)}
+            items = tuple(ImageMarker(it.index, it.path, True, None, (), size, (it.height, it.width),
+                                      (batch.key, k * size)) for k, it in enumerate(batch.items))  # fmt: skip
+            markers[batch.key] = BatchMarker(batch.key, items, (("vae", 0.0, 0.0, 0),) * (n > 0))
         start = time.perf_counter()
         vaeflow.dataset.store.write_meta(store, plan.policy.meta)  # type: ignore[attr-defined]
         assemble.assemble(plan, plan.policy.meta, markers, work.WorkStore(store))

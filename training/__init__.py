@@ -1,1 +1,1 @@
-"""Training vaeflow's own autoencoders (needs the ``train`` extra; not part of the installed package)."""
+"""Training vaeflow's own autoencoders (needs the ``train`` extra); ``vaeflow train`` through its entry point."""

@@ -40,7 +40,7 @@ from vaeflow.dataset.reader import LATENT_CONVENTIONS, StoreReader, open_store
 from vaeflow.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
-KINDS = ("latent", "image")
+ITEM_KINDS = ("latent", "image")  # what a dataset's items hold: the latent, or the decoded image
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 STREAM_READ = 16  # items per range read when a LatentStream yields single items
 READ_AHEAD = 4  # a LatentStream reads this many batches' worth of neighbours at once
@@ -58,8 +58,8 @@ class _StoreItems:
         runtime: RuntimeOptions | None,
         convention: str,
     ) -> None:
-        if kind not in KINDS:
-            raise VaeflowError(f"kind {kind!r} is not one of {KINDS}")
+        if kind not in ITEM_KINDS:
+            raise VaeflowError(f"kind {kind!r} is not one of {ITEM_KINDS}")
         if dtype not in FLOAT_DTYPES and not (kind == "image" and dtype == torch.uint8):
             raise VaeflowError(f"dtype {dtype} is not float16, bfloat16 or float32 (or uint8 for images)")
         if convention not in LATENT_CONVENTIONS:

@@ -122,7 +122,7 @@ def test_info_describes_the_stream(photo: np.ndarray) -> None:
     assert meta["n_bytes"] == len(data)
     assert meta["bpp"] == pytest.approx(8 * len(data) / (photo.shape[0] * photo.shape[1]))
     assert meta["pipeline"]["wavelet"] == {"name": "cdf97", "levels": 3}
-    assert vaeflow.Pipeline.from_dict(meta["pipeline"]) == resolve_codec(None, 30).pipeline()
+    assert vaeflow.Pipeline.from_dict(meta["pipeline"]) == resolve_codec(None, 30).pipeline
 
 
 def test_composed_pipelines_match_the_presets(photo: np.ndarray) -> None:
@@ -315,8 +315,8 @@ def test_latents_of_different_steps_decode_together_exactly_as_alone(
     assert len({vaeflow.info(s)["step"] for s in streams}) > 1  # each image searched its own step
     alone = [vaeflow.decompress_latent(s) for s in streams]
     calls: list[int] = []
-    inverse_many = Entropy.inverse_many
-    monkeypatch.setattr(Entropy, "inverse_many", lambda self, p, *a: calls.append(len(p)) or inverse_many(self, p, *a))
+    inverse = Entropy.inverse
+    monkeypatch.setattr(Entropy, "inverse", lambda self, p, *a: calls.append(len(p)) or inverse(self, p, *a))
     together = api.decompress_latents(streams)
     assert calls == [4]  # one entropy decode for all four
     for a, b in zip(alone, together, strict=True):

@@ -17,7 +17,7 @@ from vaeflow.errors import CorruptStreamError
 from vaeflow.stages import ChannelTransform, Entropy, Wavelet
 from vaeflow.stages.coders.context import CODES
 from vaeflow.stages.entropy import CODERS
-from vaeflow.stages.target import KINDS
+from vaeflow.stages.target import TARGET_KINDS
 from vaeflow.stages.wavelet import WAVELETS
 
 
@@ -73,7 +73,7 @@ def test_format_1_cannot_carry_what_format_2_added(stream: bytes) -> None:
     v1 = GOLDEN_V1[0].read_bytes()
     v1_header, v1_payload = stream_format.unpack(v1)
     assert v1_header.entropy.coder in stream_format.CODER_CODES[: stream_format.CODERS_OF_VERSION[1]]
-    forged = stream_format.pack(replace(v1_header, version=2, entropy=Entropy("classes")), bytes(v1_payload))
+    forged = stream_format.pack(replace(v1_header, version=2).with_stages(Entropy("classes")), bytes(v1_payload))
     head_end = len(forged) - len(v1_payload) - 8
     head = b"VAEF\x01" + forged[5:head_end]  # the same header as format 1, its checksum made anew
     forged = head + zlib.crc32(head).to_bytes(4, "little") + forged[head_end + 4 :]
@@ -130,7 +130,7 @@ def test_every_stage_option_has_a_byte_code() -> None:
     from vaeflow.stages.channel import TRANSFORMS
 
     assert set(TRANSFORMS) == set(stream_format.CHANNEL_CODES) and set(WAVELETS) == set(stream_format.WAVELET_CODES)
-    assert set(CODERS) <= set(stream_format.CODER_CODES) and set(KINDS) == set(stream_format.TARGET_CODES)
+    assert set(CODERS) <= set(stream_format.CODER_CODES) and set(TARGET_KINDS) == set(stream_format.TARGET_CODES)
     assert CODES <= 0x80
 
 
@@ -143,10 +143,10 @@ def test_header_and_framing_under_one_percent_at_quality_100(kodak: list[np.ndar
 
 def test_a_hadamard_header_for_a_channel_count_it_cannot_take_is_damage(stream: bytes) -> None:
     header, payload = stream_format.unpack(stream)
-    odd = replace(header, model=replace(header.model, latent_channels=3), channel=ChannelTransform("hadamard"))
+    odd = replace(header, model=replace(header.model, latent_channels=3)).with_stages(ChannelTransform("hadamard"))
     with pytest.raises(CorruptStreamError, match="impossible settings"):
         stream_format.unpack(stream_format.pack(odd, bytes(payload)))
-    assert stream_format.unpack(stream_format.pack(replace(header, wavelet=Wavelet("haar", 6)), bytes(payload)))
+    assert stream_format.unpack(stream_format.pack(header.with_stages(Wavelet("haar", 6)), bytes(payload)))
 
 
 def test_wrong_magic(stream: bytes) -> None:

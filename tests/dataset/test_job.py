@@ -303,7 +303,7 @@ def test_no_resume_never_throws_away_finished_images(
     for options, resume in ((add, False), (JobOptions(progress=False), False)):
         with pytest.raises(VaeflowError, match=r"earlier runs|finished store"):
             sync_job(src, store, options=options, resume=resume)
-    assert store_io.previous_index(store, len(GOOD) + 2)["paths"]  # the finished rows are still there
+    assert store_io.previous_index(store, len(GOOD) + 2).paths  # the finished rows are still there
     sync_job(src, store, options=add)
     assert open_store(store).names[-1] == "later.png"
 
@@ -362,10 +362,10 @@ def test_keep_intermediates_keeps_each_stage(source: Path, tmp_path: Path, fused
     store = tmp_path / "kept.zarr"
     sync_job(source, store, options=JobOptions(keep_intermediates=True, progress=False, fuse_stages=fused))
     work = zarr.open_group(store / "_work", mode="r")
-    latent = work["g0/latent"][0]
-    rgb = work["g0/rgb"][0]
+    latent = work["g0/vae"][0]
+    rgb = work["g0/load"][0]
     assert rgb.dtype == np.uint8 and latent.dtype == np.float32 and np.abs(latent).sum() > 0
-    assert set(work["g0"].keys()) == {"rgb", "latent", "coefficients", "symbols"}
+    assert set(work["g0"].keys()) == {"load", "vae", "channel", "wavelet", "quantize"}  # each stage's output rows
 
 
 def test_dry_run_prints_the_plan(source: Path, tmp_path: Path) -> None:
@@ -409,3 +409,18 @@ def test_batch_streams_read_back_from_either_work_store_layout(tmp_path: Path) -
     zarr.create_array(work.root / "streams" / "g1-b0", shape=old.shape, chunks=old.shape, dtype="uint8")[:] = old
     assert work.read_stream("g1-b0", 0, 12) == b"older layout"
     assert work.read_stream("g1-b0", 6, 6) == b"layout"
+
+
+def test_compress_dataset_takes_and_documents_every_field_of_its_options() -> None:
+    """Each field of JobOptions and ClusterOptions is a keyword of compress_dataset, named in its docstring."""
+    from dataclasses import fields
+
+    from vaeflow.dataset.job import with_fields
+
+    for field in (*fields(vaeflow.JobOptions), *fields(vaeflow.ClusterOptions)):
+        assert f"``{field.name}``" in (compress_dataset.__doc__ or ""), field.name
+    given = {"retry_failed": True, "workers": 2, "scheduler": None, "batch_size": None}
+    options, cluster = with_fields(JobOptions(batch_size=3), vaeflow.ClusterOptions(scheduler="sync"), given)
+    assert (options.batch_size, options.retry_failed, cluster.scheduler, cluster.workers) == (3, True, "sync", 2)
+    with pytest.raises(TypeError, match=r"'batch_sizes'.*JobOptions"):
+        compress_dataset("src", "out.zarr", batch_sizes=4)

@@ -71,3 +71,28 @@ def test_verify_reads_format_2_in_large_windows(mixed_store: Path) -> None:
     assert report.bytes_read == reader.data.shape[0]  # one window: every byte once
     data = b"".join(reader.read_streams(reader.names))
     assert hashlib.sha256(reader.read_span(0, reader.data.shape[0])).digest() == hashlib.sha256(data).digest()
+
+
+# A batch marker as vaeflow 0.1 wrote it (done/{batch}.json), and one from before PSNR-drop limits (no "drop").
+MARKER_0_1 = (
+    '{"key": "a1-g0-b0", "items": [{"index": 7, "path": "new-0.png", "ok": true, "reason": null, "notes": [], '
+    '"nbytes": 201, "shape": [64, 64], "stream": ["a1-g0-b0", 0], "drop": [0.31, null]}, {"index": 8, "path": '
+    '"bad.png", "ok": false, "reason": "vae stage failed", "notes": ["EXIF rotated"], "nbytes": 0, "shape": [9, 7], '
+    '"stream": ["a1-g0-b0", 201], "drop": null}], "spans": [["load", 1796625141.9131699, 1796625141.9137824, 6306]]}'
+)
+
+
+def test_batch_markers_keep_their_json_so_that_older_work_stores_resume() -> None:
+    from vaeflow.dataset.layout import BatchMarker
+
+    marker = BatchMarker.from_json(json.loads(MARKER_0_1))
+    assert json.dumps(marker.to_json()) == MARKER_0_1  # what WorkStore.mark_done writes, byte for byte
+    assert [i.path for i in marker.items] == ["new-0.png", "bad.png"] and marker.failed == 1
+    assert marker.items[0].drop == (0.31, None) and marker.items[1].shape == (9, 7)
+    older = json.loads(MARKER_0_1)
+    for item in older["items"]:
+        del item["drop"]
+    assert all(i.drop is None for i in BatchMarker.from_json(older).items)
+    for damaged in ([], {"key": "g0-b0"}, {**older, "items": [{**older["items"][0], "ok": "yes"}]}):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            BatchMarker.from_json(damaged)

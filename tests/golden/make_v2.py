@@ -22,7 +22,7 @@ import vaeflow
 from vaeflow import metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.models.registry import ModelRef
-from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, Wavelet
+from vaeflow.stages import VAE, ChannelTransform, Entropy, PostFilter, Quantize, Wavelet
 
 GOLDEN = Path(__file__).parent
 VERSION = 2
@@ -76,8 +76,10 @@ def wide_stream(images: dict[str, np.ndarray]) -> bytes:
     symbols = codec.run(images["coffee"][None], until="quantize")
     wide = np.concatenate([np.roll(symbols, k, axis=-1) for k in range(8)], axis=1)
     model = ModelRef("golden-wide-32", "00" * 8, 32, 8)
-    wide_codec = replace(codec, model=model, entropy=Entropy("classes"), allocation_table=None,
-                         quantize=replace(codec.with_step(0.25).quantize, allocation="uniform"))  # fmt: skip
+    uniform = replace(codec.with_step(0.25).quantize, allocation="uniform")
+    wide_codec = replace(codec, model=model, allocation_table=None).with_stages(
+        VAE(model.name), Entropy("classes"), uniform
+    )
     return wide_codec.entropy_code(wide, [images["coffee"].shape[:2]])[0]
 
 

@@ -18,6 +18,7 @@ from make_v2 import sources, write
 import vaeflow
 from vaeflow.codec.api import resolve_codec
 from vaeflow.models.registry import ModelRef
+from vaeflow.stages import VAE
 
 GOLDEN = Path(__file__).parent
 VERSION = 4
@@ -45,8 +46,8 @@ def unit_stream(images: dict[str, np.ndarray]) -> bytes:
     padded = np.pad(images["small"], ((0, 8), (0, 8), (0, 0)), mode="edge")
     symbols = codec.run(padded[None], until="quantize")
     model = ModelRef("golden-patch-2", "00" * 8, 4, 8)
-    unit_codec = replace(codec, model=model, latent_unit=2, allocation_table=None,
-                         quantize=replace(codec.quantize, allocation="uniform"))  # fmt: skip
+    uniform = replace(codec.quantize, allocation="uniform")
+    unit_codec = replace(codec, model=model, latent_unit=2, allocation_table=None).with_stages(VAE(model.name), uniform)
     return unit_codec.entropy_code(symbols, [images["small"].shape[:2]])[0]
 
 

@@ -90,8 +90,8 @@ def test_job_trace_and_performance_report(photo_folder: Path, tmp_path: Path) ->
     assert "slowest stage" in out.stdout and "vae" in out.stdout
     events = json.loads((tmp_path / "job.json").read_text())["traceEvents"]
     spans = [e for e in events if e["ph"] == "X"]
-    assert {e["name"] for e in spans} == {"load", "vae", "transform", "quantize", "entropy", "write"}
-    assert len(spans) == 6 * 1  # one batch of three same-shape images
+    assert {e["name"] for e in spans} == {"load", "vae", "channel", "wavelet", "quantize", "entropy", "write"}
+    assert len(spans) == 7 * 1  # one batch of three same-shape images, seven tasks
     assert "bokeh" in (tmp_path / "job.html").read_text().lower()
 
 

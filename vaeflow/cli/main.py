@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from vaeflow.cli import bench, evaluate, files, messages, models, samples, train
+from vaeflow.cli import evaluate, files, messages, models, samples, tools
 from vaeflow.cli.messages import error_line
 from vaeflow.cli.parsing import (
     EXIT_CODES,
@@ -31,7 +31,8 @@ from vaeflow.cli.parsing import (
 from vaeflow.errors import VaeflowError
 from vaeflow.resources import vaeflow_version
 
-COMMAND_MODULES = (samples, files, models, train, bench, evaluate)
+# `train` and `bench` come from the benchmarks and training packages, through entry points (cli/tools.py)
+COMMAND_MODULES = (samples, files, models, *tools.TOOL_COMMANDS, evaluate)
 LATE_POSITIONALS = ("dst",)  # optional positionals that may also come after the options
 
 
@@ -42,6 +43,7 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for module in COMMAND_MODULES:
         module.register(commands)
+    tools.register_others(commands)
     finish_parser(parser)
     return parser
 
@@ -75,8 +77,8 @@ def parse(parser: Parser, argv: list[str] | None) -> Any:
         convert = next((a.type for a in command_parser._actions if a.dest == slot), None)
         setattr(args, slot, convert(token) if callable(convert) else token)  # a URL stays a string
         extra.remove(token)
-    if extra and hasattr(args, "bench") and hasattr(args, "args"):
-        args.args = [*args.args, *extra]  # a benchmark's own options go to it
+    if extra and getattr(args, "takes_extra", False):
+        args.args = [*args.args, *extra]  # a command that forwards its arguments (a benchmark with options of its own)
     elif extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args

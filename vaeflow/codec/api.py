@@ -42,7 +42,7 @@ def resolve_codec(
     if quality is not None and target is not None:
         raise PipelineError(f"give a quality or a rate target, not both (quality {quality}, {target})")
     if isinstance(pipeline, Codec):
-        codec = pipeline if model is None else Codec.resolve(pipeline.pipeline(), model)
+        codec = pipeline if model is None else Codec.resolve(pipeline.pipeline, model)
     elif isinstance(pipeline, Pipeline):
         codec = Codec.resolve(pipeline, model)
     elif pipeline is None or isinstance(pipeline, str):
@@ -91,13 +91,16 @@ def rate_target(target_bpp: float | None = None, target_psnr: float | None = Non
 def encode(
     codec: Codec, images: np.ndarray, runtime: RuntimeOptions | None = None, timer: StageTimer | None = None
 ) -> list[bytes]:
-    """Streams for a batch of same-shape images: at the codec's step, or each at its searched step."""
-    if codec.target is None:
-        return codec.run(images, "entropy", runtime, timer)  # type: ignore[no-any-return]
+    """Streams for a batch of same-shape images, each at the step the codec's rate strategy chooses."""
     timer = timer or StageTimer()
     coeffs = codec.run(images, "wavelet", runtime, timer)
+    strategy = ratecontrol.strategy_of(codec)
+    measure = codec.target is None or codec.target.verify != "none"
+    sizes = [(images.shape[1], images.shape[2])] * len(images)
     with timer("quantize"):
-        return ratecontrol.encode_to_target(codec, images, coeffs, runtime)
+        choices = strategy.choose(codec, coeffs, sizes, list(images), runtime, measure=measure)
+    with timer("entropy"):
+        return strategy.streams(codec, choices, sizes)
 
 
 def compress(
@@ -178,7 +181,8 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
     symbols: list[np.ndarray] = [np.empty(0)] * len(streams)
     for (entropy, _, shape), group in coded.items():
         for members in _chunks(group, shape):
-            decoded = entropy.inverse_many([opened[i][1] for i in members], shape, opened[members[0]][2].bands(shape))
+            spec = opened[members[0]][2].latent_spec(shape)
+            decoded = entropy.inverse([opened[i][1] for i in members], spec)
             for i, row in zip(members, decoded, strict=True):
                 symbols[i] = row
     transformed: dict[tuple[Any, ...], list[int]] = defaultdict(list)
@@ -189,7 +193,8 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
         for members in _chunks(group, shape):
             first = opened[members[0]][2]
             steps = np.stack([opened[i][2].steps(shape) for i in members])
-            coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), steps, first.bands(shape))
+            spec = first.latent_spec(shape).with_steps(steps)
+            coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), spec)
             for i, latent in zip(members, first.untransform(coeffs), strict=True):
                 out[i] = latent
     return out
@@ -210,15 +215,12 @@ def decompress(
     """Decode a stream to the HxWx3 uint8 image of its original size."""
     timer = timer or StageTimer()
     header, payload, codec = open_stream(data)
-    with timer("entropy"):
-        symbols = codec.decode_symbols(payload, header.latent_shape)
-    with timer("quantize"):
-        coeffs = codec.dequantize(symbols)
-    with timer("wavelet"):
-        latents = codec.untransform(coeffs)
-    with timer("vae"):
-        images = codec.decode_images(latents, (header.height, header.width), runtime)
-    return images[0]  # type: ignore[no-any-return]
+    spec = codec.spec((header.height, header.width), runtime)
+    out: Any = [payload]
+    for stage in reversed(codec.pipeline.stages):
+        with timer(stage.stage_name):
+            out = stage.inverse(out, spec)
+    return out[0]  # type: ignore[no-any-return]
 
 
 def info(data: bytes | memoryview) -> dict[str, Any]:
@@ -235,7 +237,7 @@ def info(data: bytes | memoryview) -> dict[str, Any]:
         "quality": header.quantize.quality,
         "quality_scale": "global" if header.quantize.quality is not None else None,
         "step": header.quantize.base_step,
-        "pipeline": codec.pipeline().to_dict(),
+        "pipeline": codec.pipeline.to_dict(),
         "n_bytes": len(data),
         "header_bytes": len(data) - len(payload),
         "bpp": 8.0 * len(data) / pixels,

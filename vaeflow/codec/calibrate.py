@@ -115,11 +115,10 @@ def measure_quality_scale(
         return float(np.mean([metrics.psnr(crop, out) for crop, out in zip(crops, decoded, strict=True)]))
 
     ceiling = mean_psnr(coeffs)
-    bands = codec.bands(coeffs.shape)
     measured: list[float] = []
     for step in progress_bar(iterable=SCALE_GRID, total=len(SCALE_GRID), desc="quality scale", unit="step"):
         at = codec.with_step(float(step))
-        symbols = at.quantize.forward(coeffs, at.steps(coeffs.shape), bands)
+        symbols = at.quantize_coefficients(coeffs)
         measured.append(mean_psnr(at.dequantize(symbols)))
         if measured[-1] >= ceiling - CEILING_MARGIN_DB / 4:
             break
@@ -223,7 +222,7 @@ def calibrate_model(
     model has and fits its drop model alone. Returns the registry file, the gains measured (None with
     ``drops_only``) and the drop model fitted (None where too few crops showed a measurable drop)."""
     plain = Codec.resolve(load_pipeline("plain"), name)
-    codec = replace(plain, channel=ChannelTransform(transform), wavelet=Wavelet(wavelet_name, levels))
+    codec = plain.with_stages(ChannelTransform(transform), Wavelet(wavelet_name, levels))
     codec.channel.check(codec.model.latent_channels)
     key = codec.calibration_key
     gains = None

@@ -11,7 +11,7 @@ target searched calls ``vaeflow.codec.ratecontrol``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,16 +19,9 @@ import numpy as np
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.dropmodel import DropModel
 from vaeflow.errors import ModelError, PipelineError
-from vaeflow.models import (
-    ModelRef,
-    Registry,
-    RuntimeOptions,
-    latent_unit_of,
-    load_model,
-    pad_images,
-    padded_shape,
-)
+from vaeflow.models import ModelRef, Registry, RuntimeOptions, latent_unit_of, padded_shape
 from vaeflow.stages import (
+    STAGE_ORDER,
     VAE,
     ChannelTransform,
     Entropy,
@@ -37,6 +30,7 @@ from vaeflow.stages import (
     Quantize,
     RateTarget,
     Stage,
+    StageSpec,
     Subband,
     TargetRecord,
     Wavelet,
@@ -47,26 +41,26 @@ from vaeflow.timing import StageTimer
 
 log = logging.getLogger("vaeflow")
 
-STAGES_RUN = ("vae", "channel", "wavelet", "quantize", "entropy")  # what ``run(until=...)`` accepts
+ENCODED = STAGE_ORDER[1:]  # what ``run(until=...)`` accepts: the stages after the post-filter, which decoding runs
 
 
 @dataclass(frozen=True)
 class Codec:
-    """A complete pipeline with its model resolved: each stage, and what the stream header records."""
+    """A complete pipeline, every stage present, with its model resolved: what the stages need besides
+    their own fields comes from here, as each size's ``StageSpec``."""
 
     model: ModelRef
-    vae: VAE
-    channel: ChannelTransform
-    wavelet: Wavelet
-    quantize: Quantize
-    entropy: Entropy
-    postfilter: PostFilter = field(default_factory=PostFilter)
-    target: RateTarget | None = None
+    pipeline: Pipeline  # every stage of STAGE_ORDER, each resolved (no "auto"), and the rate target
     allocation_table: AllocationTable | None = None
     band_gains: tuple[tuple[float, ...], ...] | None = None  # the decoder's calibrated sensitivity (encoder side)
     quality_scale: tuple[float, ...] | None = None  # the model's own steps at qualities 1, 10, ..., 100
     latent_unit: int = 1  # latent samples an image is padded to a multiple of (a model's latent patch)
     drop_model: DropModel | None = None  # predicts an image's PSNR drop (encoder side; vaeflow.codec.dropmodel)
+
+    def __post_init__(self) -> None:
+        names = tuple(s.stage_name for s in self.pipeline.stages)
+        if names != STAGE_ORDER:
+            raise PipelineError(f"a codec holds every stage {STAGE_ORDER}, got {names}")
 
     @classmethod
     def resolve(cls, pipeline: Pipeline, model: str | None = None) -> Codec:
@@ -79,26 +73,16 @@ class Codec:
         saying how to calibrate it (the stream records the allocation it used, so it always
         decodes); a PSNR-drop target, which is predicted from the calibration, refuses instead.
         """
-        missing = [n for n in ("vae", "quantize", "entropy") if pipeline.stage(n) is None]
-        if missing or pipeline.stages[-1].output_kind != "streams":
-            raise PipelineError(f"a codec pipeline runs from images to streams; it lacks {', '.join(missing)}")
-        named: VAE = VAE(model) if model is not None else pipeline.stage("vae")  # type: ignore[assignment]
+        complete = pipeline.completed()
+        named: VAE = VAE(model) if model is not None else complete.by_name["vae"]  # type: ignore[assignment]
         entry = Registry.load().resolve(named.model)
-        wavelet: Wavelet = pipeline.stage("wavelet") or Wavelet("haar", 0)  # type: ignore[assignment]
-        channel: ChannelTransform = pipeline.stage("channel") or ChannelTransform("identity")  # type: ignore[assignment]
+        wavelet: Wavelet = complete.by_name["wavelet"]  # type: ignore[assignment]
+        channel: ChannelTransform = complete.by_name["channel"]  # type: ignore[assignment]
         if channel.transform == "auto":
             channel = fitting_transform(entry.calibration, entry.latent_channels, wavelet)
-        codec = cls(
-            model=entry.ref(),
-            vae=VAE(entry.name),  # an alias such as "default" resolved
-            channel=channel,
-            wavelet=wavelet,
-            quantize=pipeline.stage("quantize"),  # type: ignore[arg-type]
-            entropy=pipeline.stage("entropy").fitting(entry.latent_channels),  # type: ignore[union-attr]
-            postfilter=pipeline.stage("postfilter") or PostFilter(),  # type: ignore[arg-type]
-            target=pipeline.target,
-            latent_unit=latent_unit_of(entry.latent_convention()),
-        )
+        entropy: Entropy = complete.by_name["entropy"]  # type: ignore[assignment]
+        resolved = complete.with_stages(VAE(entry.name), channel, entropy.fitting(entry.latent_channels))
+        codec = cls(entry.ref(), resolved, latent_unit=latent_unit_of(entry.latent_convention()))
         codec.channel.check(codec.model.latent_channels)
         gains = entry.calibration.get(codec.calibration_key)
         if gains is None and codec.target is not None and codec.target.max_psnr_drop is not None:
@@ -131,31 +115,57 @@ class Codec:
         table = quantizer.allocation_table(np.asarray(gains), codec.wavelet.all_bands(), codec.wavelet.levels)
         return replace(codec, allocation_table=tuple(tuple(int(v) for v in row) for row in table))
 
+    # The stages, by name.
+    @property
+    def postfilter(self) -> PostFilter:
+        return self.pipeline.by_name["postfilter"]  # type: ignore[return-value]
+
+    @property
+    def vae(self) -> VAE:
+        return self.pipeline.by_name["vae"]  # type: ignore[return-value]
+
+    @property
+    def channel(self) -> ChannelTransform:
+        return self.pipeline.by_name["channel"]  # type: ignore[return-value]
+
+    @property
+    def wavelet(self) -> Wavelet:
+        return self.pipeline.by_name["wavelet"]  # type: ignore[return-value]
+
+    @property
+    def quantize(self) -> Quantize:
+        return self.pipeline.by_name["quantize"]  # type: ignore[return-value]
+
+    @property
+    def entropy(self) -> Entropy:
+        return self.pipeline.by_name["entropy"]  # type: ignore[return-value]
+
+    @property
+    def target(self) -> RateTarget | None:
+        return self.pipeline.target
+
     @property
     def calibration_key(self) -> str:
         return calibration_key(self.channel.transform, self.wavelet)
 
-    def pipeline(self) -> Pipeline:
-        return Pipeline(
-            (self.postfilter, self.vae, self.channel, self.wavelet, self.quantize, self.entropy), self.target
-        )
-
     def settings(self) -> dict[str, Any]:
         """What a store records of the codec that wrote it: the model reference and every stage."""
-        return {"model": self.model.to_dict(), "codec": self.pipeline().to_dict()}
+        return {"model": self.model.to_dict(), "codec": self.pipeline.to_dict()}
+
+    def with_stages(self, *stages: Stage) -> Codec:
+        """This codec with some stages replaced as they are (nothing resolved again)."""
+        return replace(self, pipeline=self.pipeline.with_stages(*stages))
 
     def with_quantizer(self, quantize: Quantize) -> Codec:
-        return replace(self, quantize=quantize)
+        return self.with_stages(quantize)
 
     def replaced(self, *stages: Stage) -> Codec:
         """This codec with some stages replaced, resolved again (its allocation looked up anew)."""
-        by_name = {s.stage_name: s for s in stages}
-        pipeline = self.pipeline()
-        return Codec.resolve(Pipeline(tuple(by_name.get(s.stage_name, s) for s in pipeline.stages), self.target))
+        return Codec.resolve(self.pipeline.with_stages(*stages))
 
     def with_step(self, step: float) -> Codec:
         """This codec at an explicit step, without its rate target (what a searched stream records)."""
-        return replace(self, quantize=self.quantize.with_step(step), target=None)
+        return replace(self, pipeline=self.pipeline.with_stages(self.quantize.with_step(step)).with_target(None))
 
     def with_quality(self, quality: int) -> Codec:
         """This codec at ``quality``: on the model's own scale where it has one (the stream then
@@ -163,11 +173,12 @@ class Codec:
         if self.quality_scale is not None:
             self.quantize.with_quality(quality)  # validated as any quality
             return self.with_step(quantizer.scaled_step(quality, self.quality_scale))
-        return replace(self, quantize=self.quantize.with_quality(quality), target=None)
+        return replace(self, pipeline=self.pipeline.with_stages(self.quantize.with_quality(quality)).with_target(None))
 
     def with_target(self, target: RateTarget | None) -> Codec:
-        return replace(self, target=target)
+        return replace(self, pipeline=self.pipeline.with_target(target))
 
+    # What the stages need besides their fields.
     def bands(self, latent_shape: tuple[int, ...]) -> tuple[Subband, ...]:
         return self.wavelet.bands(latent_shape)
 
@@ -176,7 +187,6 @@ class Codec:
         table = self.allocation_table if self.quantize.allocation == "decoder" else None
         return self.quantize.steps(self.bands(latent_shape), latent_shape[-3], self.wavelet, table)
 
-    # Forward stages, each batch-wise (leading N axis).
     def padded_shape(self, height: int, width: int) -> tuple[int, int]:
         """The shape an image of this size is encoded at (``vaeflow.models.padded_shape``)."""
         return padded_shape(height, width, self.model.downsample * self.latent_unit)
@@ -185,43 +195,18 @@ class Codec:
         """The latent of an image of this size: what the VAE gives for it and what its stream holds."""
         return self.model.latent_shape(height, width, self.latent_unit)
 
-    def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
-        """Same-size images (N, H, W, 3) -> their exact latents (N, C, h, w): each edge-padded to its
-        padded shape only, as ``vaeflow.encode_latent`` encodes it (images already padded stay as they are)."""
-        padded = pad_images(images, self.model.downsample * self.latent_unit)
-        return self.vae.forward(padded, load_model(self.model, runtime))
+    def spec(self, size: tuple[int, int], runtime: RuntimeOptions | None = None) -> StageSpec:
+        """The spec every stage runs with for images of ``size`` (H, W), at this codec's step."""
+        shape = self.latent_shape(*size)
+        return StageSpec(size, shape, self.bands(shape), self.steps(shape), self.model, runtime, self.latent_unit)
 
-    def transform(self, latents: np.ndarray) -> np.ndarray:
-        return self.wavelet.forward(self.channel.forward(latents))
+    def latent_spec(self, latent_shape: tuple[int, ...], runtime: RuntimeOptions | None = None) -> StageSpec:
+        """The spec of latents of ``latent_shape`` (.., C, h, w), for the stages after the VAE."""
+        shape = (int(latent_shape[-3]), int(latent_shape[-2]), int(latent_shape[-1]))
+        size = (shape[1] * self.model.downsample, shape[2] * self.model.downsample)
+        return StageSpec(size, shape, self.bands(shape), self.steps(shape), self.model, runtime, self.latent_unit)
 
-    def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
-        return self.quantize.forward(coeffs, self.steps(coeffs.shape), self.bands(coeffs.shape))
-
-    def header(self, size: tuple[int, int], record: TargetRecord | None = None) -> stream_format.StreamHeader:
-        return stream_format.StreamHeader(
-            self.model, size[0], size[1], self.channel, self.wavelet, self.quantize, self.entropy, self.postfilter,
-            record, latent_unit=self.latent_unit,
-        )  # fmt: skip
-
-    def entropy_code(
-        self, symbols: np.ndarray, sizes: list[tuple[int, int]], record: TargetRecord | None = None
-    ) -> list[bytes]:
-        """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
-        if not sizes:
-            return []
-        bands = self.bands(symbols.shape)
-        prefix = self.table_bytes()
-        return [
-            stream_format.pack(self.header(size, record), prefix + self.entropy.forward(sym, bands))
-            for sym, size in zip(symbols, sizes, strict=True)
-        ]
-
-    def table_bytes(self) -> bytes:
-        """The allocation table as the payload carries it (see ``quantize.pack_table``)."""
-        if self.quantize.allocation != "decoder" or self.allocation_table is None:
-            return b""
-        return quantizer.pack_table(np.asarray(self.allocation_table))
-
+    # Forward, each batch-wise (leading N axis).
     def run(
         self,
         images: np.ndarray,
@@ -236,52 +221,69 @@ class Codec:
         (symbols) or entropy (streams). A codec with a rate target searches each image's step:
         ``vaeflow.compress`` does that.
         """
-        if until not in STAGES_RUN:
-            raise PipelineError(f"unknown stage {until!r}; choose one of {STAGES_RUN}")
-        if self.target is not None and until in ("quantize", "entropy"):
+        if until not in ENCODED:
+            raise PipelineError(f"unknown stage {until!r}; choose one of {ENCODED}")
+        if self.target is not None and STAGE_ORDER.index(until) >= STAGE_ORDER.index("quantize"):
             raise PipelineError(
                 f"this codec searches each image's step for {self.target}; run it to 'wavelet', or code "
                 "with vaeflow.compress"
             )
         single = images.ndim == 3
         batch = images[None] if single else images
-        out = self._run(batch, until, runtime, timer or StageTimer())
+        timer = timer or StageTimer()
+        spec = self.spec((batch.shape[1], batch.shape[2]), runtime)
+        out: Any = batch
+        for stage in self.pipeline.between("vae", until):
+            with timer(stage.stage_name):
+                out = stage.forward(out, spec)
+        if until == "entropy":
+            out = self.streams(out, [spec.size] * batch.shape[0])
         return out[0] if single else out
 
-    def _run(self, images: np.ndarray, until: str, runtime: RuntimeOptions | None, timer: StageTimer) -> Any:
-        with timer("vae"):
-            out: Any = self.encode_latents(images, runtime)
-        if until == "vae":
-            return out
-        with timer("channel"):
-            out = self.channel.forward(out)
-        if until == "channel":
-            return out
-        with timer("wavelet"):
-            out = self.wavelet.forward(out)
-        if until == "wavelet":
-            return out
-        with timer("quantize"):
-            out = self.quantize_coefficients(out)
-        if until == "quantize":
-            return out
-        with timer("entropy"):
-            return self.entropy_code(out, [(images.shape[1], images.shape[2])] * images.shape[0])
+    def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
+        """Same-size images (N, H, W, 3) -> their exact latents (N, C, h, w) (``VAE.forward``)."""
+        return self.vae.forward(images, self.spec((images.shape[1], images.shape[2]), runtime))  # type: ignore[no-any-return]
 
-    # Inverse stages.
+    def transform(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> wavelet coefficients: the stages from the channel transform to the wavelet."""
+        return self.pipeline.forward(latents, self.latent_spec(latents.shape), "channel", "wavelet")
+
+    def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
+        return self.quantize.forward(coeffs, self.latent_spec(coeffs.shape))
+
+    def header(self, size: tuple[int, int], record: TargetRecord | None = None) -> stream_format.StreamHeader:
+        return stream_format.StreamHeader(self.model, size[0], size[1], self.pipeline.with_target(None), record,
+                                          latent_unit=self.latent_unit)  # fmt: skip
+
+    def streams(
+        self, payloads: list[bytes], sizes: list[tuple[int, int]], record: TargetRecord | None = None
+    ) -> list[bytes]:
+        """Each image's entropy payload and original (H, W) -> its stream (header, allocation table, payload)."""
+        prefix = self.table_bytes()
+        return [
+            stream_format.pack(self.header(size, record), prefix + payload)
+            for payload, size in zip(payloads, sizes, strict=True)
+        ]
+
+    def entropy_code(
+        self, symbols: np.ndarray, sizes: list[tuple[int, int]], record: TargetRecord | None = None
+    ) -> list[bytes]:
+        """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
+        if not sizes:
+            return []
+        return self.streams(self.entropy.forward(symbols, self.latent_spec(symbols.shape)), sizes, record)
+
+    def table_bytes(self) -> bytes:
+        """The allocation table as the payload carries it (see ``quantize.pack_table``)."""
+        if self.quantize.allocation != "decoder" or self.allocation_table is None:
+            return b""
+        return quantizer.pack_table(np.asarray(self.allocation_table))
+
+    # Inverse.
     @classmethod
     def from_header(cls, header: stream_format.StreamHeader) -> Codec:
         """The codec a stream's header describes (without its allocation table)."""
-        return cls(
-            model=header.model,
-            vae=VAE(header.model.name),
-            channel=header.channel,
-            wavelet=header.wavelet,
-            quantize=header.quantize,
-            entropy=header.entropy,
-            postfilter=header.postfilter,
-            latent_unit=header.latent_unit,
-        )
+        return cls(header.model, header.pipeline, latent_unit=header.latent_unit)
 
     @classmethod
     def from_stream(cls, header: stream_format.StreamHeader, payload: memoryview) -> tuple[Codec, memoryview]:
@@ -295,19 +297,20 @@ class Codec:
 
     def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
         """One stream's payload -> symbols (1, C, h, w)."""
-        return self.entropy.inverse(payload, latent_shape, self.bands(latent_shape))[None]
+        return self.entropy.inverse([payload], self.latent_spec(latent_shape))
 
     def dequantize(self, symbols: np.ndarray) -> np.ndarray:
-        return self.quantize.inverse(symbols, self.steps(symbols.shape), self.bands(symbols.shape))
+        return self.quantize.inverse(symbols, self.latent_spec(symbols.shape))
 
     def untransform(self, coeffs: np.ndarray) -> np.ndarray:
-        return self.channel.inverse(self.wavelet.inverse(coeffs))
+        """Wavelet coefficients -> latents: the stages from the wavelet back to the channel transform."""
+        return self.pipeline.inverse(coeffs, self.latent_spec(coeffs.shape), "wavelet", "channel")
 
     def decode_images(
         self, latents: np.ndarray, size: tuple[int, int], runtime: RuntimeOptions | None = None
     ) -> np.ndarray:
-        """Latents -> images through this codec's very model (another fingerprint is refused)."""
-        return self.postfilter.inverse(self.vae.inverse(latents, load_model(self.model, runtime), size))
+        """Latents -> images of ``size`` through this codec's very model (another fingerprint is refused)."""
+        return self.pipeline.inverse(latents, self.spec(size, runtime), "vae", "postfilter")
 
 
 def calibration_key(transform: str, wavelet: Wavelet) -> str:

@@ -1,7 +1,7 @@
 """The vaeflow stream: magic, version, a checksummed header, a checksummed payload.
 
 The byte-by-byte layout is in docs/format.md. The header holds the model reference, the
-image size and every stage the decoder needs, as stage objects; this module alone maps
+image size and the pipeline of every stage the decoder needs; this module alone maps
 them to bytes, with its own tables of byte codes. Parsing trusts nothing: every length, id
 and size is checked, and any damage raises ``CorruptStreamError``.
 """
@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vaeflow.binary import ByteReader, ByteWriter
 from vaeflow.errors import CorruptStreamError, PipelineError
 from vaeflow.models.registry import FINGERPRINT_BYTES, MAX_PATCH, ModelRef
-from vaeflow.stages import ChannelTransform, Entropy, PostFilter, Quantize, TargetRecord, Wavelet
+from vaeflow.stages import (
+    STAGE_ORDER,
+    VAE,
+    ChannelTransform,
+    Entropy,
+    Pipeline,
+    PostFilter,
+    Quantize,
+    Stage,
+    TargetRecord,
+    Wavelet,
+)
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
@@ -51,27 +62,50 @@ SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
 
 @dataclass(frozen=True)
 class StreamHeader:
-    """What a stream says about itself: model, image size, each stage, and any rate-control record."""
+    """What a stream says about itself: its model, the image's size, the pipeline that decodes it (every
+    stage, no target), and any rate-control record."""
 
     model: ModelRef
     height: int
     width: int
-    channel: ChannelTransform
-    wavelet: Wavelet
-    quantize: Quantize
-    entropy: Entropy
-    postfilter: PostFilter
+    pipeline: Pipeline
     record: TargetRecord | None = None
     version: int = VERSION
     latent_unit: int = 1  # format 4: the image is padded to a multiple of this many latent samples
 
     def __post_init__(self) -> None:
+        names = tuple(s.stage_name for s in self.pipeline.stages)
+        if names != STAGE_ORDER or self.pipeline.target is not None:
+            raise PipelineError(f"a stream header holds every stage {STAGE_ORDER} and no target, got {self.pipeline}")
         if self.entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
             raise PipelineError(f"entropy coder {self.entropy.coder!r} is chosen when the codec is resolved")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.model.latent_shape(self.height, self.width, self.latent_unit)
+
+    def with_stages(self, *stages: Stage) -> StreamHeader:
+        return replace(self, pipeline=self.pipeline.with_stages(*stages))
+
+    @property
+    def postfilter(self) -> PostFilter:
+        return self.pipeline.by_name["postfilter"]  # type: ignore[return-value]
+
+    @property
+    def channel(self) -> ChannelTransform:
+        return self.pipeline.by_name["channel"]  # type: ignore[return-value]
+
+    @property
+    def wavelet(self) -> Wavelet:
+        return self.pipeline.by_name["wavelet"]  # type: ignore[return-value]
+
+    @property
+    def quantize(self) -> Quantize:
+        return self.pipeline.by_name["quantize"]  # type: ignore[return-value]
+
+    @property
+    def entropy(self) -> Entropy:
+        return self.pipeline.by_name["entropy"]  # type: ignore[return-value]
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
@@ -235,21 +269,19 @@ def unpack(
     try:
         channel = ChannelTransform(transform)
         channel.check(latent_channels)
+        quantizer = Quantize(
+            quality=quality,
+            step=step,
+            rounding=rounding,
+            allocation="decoder" if flags & FLAG_DECODER_ALLOCATION else "uniform",
+            rdo=bool(flags & FLAG_RDO),
+        )
+        stages = (PostFilter(sigma), VAE(name), channel, Wavelet(wavelet, levels), quantizer, Entropy(coder))
         header = StreamHeader(
             model=ModelRef(name, fingerprint, latent_channels, downsample),
             height=height,
             width=width,
-            channel=channel,
-            wavelet=Wavelet(wavelet, levels),
-            quantize=Quantize(
-                quality=quality,
-                step=step,
-                rounding=rounding,
-                allocation="decoder" if flags & FLAG_DECODER_ALLOCATION else "uniform",
-                rdo=bool(flags & FLAG_RDO),
-            ),
-            entropy=Entropy(coder),
-            postfilter=PostFilter(sigma),
+            pipeline=Pipeline(stages),
             record=TargetRecord(*record) if record else None,
             version=version,
             latent_unit=unit,

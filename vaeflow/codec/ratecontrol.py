@@ -1,5 +1,9 @@
 """Rate control: the quantizer step that meets a target bpp, PSNR or latent error, per image.
 
+How each image's step is chosen is a ``RateStrategy``, decided in one place (``strategy_of``):
+``FixedStep`` (no target: the codec's own step) or ``TargetSearch`` (the search below). The
+one-image API, the dataset's tasks and the benchmarks all quantize and code through it.
+
 The VAE encoder runs once; a bisection over log(step) then re-quantizes and measures:
 the stream's bpp (within 2%), the decoded PSNR (within 0.1 dB, which decodes through
 the VAE at each try), or the largest absolute error of the dequantized latent (the
@@ -14,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,7 +26,7 @@ from vaeflow import metrics
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.dropmodel import DropModel, drop_db, image_features, relative_error
 from vaeflow.models import RuntimeOptions
-from vaeflow.stages import TargetRecord
+from vaeflow.stages import RateTarget, TargetRecord
 
 log = logging.getLogger("vaeflow")
 
@@ -40,6 +44,29 @@ class Choice:
     achieved: float
     drop: float | None = None  # with a PSNR-drop limit: the dB lost against decoding the exact latent, if measured
     predicted: float | None = None  # ... and the dB the calibration predicts without decoding
+
+    @property
+    def chosen(self) -> ChosenStep:
+        """What was chosen, without the symbols (what a task passes on)."""
+        return ChosenStep(self.step, self.achieved, self.drop, self.predicted)
+
+
+@dataclass(frozen=True)
+class ChosenStep:
+    """A choice without its symbols: small, for a task's state."""
+
+    step: float
+    achieved: float
+    drop: float | None = None
+    predicted: float | None = None
+
+    def with_symbols(self, symbols: np.ndarray) -> Choice:
+        return Choice(self.step, symbols, self.achieved, self.drop, self.predicted)
+
+    @property
+    def drops(self) -> tuple[float | None, float | None] | None:
+        """(predicted, measured) PSNR drop, or None where neither is known (no PSNR-drop limit)."""
+        return None if self.drop is None and self.predicted is None else (self.predicted, self.drop)
 
 
 # A PSNR-drop limit (``_within_drop``): each figure a spread of the drop model's residuals (natural log).
@@ -339,18 +366,92 @@ def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], f
     return feasible
 
 
-def encode_to_target(
-    codec: Codec, images: np.ndarray, coeffs: np.ndarray, runtime: RuntimeOptions | None = None
-) -> list[bytes]:
-    """One stream per image (with its coefficients), each at the step its own search chose. Images
-    coded alone are their own sample: verified under ``verify="sample"`` as under ``"all"``."""
-    measure = codec.target is None or codec.target.verify != "none"
-    streams = []
-    for i, image in enumerate(images):
-        size = (image.shape[0], image.shape[1])
-        choice = search(codec, coeffs[i : i + 1], size, image, runtime, measure=measure)
-        streams += record(codec, choice, size)
-    return streams
+class RateStrategy(Protocol):
+    """How the quantize stage gets each image's step, and how the stream records it."""
+
+    @property
+    def needs_image(self) -> bool:
+        """Whether choosing compares decoded trials with the original image."""
+        ...
+
+    def choose(
+        self,
+        codec: Codec,
+        coeffs: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        images: Sequence[np.ndarray | None],
+        runtime: RuntimeOptions | None = None,
+        *,
+        measure: bool = True,
+        margin: float | None = None,
+    ) -> list[Choice]:
+        """Coefficients (N, C, h, w) of images of ``sizes`` -> each image's step and symbols."""
+        ...
+
+    def streams(self, codec: Codec, choices: Sequence[Choice], sizes: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Each choice's stream, recording its step (and the target's record)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedStep:
+    """No target: every image at the codec's own quality or step, as its stream records it."""
+
+    needs_image = False
+
+    def choose(
+        self,
+        codec: Codec,
+        coeffs: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        images: Sequence[np.ndarray | None],
+        runtime: RuntimeOptions | None = None,
+        *,
+        measure: bool = True,
+        margin: float | None = None,
+    ) -> list[Choice]:
+        symbols = codec.quantize_coefficients(coeffs)
+        return [Choice(codec.quantize.base_step, symbols[i : i + 1], math.nan) for i in range(len(symbols))]
+
+    def streams(self, codec: Codec, choices: Sequence[Choice], sizes: Sequence[tuple[int, int]]) -> list[bytes]:
+        if not choices:
+            return []
+        return codec.entropy_code(np.concatenate([c.symbols for c in choices]), list(sizes))
+
+
+@dataclass(frozen=True)
+class TargetSearch:
+    """Each image's step searched for the codec's target (``search``), recorded with what it reached."""
+
+    target: RateTarget
+
+    @property
+    def needs_image(self) -> bool:
+        return self.target.searches_with_image
+
+    def choose(
+        self,
+        codec: Codec,
+        coeffs: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        images: Sequence[np.ndarray | None],
+        runtime: RuntimeOptions | None = None,
+        *,
+        measure: bool = True,
+        margin: float | None = None,
+    ) -> list[Choice]:
+        return [
+            search(codec, coeffs[i : i + 1], size, image, runtime, measure=measure, margin=margin)
+            for i, (size, image) in enumerate(zip(sizes, images, strict=True))
+        ]
+
+    def streams(self, codec: Codec, choices: Sequence[Choice], sizes: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [record(codec, choice, size)[0] for choice, size in zip(choices, sizes, strict=True)]
+
+
+def strategy_of(codec: Codec) -> RateStrategy:
+    """The one place that decides how a codec's steps are chosen."""
+    return FixedStep() if codec.target is None else TargetSearch(codec.target)
 
 
 def learned_margin(model: DropModel, pairs: Sequence[tuple[float, float]]) -> float:

@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.dataset import store as store_io
+from vaeflow.dataset.layout import LAYOUT, META, BatchMarker
 from vaeflow.dataset.plan import Plan
 from vaeflow.dataset.work import WorkStore
 from vaeflow.durable import fsync, sync_tree
 
-Marker = dict[str, Any]
 
-
-def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work: WorkStore) -> None:
-    entries = {item["index"]: item for marker in markers.values() for item in marker["items"]}
+def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, BatchMarker], work: WorkStore) -> None:
+    entries = {item.index: item for marker in markers.values() for item in marker.items}
     failed_at_scan = {item.index: (item, reason) for item, reason in plan.failed_at_scan}
     first = plan.first_index
     count = len(plan.items) + len(plan.failed_at_scan)
@@ -33,25 +32,25 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, Marker], work:
                 yield store_io.Row(item.path, (item.height, item.width), False, reason, b"", caption, metadata)
                 continue
             entry, item = entries[index], items[index]
-            key, offset = entry["stream"]
-            note = entry["reason"] if not entry["ok"] else "; ".join([*entry["notes"], *side_notes])
-            shape = (entry["shape"][0], entry["shape"][1])
-            data = work.read_stream(key, offset, entry["nbytes"])  # index order interleaves the batches
+            key, offset = entry.stream
+            note = (entry.reason or "") if not entry.ok else "; ".join([*entry.notes, *side_notes])
+            data = work.read_stream(key, offset, entry.nbytes)  # index order interleaves the batches
             yield store_io.Row(
-                entry["path"], shape, entry["ok"], note, data, caption, metadata, item.source, item.crop or (0, 0)
+                entry.path, entry.shape, entry.ok, note, data, caption, metadata, item.source, item.crop or (0, 0)
             )
 
-    new_bytes = sum(entry["nbytes"] for entry in entries.values())
+    new_bytes = sum(entry.nbytes for entry in entries.values())
     total = store_io.write_index(
-        plan.store, rows(), new_bytes, plan.skipped, meta["stored_bytes"], meta["rows"], plan.policy.retried
+        plan.store, rows(), new_bytes, plan.skipped, meta[META.stored_bytes], meta[META.rows], plan.policy.retried
     )
-    for part in ("streams", "index", "skipped"):  # durable before the store says it is complete
+    for part in (LAYOUT.streams, LAYOUT.index, LAYOUT.skipped):  # durable before the store says it is complete
         sync_tree(plan.store / part)
     store_io.consolidate(plan.store)  # readers see the new shapes as soon as it is complete
-    done = {k: v for k, v in meta.items() if k not in ("retrying", "adding")}
-    finished = {"complete": True, "stored_bytes": total, "rows": first + count, "version": store_io.data_version(meta)}
+    done = {k: v for k, v in meta.items() if k not in (META.retrying, META.adding)}
+    finished = {META.complete: True, META.stored_bytes: total, META.rows: first + count,
+                META.version: store_io.data_version(meta)}  # fmt: skip
     store_io.write_meta(plan.store, {**done, **finished})
-    fsync(plan.store / "zarr.json")
+    fsync(plan.store / LAYOUT.zarr_json)
 
 
 def finish(store: Path, keep_intermediates: bool) -> None:

@@ -1,6 +1,6 @@
 """The Dask executor of a dataset job: one ``dask.delayed`` task per batch (``batch-g0-b3-<job>``)
 running every stage, its time metered by stage; or, with ``fuse_stages=False``, a chain of tasks
-load -> vae -> transform -> quantize -> entropy -> write named after the stage and batch
+load, each codec stage, write (``tasks.STAGES``), named after the stage and batch
 (``vae-g0-b3-<job>``), passing only small ``BatchState`` objects while the arrays stay in the
 work store. This is the only module that imports Dask.
 """
@@ -25,8 +25,10 @@ from distributed.client import ClosedClientError
 from distributed.comm.core import CommClosedError
 from distributed.metrics import context_meter
 
+from vaeflow.codec.codec import ENCODED
 from vaeflow.dataset import tasks
 from vaeflow.dataset.isolation import code_alone
+from vaeflow.dataset.layout import LAYOUT, BatchMarker
 from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
@@ -97,7 +99,7 @@ class DaskExecutor:
         self.window = window  # batches on the scheduler at once (None: WINDOW_PER_THREAD per worker thread)
         self.peak_in_flight = 0
 
-    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[dict[str, Any]], None]) -> None:
+    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[BatchMarker], None]) -> None:
         """Batches go to the scheduler in a window of a few per worker thread, topped up as they
         finish, so that the client's and the scheduler's memory stay flat however many there are;
         the largest go first, so that the workers finish close together (the order changes no byte)."""
@@ -134,11 +136,11 @@ class DaskExecutor:
                 future.release()
                 submit()
 
-    def _isolate(self, ctx: TaskContext, batch: Batch, token: str, spans: Spans) -> dict[str, Any]:
+    def _isolate(self, ctx: TaskContext, batch: Batch, token: str, spans: Spans) -> BatchMarker:
         """One image at a time, because a dying worker also counts against the tasks queued on it:
         run together, innocent images would share the blame of a poison one."""
 
-        def run_single(single: Batch) -> dict[str, Any]:
+        def run_single(single: Batch) -> BatchMarker:
             graph = batch_graph(ctx, single, token, spans)
             return result(self.client, self.client.compute(graph, retries=RETRIES))  # type: ignore[no-any-return]
 
@@ -154,7 +156,7 @@ def stage_spans(job: str) -> Spans:
             for stage in (*tasks.STAGES, "batch")}  # fmt: skip
 
 
-def run_fused_metered(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
+def run_fused_metered(ctx: TaskContext, batch: Batch) -> BatchMarker:
     """A fused batch whose task metrics split its time by stage (the dashboard's span view)."""
     return tasks.run_fused(ctx, batch, context_meter.meter)
 
@@ -172,9 +174,9 @@ def batch_graph(ctx: TaskContext, batch: Batch, token: str, spans: Spans | None 
             return delayed(run_fused_metered, pure=False)(ctx, batch, dask_key_name=f"batch-{name}")  # type: ignore[no-any-return]
     with stage("load"):
         state = delayed(tasks.load_task, pure=False)(ctx, batch, dask_key_name=f"load-{name}")
-    for task, label in zip(tasks.STAGE_TASKS, tasks.STAGES[1:], strict=False):
+    for label in ENCODED:
         with stage(label):
-            state = delayed(task, pure=False)(ctx, batch, state, dask_key_name=f"{label}-{name}")
+            state = delayed(tasks.stage_task, pure=False)(ctx, batch, state, label, dask_key_name=f"{label}-{name}")
     with stage("write"):
         return delayed(tasks.write_task, pure=False)(ctx, batch, state, dask_key_name=f"write-{name}")  # type: ignore[no-any-return]
 
@@ -223,7 +225,7 @@ def check_shared_paths(client: Client, paths: list[Path], folder: Path) -> None:
     system shared with this process at the same paths.
     """
     token = secrets.token_hex(8)
-    probe = folder / f".vaeflow-probe-{token}"
+    probe = folder / f"{LAYOUT.probe_prefix}{token}"
     probe.write_text(token)
     try:
         answers = client.run(_probe, [str(p) for p in paths], str(probe), token)

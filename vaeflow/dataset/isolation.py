@@ -11,20 +11,18 @@ plan's (``ModelError``) stops the job, which the same command resumes once that 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from vaeflow.dataset.layout import BatchMarker
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext, failed_marker, merged_marker, single_batches
 from vaeflow.errors import VaeflowError
-
-Marker = dict[str, Any]
 
 
 class PoisonInputError(VaeflowError):
     """An image whose coding kept killing the process that coded it."""
 
 
-def code_alone(ctx: TaskContext, batch: Batch, run_single: Callable[[Batch], Marker]) -> Marker:
+def code_alone(ctx: TaskContext, batch: Batch, run_single: Callable[[Batch], BatchMarker]) -> BatchMarker:
     """Code ``batch`` image by image with ``run_single``; the images that fail alone become failed rows."""
     parts = []
     for single in single_batches(batch):

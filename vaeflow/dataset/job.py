@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from vaeflow.codec.ratecontrol import DropSummary, learned_margin
 from vaeflow.dataset import policy as store_policy
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.assemble import assemble, finish
+from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, BatchMarker
 from vaeflow.dataset.location import is_url
 from vaeflow.dataset.lock import StoreLock
 from vaeflow.dataset.options import ClusterOptions, JobOptions
@@ -40,7 +41,6 @@ from vaeflow.errors import StoreWriteError, VaeflowError
 from vaeflow.resources import vaeflow_version
 from vaeflow.stages import RateTarget
 
-Marker = dict[str, Any]
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
 
 
@@ -55,7 +55,7 @@ class Executor(Protocol):
     dashboard_link: str | None
     threads_per_task: int | None  # ONNX threads per task, when the executor knows best
 
-    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None: ...
+    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[BatchMarker], None]) -> None: ...
 
 
 @dataclass
@@ -131,16 +131,14 @@ def compress_dataset(
     pipeline: PipelineLike = None,
     target: RateTarget | None = None,
     client: Any = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
     resume: bool = True,
-    retry_failed: bool = False,
     options: JobOptions | None = None,
     cluster: ClusterOptions | None = None,
     storage_options: dict[str, Any] | None = None,
     staging: str | Path | None = None,
     verify: str | None = None,
     verify_fraction: float | None = None,
+    **option_fields: Any,
 ) -> JobReport:
     """Compress every image under ``src`` into the zarr store ``store``.
 
@@ -150,29 +148,30 @@ def compress_dataset(
     only ``verify_fraction`` of them (chosen from their names; the others' steps are predicted
     with a margin learned from them), ``"none"`` predicts every step (``vaeflow.codec.ratecontrol``).
 
-    Runs on ``client`` when given (a ``dask.distributed.Client``), else as ``cluster`` says
-    (``scheduler`` and ``workers`` are shortcuts for it): a new local cluster of worker
-    processes by default, ``"sync"`` in this process, or an existing scheduler's address.
-    A store left by an interrupted run with the same settings is resumed (``resume=False``
-    starts over); ``retry_failed`` codes again the images a finished store records as failed.
+    Runs on ``client`` when given (a ``dask.distributed.Client``), else as ``cluster`` says: a new
+    local cluster of worker processes by default, ``"sync"`` in this process, or an existing
+    scheduler's address. A store left by an interrupted run with the same settings is resumed
+    (``resume=False`` starts over).
+
+    Every field of ``options`` (``JobOptions``) and ``cluster`` (``ClusterOptions``) may also be given
+    as a keyword, which replaces it (``None`` leaves it as it is): ``batch_size``, ``buckets``,
+    ``fuse_stages``, ``overwrite``, ``add``, ``retry_failed`` (code again the images a finished store
+    records as failed), ``keep_intermediates``, ``max_pixels``, ``progress``, ``runtime``; ``scheduler``
+    (``"sync"``, or a scheduler's address), ``workers`` (of a new local cluster), ``threads_per_worker``,
+    ``memory_limit``, ``performance_report``. Any other keyword is a ``TypeError``.
 
     ``store`` may be an fsspec URL (``s3://bucket/out.zarr``, with ``storage_options``): the job
     then writes a local copy at ``staging`` (default ``$VAEFLOW_HOME/staging/...``) and uploads it
     when complete, verifying every object (``vaeflow.dataset.upload``); the same call resumes an
     interrupted job or upload. The staged copy is removed once the upload is verified.
     """
-    options = options or JobOptions()
-    if retry_failed:
-        options = replace(options, retry_failed=True)
-    cluster = cluster or ClusterOptions()
-    if scheduler is not None or workers is not None:
-        cluster = replace(cluster, scheduler=scheduler or cluster.scheduler, workers=workers or cluster.workers)
+    options, cluster = with_fields(options or JobOptions(), cluster or ClusterOptions(), option_fields)
     if client is None and cluster.scheduler == "sync" and cluster.performance_report:
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
     codec, preset, options = job_codec(store, model, quality, pipeline, target, options, verify, verify_fraction)
     if is_url(store):
         url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
-        if not (local / "zarr.json").exists():  # no staged copy: continue from the remote store, if any
+        if not (local / LAYOUT.zarr_json).exists():  # no staged copy: continue from the remote store, if any
             download(url, local, storage_options)
         report = compress_dataset(
             src, local, model=model, quality=quality, pipeline=pipeline, target=target, client=client,
@@ -192,6 +191,27 @@ def compress_dataset(
                 if exc.errno in WRITE_ERRORS:
                     raise write_error(store, exc) from exc
                 raise
+
+
+JOB_FIELDS = tuple(f.name for f in fields(JobOptions))
+CLUSTER_FIELDS = tuple(f.name for f in fields(ClusterOptions))
+
+
+def with_fields(
+    options: JobOptions, cluster: ClusterOptions, given: dict[str, Any]
+) -> tuple[JobOptions, ClusterOptions]:
+    """``options`` and ``cluster`` with the fields ``given`` by name (those given as None left as they are)."""
+    unknown = sorted(set(given) - {*JOB_FIELDS, *CLUSTER_FIELDS})
+    if unknown:
+        raise TypeError(
+            f"compress_dataset() got unexpected keyword arguments {', '.join(map(repr, unknown))}; besides its own, "
+            f"it takes the fields of JobOptions ({', '.join(JOB_FIELDS)}) and of ClusterOptions "
+            f"({', '.join(CLUSTER_FIELDS)})"
+        )
+    chosen = {name: value for name, value in given.items() if value is not None}
+    options = replace(options, **{k: v for k, v in chosen.items() if k in JOB_FIELDS})
+    cluster = replace(cluster, **{k: v for k, v in chosen.items() if k in CLUSTER_FIELDS})
+    return options, cluster
 
 
 def job_codec(
@@ -218,7 +238,8 @@ def job_codec(
 
 def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
     """Check the settings against any existing store and build the plan; nothing on disk changes."""
-    settings = {**codec.settings(), "pipeline": preset, "buckets": options.buckets, "latents": store_policy.EXACT}
+    settings = {**codec.settings(), SETTINGS.pipeline: preset, SETTINGS.buckets: options.buckets,
+                SETTINGS.latents: EXACT_LATENTS}  # fmt: skip
     decided = store_policy.decide(
         store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
     )
@@ -229,20 +250,20 @@ def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOpti
 def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
     start = time.perf_counter()
     report = JobReport(plan.store, dashboard_link=executor.dashboard_link)
-    if plan.policy.action == "complete":
+    if plan.policy.action == store_policy.COMPLETE:
         finish(plan.store, options.keep_intermediates)  # in case an earlier run stopped between its last steps
         report.wall_s = time.perf_counter() - start
         return report_from_store(report, plan)
     store_policy.apply(plan.policy, plan.store)
-    meta = {**plan.policy.meta, "vaeflow_version": vaeflow_version()}
+    meta = {**plan.policy.meta, META.vaeflow_version: vaeflow_version()}
     store_io.write_meta(plan.store, meta)
     work = WorkStore(plan.store)
     work.create(plan, stage_arrays=not options.fuse_stages or options.keep_intermediates)
-    markers: dict[str, Marker] = {}
+    markers: dict[str, BatchMarker] = {}
     pending = []
     for batch in plan.batches:
         marker = work.done(batch.key)
-        if marker is not None and [m["path"] for m in marker["items"]] == [i.path for i in batch.items]:
+        if marker is not None and [m.path for m in marker.items] == [i.path for i in batch.items]:
             markers[batch.key] = marker
         else:
             pending.append(batch)
@@ -258,8 +279,8 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
         for marker in markers.values():
             advance(marker)
 
-        def on_done(marker: Marker) -> None:
-            markers[marker["key"]] = marker
+        def on_done(marker: BatchMarker) -> None:
+            markers[marker.key] = marker
             advance(marker)
 
         if _learns_margin(plan):  # the sample's drops are measured first: the rest aim with the margin they give
@@ -269,16 +290,16 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
         executor.run(ctx, pending, on_done)
     drops = _drop_summary(plan, markers, ctx.margin)
     if drops is not None:  # merged with the earlier generations' (an --add, or its resumption)
-        earlier = DropSummary.from_dict(meta.get("verification"))
-        meta = {**meta, "verification": (earlier.merged(drops) if earlier else drops).to_dict()}
+        earlier = DropSummary.from_dict(meta.get(META.verification))
+        meta = {**meta, META.verification: (earlier.merged(drops) if earlier else drops).to_dict()}
     assemble(plan, meta, markers, work)
     finish(plan.store, options.keep_intermediates)
     report.wall_s = time.perf_counter() - start
     report.drops = drops
     for marker in markers.values():
-        for stage, begin, end, _pid in marker["spans"]:
+        for stage, begin, end, _pid in marker.spans:
             report.stage_seconds[stage] = report.stage_seconds.get(stage, 0.0) + end - begin
-        report.spans += [[*span, marker["key"]] for span in marker["spans"]]
+        report.spans += [[*span, marker.key] for span in marker.spans]
     return report_from_store(report, plan)
 
 
@@ -287,21 +308,26 @@ def _learns_margin(plan: Plan) -> bool:
     return target is not None and target.max_psnr_drop is not None and target.verify == "sample"
 
 
-def _pairs(plan: Plan, markers: dict[str, Marker], verified: bool | None = None) -> list[tuple[float, float | None]]:
+def _pairs(
+    plan: Plan, markers: dict[str, BatchMarker], verified: bool | None = None
+) -> list[tuple[float, float | None]]:
     """Each coded image's (predicted, measured or None) drop, in index order; only those of verified
     (or unverified) batches when asked."""
     chosen = {b.key for b in plan.batches if verified is None or b.verified == verified}
     found = [
-        (item["index"], item["drop"])
+        (item.index, predicted, measured)
         for key, marker in markers.items()
         if key in chosen
-        for item in marker["items"]
-        if item.get("drop") is not None and item["drop"][0] is not None
+        for item in marker.items
+        if item.drop is not None
+        for predicted, measured in [item.drop]
+        if predicted is not None
     ]
-    return [(float(drop[0]), None if drop[1] is None else float(drop[1])) for _, drop in sorted(found)]
+    found.sort(key=lambda drop: drop[0])
+    return [(float(predicted), None if measured is None else float(measured)) for _, predicted, measured in found]
 
 
-def _margin(plan: Plan, markers: dict[str, Marker]) -> float | None:
+def _margin(plan: Plan, markers: dict[str, BatchMarker]) -> float | None:
     """The margin learned from the verified batches of this run (the plan's, done or resumed)."""
     model = plan.codec.drop_model
     if model is None:
@@ -310,7 +336,7 @@ def _margin(plan: Plan, markers: dict[str, Marker]) -> float | None:
     return learned_margin(model, measured)
 
 
-def _drop_summary(plan: Plan, markers: dict[str, Marker], margin: float | None) -> DropSummary | None:
+def _drop_summary(plan: Plan, markers: dict[str, BatchMarker], margin: float | None) -> DropSummary | None:
     target = plan.codec.target
     if target is None or target.max_psnr_drop is None:
         return None
@@ -332,7 +358,7 @@ def report_from_store(report: JobReport, plan: Plan) -> JobReport:
 
 @contextmanager
 def _executor(cluster: ClusterOptions, client: Any, plan: Plan) -> Iterator[Executor]:
-    if plan.policy.action == "complete" or (client is None and cluster.scheduler == "sync"):
+    if plan.policy.action == store_policy.COMPLETE or (client is None and cluster.scheduler == "sync"):
         yield SerialExecutor()  # nothing to code needs no cluster
         return
     # Dask is imported only for jobs that run on it

@@ -11,8 +11,10 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore
+from zarr.storage import FsspecStore, LocalStore
 
+from vaeflow.dataset.layout import LAYOUT
+from vaeflow.dataset.spans import LoopNotingStore
 from vaeflow.errors import VaeflowError
 
 StoreLocation = str | os.PathLike[str] | Store
@@ -73,24 +75,26 @@ def _check_local(path: Path, consolidated: bool) -> None:
         raise VaeflowError(f"{path} does not exist; give the folder that `vaeflow compress SRC OUT.zarr` wrote")
     if not path.is_dir():
         raise VaeflowError(f"{path} is a file, not a store (a store is a folder; `vaeflow info` also reads .vfl files)")
-    if not (path / "zarr.json").is_file():
+    if not (path / LAYOUT.zarr_json).is_file():
         raise VaeflowError(
             f"{path} is not a vaeflow store (no zarr.json in it); stores are written by `vaeflow compress`"
         )
     if not consolidated:
         return
     try:
-        root = json.loads((path / "zarr.json").read_bytes())
+        root = json.loads((path / LAYOUT.zarr_json).read_bytes())
     except (OSError, ValueError):
         return  # damaged or unreadable: zarr's error, as damage, says so below
-    if isinstance(root, dict) and root.get("node_type") == "group" and not root.get("consolidated_metadata"):
+    if isinstance(root, dict) and root.get(LAYOUT.node_type) == "group" and not root.get(LAYOUT.consolidated):
         raise VaeflowError(
             f"{path} is not a finished vaeflow store: a job is writing it or was interrupted "
             "(run the same command again to finish it)"
         )
 
 
-def _open(store: Path | Store, consolidated: bool) -> zarr.Group:
+def _open(location: Path | Store, consolidated: bool) -> zarr.Group:
+    """Opened through a ``LoopNotingStore``: stream data are read on the loop the store's requests run on."""
+    store = LoopNotingStore(LocalStore(location, read_only=True) if isinstance(location, Path) else location)
     if consolidated:
         return zarr.open_consolidated(store, mode="r", zarr_format=3)
     return zarr.open_group(store, mode="r", use_consolidated=False, zarr_format=3)

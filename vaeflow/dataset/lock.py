@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from vaeflow.dataset.layout import LAYOUT
 from vaeflow.durable import atomic_write
 from vaeflow.errors import VaeflowError
 
-LOCK_NAME = ".vaeflow.lock"
+LOCK_NAME = LAYOUT.lock
 HEARTBEAT_EVERY = 5.0
 STALE_AFTER = 60.0
 EMPTY_STALE_AFTER = 10.0  # an empty lock file older than this was left by a crash
@@ -112,7 +113,7 @@ class StoreLock:
     def _take_over(self) -> None:
         """Replace a stale lock. Takeovers go one at a time through a breaker file, and the lock is
         judged again under it, so of jobs racing for a stale lock exactly one gets it."""
-        breaker = self.path.with_name(f"{LOCK_NAME}.breaker")
+        breaker = self.path.with_name(LAYOUT.lock_breaker)
         if not self._claim(breaker):
             raise StoreLockedError(f"{self.path.parent} is being taken over by another job")
         try:

@@ -17,7 +17,8 @@ from typing import Any
 
 from vaeflow.codec import shapes
 from vaeflow.codec.codec import Codec
-from vaeflow.dataset.policy import StorePolicy
+from vaeflow.dataset.layout import SETTINGS
+from vaeflow.dataset.policy import COMPLETE, StorePolicy
 from vaeflow.dataset.scan import Scan, Sidecar
 from vaeflow.display import html_list_table, html_table
 from vaeflow.errors import PipelineError
@@ -102,9 +103,10 @@ class Plan:
         setting = f"target {codec.target}" if codec.target else f"quality {codec.quantize.quality}"
         if codec.target is None and codec.quantize.quality is None:
             setting = f"step {codec.quantize.step}"
+        preset = self.settings[SETTINGS.pipeline]
         lines = [
             f"plan: {self.src} -> {self.store} ({self.policy.action} the store)",
-            f"  model {codec.model.name} ({codec.model.fingerprint}), {setting}, pipeline {self.settings['pipeline']}",
+            f"  model {codec.model.name} ({codec.model.fingerprint}), {setting}, pipeline {preset}",
             f"  images: {len(self.items)} to code, {len(self.failed_at_scan)} unreadable, "
             f"{len(self.skipped)} other files skipped",
             f"  groups: {len(self.groups)} padded shapes; batches: {len(self.batches)} (up to {self.batch_size} "
@@ -158,7 +160,7 @@ def build_plan(
 ) -> Plan:
     if batch_size < 1:
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
-    images = [] if policy.action == "complete" else [i for i in scan.images if i.path not in policy.known]
+    images = [] if policy.action == COMPLETE else [i for i in scan.images if i.path not in policy.known]
     if policy.only_retried:
         images = [i for i in images if i.path in policy.retried]
     first = policy.first_row

@@ -22,7 +22,7 @@ from typing import Any
 from vaeflow.codec.api import model_quality
 from vaeflow.codec.codec import calibration_key
 from vaeflow.dataset import store as store_io
-from vaeflow.dataset.lock import LOCK_NAME
+from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, STATUS_OK, STORE_FORMAT, STORE_VERSION
 from vaeflow.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Pipeline, Wavelet
@@ -30,7 +30,7 @@ from vaeflow.stages import Pipeline, Wavelet
 log = logging.getLogger("vaeflow")
 
 ACTIONS = ("create", "replace", "resume", "append", "complete")
-EXACT = "exact"  # the store's latents are the model's own (stream format 4); earlier stores padded to batch shapes
+CREATE, REPLACE, RESUME, APPEND, COMPLETE = ACTIONS
 _V1_TARGET_KEYS = {"target_bpp": "bpp", "target_psnr": "psnr", "max_latent_error": "max_latent_error",
                    "max_psnr_drop": "max_psnr_drop"}  # fmt: skip
 
@@ -46,17 +46,18 @@ class StorePolicy:
     @property
     def first_row(self) -> int:
         """Where this run's rows start in the index: after the earlier rows it keeps."""
-        return int(self.meta["rows"]) - len(self.retried)
+        return int(self.meta[META.rows]) - len(self.retried)
 
     @property
     def key_prefix(self) -> str:
         """Batches of an ``--add`` are named apart from the store's earlier ones."""
-        return f"a{self.meta['generation']}-" if self.meta["generation"] else ""
+        generation = self.meta[META.generation]
+        return f"a{generation}-" if generation else ""
 
 
 def fresh_meta(settings: dict[str, Any]) -> dict[str, Any]:
-    return {"format": store_io.STORE_FORMAT, "version": store_io.STORE_VERSION, "settings": settings,
-            "complete": False, "generation": 0, "stored_bytes": 0, "rows": 0}  # fmt: skip
+    return {META.format: STORE_FORMAT, META.version: STORE_VERSION, META.settings: settings, META.complete: False,
+            META.generation: 0, META.stored_bytes: 0, META.rows: 0}  # fmt: skip
 
 
 def decide(
@@ -64,26 +65,28 @@ def decide(
 ) -> StorePolicy:
     existing = store_io.read_meta(store)
     if existing is None:
-        if store.exists() and (not store.is_dir() or any(p.name != LOCK_NAME for p in store.iterdir())):
+        if store.exists() and (not store.is_dir() or any(p.name != LAYOUT.lock for p in store.iterdir())):
             raise VaeflowError(f"{store} exists and is not a vaeflow store; choose another path")
         if add:
             raise VaeflowError(f"--add needs a finished store at {store}")
-        return StorePolicy("create", fresh_meta(settings))
-    changed = differences(comparable(existing.get("settings")), comparable(settings))
-    changed += quality_hint(existing.get("settings"), settings) if changed else ""
-    codes_more = add or retry_failed or not existing.get("complete")
-    if not changed and codes_more and _padded_latents(existing.get("settings")):
+        return StorePolicy(CREATE, fresh_meta(settings))
+    recorded = existing.get(META.settings)
+    changed = differences(comparable(recorded), comparable(settings))
+    changed += quality_hint(recorded, settings) if changed else ""
+    complete = existing.get(META.complete)
+    codes_more = add or retry_failed or not complete
+    if not changed and codes_more and _padded_latents(recorded):
         log.warning(
             "%s was written before stream format 4: its latents were encoded padded to batch shapes; the images "
             "this run codes get the model's own latents (write a new store to have them all so)",
             store,
         )
-    earlier_rows = int(existing.get("rows") or 0) > 0  # finished images from earlier runs
+    earlier_rows = int(existing.get(META.rows) or 0) > 0  # finished images from earlier runs
     extend = add or retry_failed
     if extend and changed:
         flag = "--add" if add else "--retry-failed"
         raise VaeflowError(f"{flag} needs the store's own settings; {store} differs in {changed}")
-    if add and not (existing.get("complete") or existing.get("generation")):
+    if add and not (complete or existing.get(META.generation)):
         raise VaeflowError(f"--add needs a finished store, or an interrupted --add, at {store}")
     if changed:
         if not overwrite:
@@ -91,37 +94,39 @@ def decide(
                 f"{store} was written with other settings ({changed}); "
                 "pass --overwrite to replace it, or choose another path"
             )
-        return StorePolicy("replace", fresh_meta(settings))
-    if not existing.get("complete"):
+        return StorePolicy(REPLACE, fresh_meta(settings))
+    if not complete:
         if resume:  # an interrupted run: resume it, without the rows stored before an --add
-            return _extension("resume", store, existing, bool(existing.get("retrying")), bool(existing.get("adding")))
+            retrying, adding = bool(existing.get(META.retrying)), bool(existing.get(META.adding))
+            return _extension(RESUME, store, existing, retrying, adding)
         if earlier_rows and not overwrite:  # --no-resume on an interrupted --add: finished images too
             raise VaeflowError(
                 f"{store} holds images from earlier runs; run the same command again to finish the interrupted "
                 "--add, or pass --overwrite with --no-resume to start the whole store over"
             )
-        return StorePolicy("replace", fresh_meta(settings))
+        return StorePolicy(REPLACE, fresh_meta(settings))
     if extend:
-        generation = int(existing["generation"]) + 1
-        meta = {**existing, "complete": False, "generation": generation, "retrying": retry_failed, "adding": add}
-        return _extension("append", store, meta, retry_failed, add)
-    return StorePolicy("complete", existing)
+        generation = int(existing[META.generation]) + 1
+        meta = {**existing, META.complete: False, META.generation: generation, META.retrying: retry_failed,
+                META.adding: add}  # fmt: skip
+        return _extension(APPEND, store, meta, retry_failed, add)
+    return StorePolicy(COMPLETE, existing)
 
 
 def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, adding: bool) -> StorePolicy:
     """An ``--add`` or ``--retry-failed`` generation: what the index holds, and what is coded again."""
-    index = store_io.previous_index(store, int(meta["rows"]))
-    failed = frozenset(p for p, s in zip(index["paths"], index["status"], strict=True) if s != store_io.STATUS_OK)
+    index = store_io.previous_index(store, int(meta[META.rows]))
+    failed = frozenset(p for p, s in zip(index.paths, index.status, strict=True) if s != STATUS_OK)
     retried = failed if retrying else frozenset()
-    return StorePolicy(action, meta, frozenset(index["paths"]) - retried, retried, retrying and not adding)
+    return StorePolicy(action, meta, frozenset(index.paths) - retried, retried, retrying and not adding)
 
 
 def apply(policy: StorePolicy, store: Path) -> None:
     """Carry out what planning decided: empty a store that is being replaced (keeping the lock)."""
-    if policy.action != "replace" or not store.exists():
+    if policy.action != REPLACE or not store.exists():
         return
     for child in store.iterdir():
-        if child.name != LOCK_NAME:
+        if child.name != LAYOUT.lock:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
@@ -152,7 +157,8 @@ def comparable(settings: Any) -> dict[str, Any]:
         described = Pipeline.from_dict(codec, "store settings").to_dict()
     except (PipelineError, TypeError):
         described = codec  # a store from a newer vaeflow, say: compared as written
-    ignored = ("model", "fingerprint", "codec", "pipeline", "latents")  # latents: how the encoder padded, see decide
+    # latents: how the encoder padded, see decide
+    ignored = ("model", "fingerprint", "codec", SETTINGS.pipeline, SETTINGS.latents)
     rest = {k: v for k, v in settings.items() if k not in ignored}
     return _given({"model": identity, "codec": described, **rest})
 
@@ -161,7 +167,7 @@ def recorded_codec(store: Path) -> tuple[Pipeline, str, str, int | None] | None:
     """The pipeline, model name, preset name and buckets an existing store was written with (what
     ``--add`` and ``--retry-failed`` continue with when no other settings are asked for), or None."""
     existing = store_io.read_meta(store)
-    settings = comparable(existing.get("settings")) if existing else {}
+    settings = comparable(existing.get(META.settings)) if existing else {}
     name = settings.get("model", {}).get("name")
     try:
         pipeline = Pipeline.from_dict(settings.get("codec") or {}, f"the settings of {store}")
@@ -169,9 +175,9 @@ def recorded_codec(store: Path) -> tuple[Pipeline, str, str, int | None] | None:
         return None
     if not isinstance(name, str):
         return None
-    raw = existing.get("settings") if existing else None
-    preset = raw.get("pipeline") if isinstance(raw, dict) else None
-    buckets = settings.get("buckets")
+    raw = existing.get(META.settings) if existing else None
+    preset = raw.get(SETTINGS.pipeline) if isinstance(raw, dict) else None
+    buckets = settings.get(SETTINGS.buckets)
     preset = preset if isinstance(preset, str) else "custom"
     return pipeline, name, preset, buckets if isinstance(buckets, int) else None
 
@@ -204,7 +210,7 @@ def quality_hint(old: Any, new: Any) -> str:
 
 def _padded_latents(settings: Any) -> bool:
     """Whether a store's settings come from before exact latents (stream format 4)."""
-    return isinstance(settings, dict) and settings.get("latents") != EXACT
+    return isinstance(settings, dict) and settings.get(SETTINGS.latents) != EXACT_LATENTS
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> str:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
+from vaeflow.dataset.layout import BatchMarker
 from vaeflow.dataset.plan import Plan
 from vaeflow.progressbar import progress_bar
 
-Marker = dict[str, Any]
-
 
 @contextmanager
-def progress(plan: Plan, enabled: bool) -> Iterator[Callable[[Marker], None]]:
+def progress(plan: Plan, enabled: bool) -> Iterator[Callable[[BatchMarker], None]]:
     """A callback to give each finished batch's marker; a bar when ``enabled``."""
     if not enabled:
         yield lambda marker: None
@@ -24,12 +22,11 @@ def progress(plan: Plan, enabled: bool) -> Iterator[Callable[[Marker], None]]:
     started = time.perf_counter()
     with progress_bar(total=len(plan.items) + failed, unit="img", desc="compress", initial=failed) as bar:
 
-        def advance(marker: Marker) -> None:
-            ok = sum(1 for i in marker["items"] if i["ok"])
-            done[0] += ok
-            done[1] += len(marker["items"]) - ok
+        def advance(marker: BatchMarker) -> None:
+            done[0] += len(marker.items) - marker.failed
+            done[1] += marker.failed
             rate = done[0] / max(1e-9, time.perf_counter() - started)
             bar.set_postfix(done=done[0], failed=done[1], img_s=f"{rate:.2f}", refresh=False)
-            bar.update(len(marker["items"]))
+            bar.update(len(marker.items))
 
         yield advance

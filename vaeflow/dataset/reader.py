@@ -24,15 +24,25 @@ import zarr
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress, decompress_latent, decompress_latents, info
 from vaeflow.codec.ratecontrol import DropSummary
-from vaeflow.dataset import store as store_io
+from vaeflow.dataset.layout import (
+    COLUMNS,
+    LAYOUT,
+    META,
+    STATUS_FAILED,
+    STATUS_OK,
+    STORE_FORMAT,
+    STORE_VERSION,
+    text_bytes,
+    text_offsets,
+)
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
-from vaeflow.dataset.store import OLD_INDEX, STATUS_FAILED, STATUS_OK, STORE_FORMAT, array, read, subgroup
+from vaeflow.dataset.store import array, read, subgroup
 from vaeflow.display import html_list_table, html_table
 from vaeflow.errors import VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
-KINDS = ("image", "latent", "stream")
+READABLE = ("image", "latent", "stream")  # what iter_batches reads: decoded images, latents or the streams
 LATENT_CONVENTIONS = ("model", "normalised")  # the model's own latent, or vaeflow's unit-variance one
 MAX_ROWS = 2**31  # images in one store
 MAX_TEXT_BYTES_PER_ROW = 1 << 16  # a path or a note
@@ -59,31 +69,37 @@ def damage(path: Path | str, what: str) -> Iterator[None]:
 
 
 class StoreReader:
-    """A vaeflow store opened for reading; the index is loaded, the streams read on demand."""
+    """A vaeflow store opened for reading; the index is loaded, the streams read on demand.
+
+    ``location`` is where the store lives, as given (what reopens it); ``path`` names it in messages.
+    """
 
     meta: dict[str, Any]
 
     def __init__(
-        self, path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+        self,
+        location: StoreLocation,
+        runtime: RuntimeOptions | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.location, self.storage_options = path, storage_options  # what reopens it (in a DataLoader worker)
-        self.path = describe(path)  # a local Path, a URL or the zarr store object's name
+        self.location, self.storage_options = location, storage_options  # what reopens it (in a DataLoader worker)
+        self.path = describe(location)  # how messages name it: a local Path, a URL or the zarr store object's name
         self.runtime = runtime
         self.meta = self._read_meta()
-        rows = self.meta.get("rows")
+        rows = self.meta.get(META.rows)
         if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= MAX_ROWS:
             raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
-        exact = self.meta.get("complete") is True  # mid --add: the index may already hold more rows
-        with damage(self.path, "index"):
-            self._index = index = subgroup(self._root, "index" if "index" in self._root else OLD_INDEX)
+        exact = self.meta.get(META.complete) is True  # mid --add: the index may already hold more rows
+        with damage(self.path, LAYOUT.index):
+            self._index = index = subgroup(self._root, LAYOUT.index if LAYOUT.index in self._root else LAYOUT.old_index)
             self._check_sizes(index, rows, exact)
-            self._paths = _text_column(index, "path", rows, self.path)
-            self._notes = _text_column(index, "note", rows, self.path)
-            self._status = read(index, "status")[:rows]
-            self.shapes = read(index, "shape")[:rows]
-            self._bpp = read(index, "bpp")[:rows]
-            offsets = read(self._root, "streams/offsets")[: rows + 1]
-            self._data = array(self._root, "streams/data")
+            self._paths = _text_column(index, COLUMNS.path, rows, self.path)
+            self._notes = _text_column(index, COLUMNS.note, rows, self.path)
+            self._status = read(index, COLUMNS.status)[:rows]
+            self.shapes = read(index, COLUMNS.shape)[:rows]
+            self._bpp = read(index, COLUMNS.bpp)[:rows]
+            offsets = read(self._root, LAYOUT.offsets)[: rows + 1]
+            self._data = array(self._root, LAYOUT.data)
             self._spans = SpanReader(self._data)
         self._offsets = _checked_offsets(offsets, self._data.shape[0], "stream offsets", self.path)
         self._rows = {p: i for i, p in enumerate(self._paths)}
@@ -94,24 +110,24 @@ class StoreReader:
         ``--add`` from its own metadata, showing the previous generation's rows."""
         try:
             self._root = open_root(self.location, self.storage_options)
-            meta = self._root.attrs.get("vaeflow")
-            if isinstance(meta, dict) and meta.get("complete") is not True and _earlier_generation(meta):
+            meta = self._root.attrs.get(LAYOUT.attribute)
+            if isinstance(meta, dict) and meta.get(META.complete) is not True and _earlier_generation(meta):
                 self._root = open_root(self.location, self.storage_options, consolidated=False)
-                meta = self._root.attrs.get("vaeflow")
+                meta = self._root.attrs.get(LAYOUT.attribute)
         except (
             FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, zarr.errors.GroupNotFoundError
         ) as exc:  # fmt: skip  # zarr raises all of these on damaged metadata
             if isinstance(exc, VaeflowError):
                 raise
             raise VaeflowError(f"{self.path} is not a finished vaeflow store: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        if not isinstance(meta, dict) or meta.get(META.format) != STORE_FORMAT:
             raise VaeflowError(f"{self.path} is not a vaeflow store (no vaeflow attributes)")
-        if meta.get("version") not in range(1, store_io.STORE_VERSION + 1):
+        if meta.get(META.version) not in range(1, STORE_VERSION + 1):
             raise VaeflowError(
-                f"{self.path} is store format {meta.get('version')!r}; this vaeflow reads formats 1 to "
-                f"{store_io.STORE_VERSION} (a newer vaeflow may read it)"
+                f"{self.path} is store format {meta.get(META.version)!r}; this vaeflow reads formats 1 to "
+                f"{STORE_VERSION} (a newer vaeflow may read it)"
             )
-        if meta.get("complete") is not True and not _earlier_generation(meta):
+        if meta.get(META.complete) is not True and not _earlier_generation(meta):
             raise VaeflowError(
                 f"{self.path} is not a finished vaeflow store: a job is writing it or was interrupted "
                 "(run the same command again to finish it)"
@@ -121,17 +137,17 @@ class StoreReader:
     @property
     def complete(self) -> bool:
         """False while an ``--add`` is writing the store: readers then see the rows before it."""
-        return self.meta.get("complete") is True
+        return self.meta.get(META.complete) is True
 
     def _check_sizes(self, index: zarr.Group, rows: int, exact: bool) -> None:
         """Array shapes come from the file too: check them against the row count before reading."""
-        expected = {"status": (rows,), "shape": (rows, 2), "bpp": (rows,), "nbytes": (rows,),
-                    "path_offsets": (rows + 1,), "note_offsets": (rows + 1,)}  # fmt: skip
-        for name, shape in {**expected, "streams/offsets": (rows + 1,)}.items():
-            found = array(self._root if name.startswith("streams") else index, name).shape
+        expected = {COLUMNS.status: (rows,), COLUMNS.shape: (rows, 2), COLUMNS.bpp: (rows,), COLUMNS.nbytes: (rows,),
+                    text_offsets(COLUMNS.path): (rows + 1,), text_offsets(COLUMNS.note): (rows + 1,)}  # fmt: skip
+        for name, shape in {**expected, LAYOUT.offsets: (rows + 1,)}.items():
+            found = array(self._root if name == LAYOUT.offsets else index, name).shape
             if found != shape and (exact or len(found) != len(shape) or found[0] < shape[0] or found[1:] != shape[1:]):
                 raise VaeflowError(f"{self.path} has a damaged index: {name} is {found}, not {shape}")
-        for name in ("path_bytes", "note_bytes"):
+        for name in (text_bytes(COLUMNS.path), text_bytes(COLUMNS.note)):
             if array(index, name).shape[0] > MAX_TEXT_BYTES_PER_ROW * max(rows, 1) * (1 if exact else 2):
                 raise VaeflowError(f"{self.path} has a damaged index: {name} is too long for {rows} rows")
 
@@ -173,11 +189,11 @@ class StoreReader:
     @property
     def skipped(self) -> list[tuple[str, str]]:
         with damage(self.path, "list of skipped files"):
-            group = subgroup(self._root, "skipped")
-            rows = array(group, "path_offsets").shape[0] - 1
-            if not 0 <= rows <= MAX_ROWS or array(group, "reason_offsets").shape != (rows + 1,):
+            group = subgroup(self._root, LAYOUT.skipped)
+            rows = array(group, text_offsets(COLUMNS.path)).shape[0] - 1
+            if not 0 <= rows <= MAX_ROWS or array(group, text_offsets(COLUMNS.reason)).shape != (rows + 1,):
                 raise VaeflowError(f"{self.path} has a damaged list of skipped files: {rows + 1} offsets")
-            paths, reasons = (_text_column(group, n, rows, self.path) for n in ("path", "reason"))
+            paths, reasons = (_text_column(group, n, rows, self.path) for n in (COLUMNS.path, COLUMNS.reason))
             return list(zip(paths, reasons, strict=True))
 
     def _row(self, name: str) -> int:
@@ -229,11 +245,11 @@ class StoreReader:
 
     def caption(self, name: str) -> str | None:
         """The image's caption (from its ``NAME.txt``, ``NAME.caption`` or ``NAME.json``), or None."""
-        return self._optional_text("caption", name)
+        return self._optional_text(COLUMNS.caption, name)
 
     def metadata(self, name: str) -> dict[str, Any]:
         """The image's metadata (its ``NAME.json``), or an empty dict."""
-        text = self._optional_text("metadata", name)
+        text = self._optional_text(COLUMNS.metadata, name)
         try:
             value = json.loads(text) if text else {}
         except ValueError as exc:
@@ -242,11 +258,11 @@ class StoreReader:
 
     def original_size(self, name: str) -> tuple[int, int]:
         """(height, width) of the image as read, before an aspect-ratio bucket resized it."""
-        return self._pair("original_size", name)
+        return self._pair(COLUMNS.original_size, name)
 
     def crop_top_left(self, name: str) -> tuple[int, int]:
         """(top, left) of the bucket's crop in the resized image; (0, 0) when not cropped."""
-        return self._pair("crop_top_left", name)
+        return self._pair(COLUMNS.crop_top_left, name)
 
     def target_size(self, name: str) -> tuple[int, int]:
         """(height, width) the image is stored at."""
@@ -258,11 +274,11 @@ class StoreReader:
         """The index columns stores from before them may lack, read once (None where absent)."""
         rows = len(self._paths)
         index = self._index
-        with damage(self.path, "index"):
+        with damage(self.path, LAYOUT.index):
             out: dict[str, Any] = {}
-            for name in ("caption", "metadata"):
-                out[name] = _text_column(index, name, rows, self.path) if f"{name}_offsets" in index else None
-            for name in ("original_size", "crop_top_left"):
+            for name in (COLUMNS.caption, COLUMNS.metadata):
+                out[name] = _text_column(index, name, rows, self.path) if text_offsets(name) in index else None
+            for name in (COLUMNS.original_size, COLUMNS.crop_top_left):
                 values = read(index, name)[:rows] if name in index else None
                 if values is not None and values.shape != (rows, 2):
                     raise VaeflowError(f"{self.path} has a damaged index: {name} is not ({rows}, 2)")
@@ -278,7 +294,7 @@ class StoreReader:
         row = self._row(name)
         values = self._columns[column]
         if values is None:
-            return self.target_size(name) if column == "original_size" else (0, 0)
+            return self.target_size(name) if column == COLUMNS.original_size else (0, 0)
         return int(values[row, 0]), int(values[row, 1])
 
     def read_image(self, name: str) -> np.ndarray:
@@ -287,8 +303,8 @@ class StoreReader:
     @cached_property
     def model(self) -> ModelRef | None:
         """The model the store was written with, as its settings record it (None in v1 stores, which name it only)."""
-        with damage(self.path, "settings"):
-            return _recorded_model(self.meta.get("settings"))
+        with damage(self.path, META.settings):
+            return _recorded_model(self.meta.get(META.settings))
 
     @property
     def convention(self) -> LatentConvention | None:
@@ -334,8 +350,8 @@ class StoreReader:
 
         Latents come in ``convention``, as from ``read_latent``.
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+        if kind not in READABLE:
+            raise ValueError(f"unknown kind {kind!r}; choose one of {READABLE}")
         if convention not in LATENT_CONVENTIONS:
             raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
         names = self.names
@@ -368,25 +384,25 @@ class StoreReader:
             "mean_bpp": mean_bpp,
             "overall_bpp": overall_bpp,
             "pixels": int(pixels[ok].sum()),
-            "settings": self.meta.get("settings"),
-            "vaeflow_version": self.meta.get("vaeflow_version"),
+            META.settings: self.meta.get(META.settings),  # as the store's meta names them
+            META.vaeflow_version: self.meta.get(META.vaeflow_version),
             **self._verification(),
         }
 
     def _verification(self) -> dict[str, Any]:
         """Under a PSNR-drop limit: how many drops were measured, the largest, and the predictions' error."""
-        drops = DropSummary.from_dict(self.meta.get("verification"))
+        drops = DropSummary.from_dict(self.meta.get(META.verification))
         if drops is None:
             return {}
-        return {"verification": {**drops.to_dict(), "error_mean": drops.error_mean, "summary": str(drops)}}
+        return {META.verification: {**drops.to_dict(), "error_mean": drops.error_mean, "summary": str(drops)}}
 
     def _repr_html_(self) -> str:
         s = self.summary()
-        model = (s["settings"] or {}).get("model")
+        model = (s[META.settings] or {}).get("model")
         rows = [("images", s["images"]), ("failed", s["failed"]), ("other files skipped", s["skipped"]),
                 ("bytes", f"{s['bytes']:,}"), ("mean bpp", f"{s['mean_bpp']:.3f}"),
                 ("model", model.get("name") if isinstance(model, dict) else model),
-                ("written by", f"vaeflow {s['vaeflow_version']}")]  # fmt: skip
+                ("written by", f"vaeflow {s[META.vaeflow_version]}")]  # fmt: skip
         entries = ((n, f"{w}x{h}", b, f"{bpp:.4f}") for n, (h, w), b, bpp in self.entries())
         listing = html_list_table(["name", "size", "bytes", "bpp"], entries)
         return html_table(f"vaeflow store: {self.path}", rows) + listing
@@ -394,7 +410,7 @@ class StoreReader:
 
 def _earlier_generation(meta: dict[str, Any]) -> bool:
     """Whether an unfinished store has a finished generation under it (an ``--add`` is running)."""
-    generation, rows = meta.get("generation"), meta.get("rows")
+    generation, rows = meta.get(META.generation), meta.get(META.rows)
     return isinstance(generation, int) and generation >= 1 and isinstance(rows, int) and rows > 0
 
 
@@ -414,8 +430,8 @@ def _checked_offsets(offsets: np.ndarray, limit: int, what: str, path: Path | st
 
 def _text_column(group: zarr.Group, name: str, rows: int, path: Path | str) -> list[str]:
     """The first ``rows`` texts of a column, its offsets checked before they are used."""
-    data = array(group, f"{name}_bytes")
-    offsets = _checked_offsets(read(group, f"{name}_offsets")[: rows + 1], data.shape[0], f"{name} offsets", path)
+    data = array(group, text_bytes(name))
+    offsets = _checked_offsets(read(group, text_offsets(name))[: rows + 1], data.shape[0], f"{name} offsets", path)
     raw = np.asarray(data[: int(offsets[-1])]).tobytes() if offsets[-1] else b""
     try:
         return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist())]
@@ -440,8 +456,8 @@ def _recorded_model(settings: Any) -> ModelRef | None:
 
 
 def open_store(
-    path: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
+    location: StoreLocation, runtime: RuntimeOptions | None = None, storage_options: dict[str, Any] | None = None
 ) -> StoreReader:
     """Open a finished vaeflow store for reading: a local path, an fsspec URL (``s3://``, ``gs://``, ``memory://``,
     ``file://``, ``http(s)://``; ``storage_options`` go to its file system) or a zarr store object."""
-    return StoreReader(path, runtime, storage_options)
+    return StoreReader(location, runtime, storage_options)

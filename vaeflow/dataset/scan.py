@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaeflow.dataset.layout import LAYOUT
 from vaeflow.dataset.store import STORE_FORMAT
 from vaeflow.errors import ImageReadError, VaeflowError
 from vaeflow.imageio import IMAGE_SUFFIXES, read_header
@@ -24,8 +25,8 @@ from vaeflow.imageio import IMAGE_SUFFIXES, read_header
 SIDECAR_SUFFIXES = frozenset({".txt", ".caption", ".json"})
 MAX_SIDECAR_BYTES = 1 << 16
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))  # fmt: skip
+_SPECIAL_FILE_TYPES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
 
 def _is_store(folder: Path) -> bool:
     try:
-        with (folder / "zarr.json").open("rb") as fh:
+        with (folder / LAYOUT.zarr_json).open("rb") as fh:
             return STORE_FORMAT.encode() in fh.read(1 << 16)
     except OSError:
         return False
@@ -177,7 +178,7 @@ def _not_a_file(path: Path, root: Path) -> str | None:
             mode = os.stat(path).st_mode
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
-    for test, kind in _KINDS:
+    for test, file_type in _SPECIAL_FILE_TYPES:
         if test(mode):
-            return f"not a regular file ({kind})"
+            return f"not a regular file ({file_type})"
     return None if stat.S_ISREG(mode) else "not a regular file"

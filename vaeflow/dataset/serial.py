@@ -10,14 +10,13 @@ later). A run stopped from outside that the process sees (Ctrl-C) is not counted
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from vaeflow.dataset.isolation import PoisonInputError, code_alone
+from vaeflow.dataset.layout import BatchMarker
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import TaskContext, run_batch, run_fused
 from vaeflow.dataset.work import WorkStore
 
-Marker = dict[str, Any]
 MAX_ATTEMPTS = 2
 
 
@@ -25,17 +24,17 @@ class SerialExecutor:
     dashboard_link: str | None = None
     threads_per_task: int | None = None
 
-    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[Marker], None]) -> None:
+    def run(self, ctx: TaskContext, batches: list[Batch], on_done: Callable[[BatchMarker], None]) -> None:
         work = WorkStore(ctx.store)
 
-        def attempt(batch: Batch) -> Marker:
+        def attempt(batch: Batch) -> BatchMarker:
             try:
                 return (run_fused if ctx.fused else run_batch)(ctx, batch)
             except KeyboardInterrupt:
                 work.forget_attempt(batch.key)  # stopped from outside: not this batch's doing
                 raise
 
-        def run_single(single: Batch) -> Marker:
+        def run_single(single: Batch) -> BatchMarker:
             done = work.done(single.key)
             if done is not None:
                 return done

@@ -7,25 +7,37 @@ S3 (moto's server on loopback) a 25 KB stream took 3.6 requests and 1.8x its byt
 26 requests, and reads were about 4x (single streams) and 30x (batches) slower than here. This reader keeps each
 shard's index once read and fetches a range with one request per shard it touches, exactly its bytes, all
 concurrently. Any other layout (format 1's zstd chunks, which can only be read whole) is read through zarr.
+
+Only zarr's public API is used: the array's store and path, the store's ``get`` of a byte range
+(``zarr.abc.store``) and ``zarr.buffer``'s default prototype. Requests are coroutines, and zarr has no public way
+to run one: they run on the event loop the store's own requests ran on, which ``LoopNotingStore`` (what
+``location.open_root`` opens every store through) notes, because some stores' clients belong to that loop
+(s3fs's aiohttp sessions fail on any other). Stores that belong to no loop (local folders, memory) opened
+otherwise are read on a loop of this module's own; any other store is read through zarr. Each shard index's
+CRC32C is checked as zarr checks it, with ``google_crc32c`` (declared in pyproject.toml: zarr's codec offers no
+public way to check a checksum alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import os
+import threading
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
-import google_crc32c  # zarr's own checksum of shard indexes (a dependency of zarr)
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.codecs.sharding import ShardingCodecIndexLocation
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.abc.buffer import Buffer
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.buffer import default_buffer_prototype
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
+from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
+T = TypeVar("T")
 EMPTY = 2**64 - 1  # the index entry of an inner chunk left out (all fill value)
 MERGE_GAP = 64 << 10  # ranges closer than this are fetched as one
 CACHED_INDEXES = 4096  # shard indexes kept: 16 MiB for 16 KiB inner chunks of 4 MiB shards
@@ -47,6 +59,84 @@ def exact_layout(data: zarr.Array) -> bool:
     )  # fmt: skip
 
 
+class LoopNotingStore(WrapperStore[Store]):
+    """A store that notes the event loop its requests run on (zarr's own, when zarr's synchronous API reads it):
+    the loop its clients may belong to, where ``SpanReader`` runs its requests too."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._noted: tuple[int, asyncio.AbstractEventLoop] | None = None  # (process, loop)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop this process's last request ran on, while it runs (None before any, and in a forked child)."""
+        noted = self._noted
+        if noted is None or noted[0] != os.getpid() or not noted[1].is_running():
+            return None
+        return noted[1]
+
+    @property
+    def wrapped(self) -> Store:
+        return self._store
+
+    def _note(self) -> None:
+        self._noted = (os.getpid(), asyncio.get_running_loop())
+
+    async def get(self, key: str, prototype: Any, byte_range: ByteRequest | None = None) -> Buffer | None:
+        self._note()
+        return await super().get(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self, prototype: Any, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        self._note()
+        return await super().get_partial_values(prototype, key_ranges)
+
+    async def exists(self, key: str) -> bool:
+        self._note()
+        return await super().exists(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_noted": None}  # a loop does not pickle, nor would it run elsewhere
+
+
+_OWN_LOOP: list[tuple[int, asyncio.AbstractEventLoop]] = []  # (process, loop)
+_OWN_LOOP_LOCK = threading.Lock()
+
+
+def _own_loop() -> asyncio.AbstractEventLoop:
+    """This module's own event loop, in a daemon thread (one per process), for stores that belong to no loop."""
+    with _OWN_LOOP_LOCK:
+        if not _OWN_LOOP or _OWN_LOOP[0][0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="vaeflow-spans", daemon=True).start()
+            _OWN_LOOP[:] = [(os.getpid(), loop)]
+        return _OWN_LOOP[0][1]
+
+
+def request_loop(store: Store) -> asyncio.AbstractEventLoop | None:
+    """Where to run ``store``'s requests: on the loop its requests ran on, or, for a store that belongs to no loop,
+    on this module's own; None when neither is known."""
+    if isinstance(store, LoopNotingStore):
+        noted = store.loop
+        if noted is not None:
+            return noted
+        store = store.wrapped
+    return _own_loop() if isinstance(store, LocalStore | MemoryStore) else None
+
+
+def run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on ``loop`` (in another thread) and wait for it."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        coroutine.close()
+        raise RuntimeError("stream data are read synchronously: not on the event loop that reads them")
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
 class SpanReader:
     """Reads ``[start, end)`` byte ranges of a 1-D uint8 zarr array (``streams/data``)."""
 
@@ -56,7 +146,8 @@ class SpanReader:
         self.exact = exact_layout(data)
         if self.exact:
             self.shard, self.chunk = int(data.shards[0]), int(data.chunks[0])  # type: ignore[index]
-        self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()  # used only on zarr's event loop
+        self._store, self._prefix = data.store, f"{data.path}/" if data.path else ""
+        self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()  # used only on the loop that reads
 
     def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each range; ranges close together are fetched as one."""
@@ -64,8 +155,9 @@ class SpanReader:
             if not 0 <= start <= end <= self.size:
                 raise ValueError(f"byte range {start}:{end} is outside the data (0:{self.size})")
         runs = merge(ranges)
-        if self.exact:
-            spans = sync(_gather([self._read_run(a, b) for a, b in runs]))
+        loop = request_loop(self._store) if self.exact else None
+        if loop is not None:
+            spans = run_on(loop, _gather([self._read_run(a, b) for a, b in runs]))
         else:
             spans = [np.asarray(self.data[a:b]).tobytes() for a, b in runs]
         starts = [a for a, _ in runs]
@@ -127,7 +219,7 @@ class SpanReader:
 
     async def _get(self, key: str, request: ByteRequest, expected: int) -> bytes | None:
         """The bytes asked for, or None when there is no such object."""
-        buffer = await (self.data.store_path / key).get(default_buffer_prototype(), request)
+        buffer = await self._store.get(self._prefix + key, default_buffer_prototype(), request)
         if buffer is None:
             return None
         raw = buffer.to_bytes()

@@ -1,12 +1,10 @@
 """The output store: one zarr v3 group holding every image's stream and an index.
 
-Layout (see docs/format.md): ``streams/data`` (uint8, every stream back to back) and
-``streams/offsets`` (uint64, N+1); ``index/path_*`` (relative paths as UTF-8 bytes with
-offsets), ``index/shape`` (int32 N x 2), ``index/nbytes`` (int64), ``index/bpp``
-(float32), ``index/status`` (uint8: 0 stored, 1 failed), ``index/note_*`` (the failure
-reason, or conversion notes); ``skipped/path_*`` and ``skipped/reason_*`` for files that
-are not images. The root attributes hold the format, vaeflow's version and the job's
-settings. Text columns and flat byte arrays avoid variable-length types.
+Its layout (``vaeflow.dataset.layout``, docs/format.md): ``streams/data`` (uint8, every stream back
+to back) and ``streams/offsets`` (uint64, N+1); the index's columns (the relative paths, shapes,
+sizes, bpp, status, notes); the files that are not images in ``skipped``. The root attribute holds
+the format, vaeflow's version and the job's settings. Text columns and flat byte arrays avoid
+variable-length types.
 """
 
 from __future__ import annotations
@@ -16,21 +14,30 @@ import math
 import shutil
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from vaeflow.dataset.layout import (
+    COLUMNS,
+    LAYOUT,
+    META,
+    STATUS_FAILED,
+    STATUS_OK,
+    STORE_VERSION,
+    text_bytes,
+    text_offsets,
+)
+from vaeflow.dataset.layout import STORE_FORMAT as STORE_FORMAT
 from vaeflow.durable import fsync, sync_tree
 from vaeflow.errors import VaeflowError
 
-STORE_FORMAT = "vaeflow-store"
-STORE_VERSION = 2  # 2: streams/data in shards of uncompressed inner chunks; 1: in zstd chunks (still read)
 DATA_CHUNK = 4 << 20  # streams/data's shards (format 1: its chunks)
 STREAM_CHUNK = 16 << 10  # the inner chunks of streams/data's shards
-STATUS_OK, STATUS_FAILED = 0, 1
+NEXT_INDEX, OLD_INDEX = LAYOUT.next_index, LAYOUT.old_index
 
 
 def write_text_column(group: zarr.Group, name: str, values: Sequence[str]) -> None:
@@ -38,8 +45,8 @@ def write_text_column(group: zarr.Group, name: str, values: Sequence[str]) -> No
     offsets = np.zeros(len(encoded) + 1, np.uint64)
     np.cumsum([len(e) for e in encoded], out=offsets[1:])
     data = np.frombuffer(b"".join(encoded), np.uint8)
-    _write_array(group, f"{name}_offsets", offsets)
-    _write_array(group, f"{name}_bytes", data, chunk=DATA_CHUNK)
+    _write_array(group, text_offsets(name), offsets)
+    _write_array(group, text_bytes(name), data, chunk=DATA_CHUNK)
 
 
 def array(group: zarr.Group, path: str) -> zarr.Array:
@@ -63,8 +70,8 @@ def read(group: zarr.Group, path: str) -> np.ndarray:
 
 
 def read_text_column(group: zarr.Group, name: str) -> list[str]:
-    offsets = read(group, f"{name}_offsets").astype(np.int64)
-    data = read(group, f"{name}_bytes").tobytes() if offsets[-1] else b""
+    offsets = read(group, text_offsets(name)).astype(np.int64)
+    data = read(group, text_bytes(name)).tobytes() if offsets[-1] else b""
     return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
 
 
@@ -99,13 +106,46 @@ def read_meta(store: Path) -> dict[str, Any] | None:
         group = zarr.open_group(store, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, TypeError, KeyError, AttributeError):
         return None  # no store, or metadata too damaged to be one
-    meta = group.attrs.get("vaeflow")
+    meta = group.attrs.get(LAYOUT.attribute)
     return dict(meta) if isinstance(meta, dict) else None
 
 
 def write_meta(store: Path, meta: dict[str, Any]) -> None:
     group = zarr.open_group(store, mode="a")
-    group.attrs["vaeflow"] = meta
+    group.attrs[LAYOUT.attribute] = meta
+
+
+@dataclass
+class IndexRows:
+    """The columns of an index's first rows, as ``write_index`` extends them (what ``previous_index`` reads)."""
+
+    paths: list[str]
+    notes: list[str]
+    captions: list[str]
+    metadata: list[str]
+    nbytes: np.ndarray  # int64 (N,)
+    shape: np.ndarray  # int32 (N, 2)
+    status: np.ndarray  # uint8 (N,)
+    original_size: np.ndarray  # int32 (N, 2)
+    crop_top_left: np.ndarray  # int32 (N, 2)
+
+    @classmethod
+    def empty(cls) -> IndexRows:
+        pairs = np.zeros((0, 2), np.int32)
+        return cls([], [], [], [], np.zeros(0, np.int64), pairs, np.zeros(0, np.uint8), pairs.copy(), pairs.copy())
+
+    def columns(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def head(self, rows: int) -> IndexRows:
+        return IndexRows(**{name: column[:rows] for name, column in self.columns().items()})
+
+    def kept(self, keep: Sequence[bool]) -> IndexRows:
+        """The rows where ``keep`` is true."""
+        mask = np.asarray(keep, bool)
+        kept: dict[str, Any] = {name: [v for v, k in zip(column, keep, strict=True) if k] if isinstance(column, list)
+                                else column[mask] for name, column in self.columns().items()}  # fmt: skip
+        return IndexRows(**kept)
 
 
 def write_index(
@@ -129,23 +169,22 @@ def write_index(
     root = zarr.open_group(store, mode="a", use_consolidated=False)
     existing = previous_index(store, kept_rows)
     if dropped:
-        keep = [p not in dropped or s == STATUS_OK for p, s in zip(existing["paths"], existing["status"], strict=True)]
-        existing = {k: [v for v, kept in zip(col, keep, strict=True) if kept] if isinstance(col, list)
-                    else col[np.asarray(keep, bool)] for k, col in existing.items()}  # fmt: skip
+        existing = existing.kept([p not in dropped or s == STATUS_OK
+                                  for p, s in zip(existing.paths, existing.status, strict=True)])  # fmt: skip
     new_total = total + new_bytes
-    if "streams/data" in root and total:
-        data = array(root, "streams/data")
+    if LAYOUT.data in root and total:
+        data = array(root, LAYOUT.data)
         data.resize((new_total,))
     else:
         # format 2: uncompressed (streams do not shrink), so that a reader can fetch any stream's bytes alone;
         # small inner chunks keep the last shard small on disk (inner chunks past the end are left out). A store
         # of format 1 keeps its zstd chunks when images are added (see data_version)
         data = root.create_array(
-            "streams/data", shape=(new_total,), shards=(DATA_CHUNK,), chunks=(STREAM_CHUNK,), dtype="uint8",
+            LAYOUT.data, shape=(new_total,), shards=(DATA_CHUNK,), chunks=(STREAM_CHUNK,), dtype="uint8",
             compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
-    paths, notes, nbytes, shapes, status = existing["paths"], existing["notes"], [], [], []
-    captions, metadata, original, crops = existing["captions"], existing["metadata"], [], []
+    paths, notes, nbytes, shapes, status = existing.paths, existing.notes, [], [], []
+    captions, metadata, original, crops = existing.captions, existing.metadata, [], []
     buffer, position = bytearray(), total
     for row in rows:
         paths.append(row.path)
@@ -165,86 +204,86 @@ def write_index(
         data[position : position + len(buffer)] = np.frombuffer(bytes(buffer), np.uint8)
     if position + len(buffer) != new_total:
         raise ValueError(f"streams hold {position + len(buffer) - total} bytes, expected {new_total - total}")
-    all_nbytes = np.concatenate([existing["nbytes"], np.array(nbytes, np.int64)])
-    all_shapes = np.concatenate([existing["shape"], np.array(shapes, np.int32).reshape(-1, 2)])
-    all_status = np.concatenate([existing["status"], np.array(status, np.uint8)])
-    all_original = np.concatenate([existing["original_size"], np.array(original, np.int32).reshape(-1, 2)])
-    all_crops = np.concatenate([existing["crop_top_left"], np.array(crops, np.int32).reshape(-1, 2)])
+    all_nbytes = np.concatenate([existing.nbytes, np.array(nbytes, np.int64)])
+    all_shapes = np.concatenate([existing.shape, np.array(shapes, np.int32).reshape(-1, 2)])
+    all_status = np.concatenate([existing.status, np.array(status, np.uint8)])
+    all_original = np.concatenate([existing.original_size, np.array(original, np.int32).reshape(-1, 2)])
+    all_crops = np.concatenate([existing.crop_top_left, np.array(crops, np.int32).reshape(-1, 2)])
     offsets = np.zeros(len(paths) + 1, np.uint64)
     np.cumsum(all_nbytes, out=offsets[1:])
     pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
     bpp = np.where(all_status == STATUS_OK, 8.0 * all_nbytes / np.maximum(pixels, 1), 0.0).astype(np.float32)
-    index = root.create_group(NEXT_INDEX, overwrite=True)
-    write_text_column(index, "path", paths)
-    write_text_column(index, "note", notes)
-    _write_array(index, "shape", all_shapes)
-    _write_array(index, "nbytes", all_nbytes)
-    _write_array(index, "bpp", bpp)
-    _write_array(index, "status", all_status)
-    write_text_column(index, "caption", captions)
-    write_text_column(index, "metadata", metadata)
-    _write_array(index, "original_size", all_original)
-    _write_array(index, "crop_top_left", all_crops)
+    index = root.create_group(LAYOUT.next_index, overwrite=True)
+    write_text_column(index, COLUMNS.path, paths)
+    write_text_column(index, COLUMNS.note, notes)
+    _write_array(index, COLUMNS.shape, all_shapes)
+    _write_array(index, COLUMNS.nbytes, all_nbytes)
+    _write_array(index, COLUMNS.bpp, bpp)
+    _write_array(index, COLUMNS.status, all_status)
+    write_text_column(index, COLUMNS.caption, captions)
+    write_text_column(index, COLUMNS.metadata, metadata)
+    _write_array(index, COLUMNS.original_size, all_original)
+    _write_array(index, COLUMNS.crop_top_left, all_crops)
     _swap_index(store)
-    _write_array(root.require_group("streams"), "offsets", offsets)
-    skipped_group = root.require_group("skipped")
-    write_text_column(skipped_group, "path", [p for p, _ in skipped])
-    write_text_column(skipped_group, "reason", [r for _, r in skipped])
+    _write_array(root, LAYOUT.offsets, offsets)
+    skipped_group = root.require_group(LAYOUT.skipped)
+    write_text_column(skipped_group, COLUMNS.path, [p for p, _ in skipped])
+    write_text_column(skipped_group, COLUMNS.reason, [r for _, r in skipped])
     return new_total
 
 
 def data_version(meta: dict[str, Any]) -> int:
     """The store format once ``write_index`` has run: streams/data is made anew (format 2) unless it holds
     streams already, which keep their layout."""
-    return int(meta.get("version") or STORE_VERSION) if meta.get("stored_bytes") else STORE_VERSION
-
-
-NEXT_INDEX, OLD_INDEX = "index-next", "index-previous"
+    return int(meta.get(META.version) or STORE_VERSION) if meta.get(META.stored_bytes) else STORE_VERSION
 
 
 def _swap_index(store: Path) -> None:
     """``index-next`` becomes ``index``; a crash in between leaves ``index-previous`` to read from."""
-    current, previous = store / "index", store / OLD_INDEX
+    current, previous = store / LAYOUT.index, store / LAYOUT.old_index
     if current.exists():
         shutil.rmtree(previous, ignore_errors=True)
         current.rename(previous)
-    (store / NEXT_INDEX).rename(current)
+    (store / LAYOUT.next_index).rename(current)
     shutil.rmtree(previous, ignore_errors=True)
     sync_tree(current)
     fsync(store)  # the renames themselves
 
 
-def previous_index(store: Path, rows: int) -> dict[str, Any]:
+def previous_index(store: Path, rows: int) -> IndexRows:
     """The first ``rows`` rows of the store's index (from the old index if a swap was cut short).
 
     Columns a store from before them lacks come back as their defaults: no captions or
     metadata, the stored size as the original size, no crop.
     """
-    columns: dict[str, Any] = {"paths": [], "notes": [], "captions": [], "metadata": [],
-                               "nbytes": np.zeros(0, np.int64), "shape": np.zeros((0, 2), np.int32),
-                               "status": np.zeros(0, np.uint8), "original_size": np.zeros((0, 2), np.int32),
-                               "crop_top_left": np.zeros((0, 2), np.int32)}  # fmt: skip
     if not rows:
-        return columns
+        return IndexRows.empty()
     root = zarr.open_group(store, mode="r", use_consolidated=False)
-    if "index" not in root and OLD_INDEX not in root:
+    if LAYOUT.index not in root and LAYOUT.old_index not in root:
         raise VaeflowError(f"{store} records {rows} rows but has no index: the store is damaged")
-    index = subgroup(root, "index" if "index" in root else OLD_INDEX)
-    shape = read(index, "shape")
-    columns = {
-        "paths": read_text_column(index, "path"),
-        "notes": read_text_column(index, "note"),
-        "captions": read_text_column(index, "caption") if "caption_offsets" in index else [""] * len(shape),
-        "metadata": read_text_column(index, "metadata") if "metadata_offsets" in index else [""] * len(shape),
-        "nbytes": read(index, "nbytes"),
-        "shape": shape,
-        "status": read(index, "status"),
-        "original_size": read(index, "original_size") if "original_size" in index else shape.copy(),
-        "crop_top_left": read(index, "crop_top_left") if "crop_top_left" in index else np.zeros_like(shape),
-    }
-    if any(len(v) < rows for v in columns.values()):
+    index = subgroup(root, LAYOUT.index if LAYOUT.index in root else LAYOUT.old_index)
+    shape = read(index, COLUMNS.shape)
+
+    def text(column: str) -> list[str]:
+        return read_text_column(index, column) if text_offsets(column) in index else [""] * len(shape)
+
+    def pairs(column: str, default: np.ndarray) -> np.ndarray:
+        return read(index, column) if column in index else default
+
+    found = IndexRows(
+        paths=read_text_column(index, COLUMNS.path),
+        notes=read_text_column(index, COLUMNS.note),
+        captions=text(COLUMNS.caption),
+        metadata=text(COLUMNS.metadata),
+        nbytes=read(index, COLUMNS.nbytes),
+        shape=shape,
+        status=read(index, COLUMNS.status),
+        original_size=pairs(COLUMNS.original_size, shape.copy()),
+        crop_top_left=pairs(COLUMNS.crop_top_left, np.zeros_like(shape)),
+    )
+    if any(len(v) < rows for v in found.columns().values()):
         raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")
-    return {k: v[:rows] for k, v in columns.items()}
+    return found.head(rows)
 
 
 def consolidate(store: Path) -> None:

@@ -1,9 +1,11 @@
 """The codec stages as batch tasks. No Dask here.
 
-Each stage is a function of one batch's rows in memory (``load``, ``vae``, ``transform``,
-``quantize``, ``entropy``), isolating failures: when a stage fails on the batch, it runs
-again image by image, and an image that fails alone becomes its status row while the rest
-of the batch goes on. Two ways to run them over a batch give the same streams and markers:
+A batch's tasks are ``STAGES``: ``load``, then each of the codec's stages (``run_stage``), then
+``write``. Each is a function of one batch's rows in memory, isolating failures: when a stage
+fails on the batch, it runs again image by image, and an image that fails alone becomes its
+status row while the rest of the batch goes on. The quantize and entropy stages go through the
+codec's rate strategy (``vaeflow.codec.ratecontrol.strategy_of``), which gives each image its
+step. Two ways to run them over a batch give the same streams and markers:
 
 - fused (``fuse_stages``, the default): one task runs every stage in memory, writing only the
   streams (``vaeflow bench scale`` measures it faster);
@@ -19,7 +21,6 @@ batches predict it, aiming by ``TaskContext.margin``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -31,14 +32,17 @@ import numpy as np
 from PIL import Image
 
 from vaeflow.codec import ratecontrol
-from vaeflow.codec.codec import Codec
+from vaeflow.codec.codec import ENCODED, Codec
+from vaeflow.dataset.layout import BatchMarker, ImageMarker
 from vaeflow.dataset.plan import Batch, Item
-from vaeflow.dataset.work import WorkStore
+from vaeflow.dataset.work import LOAD, STAGE_ARRAYS, WorkStore
 from vaeflow.errors import ClusterLostError, ImageReadError, ModelError
 from vaeflow.imageio import load_image
 from vaeflow.models import RuntimeOptions, pad_images
+from vaeflow.stages import StageSpec
 
-STAGES = ("load", "vae", "transform", "quantize", "entropy", "write")
+WRITE = "write"
+STAGES = (LOAD, *ENCODED, WRITE)  # a batch's tasks, in order: the codec's stages between loading and writing
 # Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
 JOB_ERRORS = (OSError, ModelError, ClusterLostError)
 Rows = dict[int, np.ndarray]  # position in the batch -> that image's array
@@ -67,8 +71,8 @@ class BatchState:
     notes: tuple[tuple[str, ...], ...]
     nbytes: tuple[int, ...] = ()
     spans: tuple[tuple[str, float, float, int], ...] = field(default=())  # (stage, start, end, pid)
-    # rate control: (step, achieved, measured drop, predicted drop) of each image
-    choices: tuple[tuple[float, float, float | None, float | None] | None, ...] = ()
+    # each image's step as its rate strategy chose it (None where the image failed)
+    choices: tuple[ratecontrol.ChosenStep | None, ...] = ()
 
     @classmethod
     def start(cls, batch: Batch) -> BatchState:
@@ -143,110 +147,92 @@ def _isolated(
         return state, out
 
 
-def vae(ctx: TaskContext, batch: Batch, state: BatchState, rgb: Rows) -> tuple[BatchState, Rows]:
-    """The VAE encoder over the padded images: each image's exact latent."""
-    return _isolated(state, "vae", rgb, lambda xs: list(ctx.codec.encode_latents(np.stack(xs), ctx.runtime)))
+def batch_spec(ctx: TaskContext, batch: Batch) -> StageSpec:
+    """The spec of the batch's padded shape, which every image of the batch has."""
+    first = batch.items[0]
+    return ctx.codec.spec(ctx.codec.padded_shape(first.height, first.width), ctx.runtime)
 
 
-def transform(ctx: TaskContext, batch: Batch, state: BatchState, latents: Rows) -> tuple[BatchState, Rows]:
-    """The channel transform and wavelet of each latent."""
-    return _per_image(state, "transform", latents, lambda _, latent: ctx.codec.transform(latent[None])[0])
-
-
-def _per_image(
-    state: BatchState, name: str, rows: Rows, run: Callable[[int, np.ndarray], np.ndarray]
-) -> tuple[BatchState, Rows]:
-    out: Rows = {}
-    for pos in sorted(rows):
-        try:
-            out[pos] = run(pos, rows[pos])
-        except JOB_ERRORS:
-            raise
-        except Exception as exc:
-            state = state.fail(pos, f"{name} stage failed: {type(exc).__name__}: {exc}")
-    return state, out
+def run_stage(
+    ctx: TaskContext, batch: Batch, state: BatchState, name: str, rows: Rows, images: Rows | None = None
+) -> tuple[BatchState, Any]:
+    """The codec stage ``name`` over the batch's rows: the rows it gives (the entropy stage: each
+    image's stream). ``images`` are the loaded images, which a rate strategy may compare with."""
+    if name == "quantize":
+        return quantize(ctx, batch, state, rows, images)
+    if name == "entropy":
+        return entropy(ctx, batch, state, rows)
+    stage, spec = ctx.codec.pipeline.by_name[name], batch_spec(ctx, batch)
+    return _isolated(state, name, rows, lambda xs: list(stage.forward(np.stack(xs), spec)))
 
 
 def quantize(
     ctx: TaskContext, batch: Batch, state: BatchState, coeffs: Rows, rgb: Rows | None = None
 ) -> tuple[BatchState, Rows]:
-    """Quantize at the codec's step, or, under rate control, search each image's own step (measuring
-    its PSNR drop in a verified batch, predicting it in the others)."""
-    if ctx.codec.target is None:
-        return _per_image(state, "quantize", coeffs, lambda _, c: ctx.codec.quantize_coefficients(c[None])[0])
-    choices: list[tuple[float, float, float | None, float | None] | None] = [None] * len(batch.items)
+    """Each image's symbols at the step the codec's rate strategy chooses: its own fixed step, or
+    under rate control the one searched for it (measuring its PSNR drop in a verified batch,
+    predicting it in the others)."""
+    strategy = ratecontrol.strategy_of(ctx.codec)
+    choices: list[ratecontrol.ChosenStep | None] = [None] * len(batch.items)
     out: Rows = {}
     for pos in sorted(coeffs):
         item = batch.items[pos]
         image = rgb[pos][: item.height, : item.width] if rgb is not None else None
         try:
-            choice = ratecontrol.search(
-                ctx.codec, coeffs[pos][None], (item.height, item.width), image, ctx.runtime,
+            (choice,) = strategy.choose(
+                ctx.codec, coeffs[pos][None], [(item.height, item.width)], [image], ctx.runtime,
                 measure=batch.verified, margin=ctx.margin,
             )  # fmt: skip
-        except ValueError as exc:
+        except JOB_ERRORS:
+            raise
+        except ValueError as exc:  # a target out of reach says so itself
             state = state.fail(pos, str(exc))
             continue
+        except Exception as exc:
+            state = state.fail(pos, f"quantize stage failed: {type(exc).__name__}: {exc}")
+            continue
         out[pos] = choice.symbols[0]
-        choices[pos] = (choice.step, choice.achieved, choice.drop, choice.predicted)
+        choices[pos] = choice.chosen
     return replace(state, choices=tuple(choices)), out
 
 
 def entropy(ctx: TaskContext, batch: Batch, state: BatchState, symbols: Rows) -> tuple[BatchState, list[bytes]]:
-    """Each image's symbols -> its stream (at its own step and with its record, under rate control)."""
+    """Each image's symbols -> its stream, at its own step and with its record."""
+    strategy = ratecontrol.strategy_of(ctx.codec)
     streams = [b""] * len(batch.items)
     for pos in sorted(symbols):
         item = batch.items[pos]
-        size = (item.height, item.width)
-        if state.choices:
-            step, achieved, drop, predicted = state.choices[pos]  # type: ignore[misc]
-            choice = ratecontrol.Choice(step, symbols[pos][None], achieved, drop, predicted)
-            streams[pos] = ratecontrol.record(ctx.codec, choice, size)[0]
-        else:
-            streams[pos] = ctx.codec.entropy_code(symbols[pos][None], [size])[0]
+        choice = state.choices[pos].with_symbols(symbols[pos][None])  # type: ignore[union-attr]
+        streams[pos] = strategy.streams(ctx.codec, [choice], [(item.height, item.width)])[0]
     return replace(state, nbytes=tuple(len(s) for s in streams)), streams
 
 
-def marker(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
+def marker(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchMarker:
     """The batch's small marker: each image's row, and where its bytes wait in the work store; under a
     PSNR-drop limit, each image's predicted and measured drop (None where not measured)."""
     offsets = np.concatenate([[0], np.cumsum(state.nbytes, dtype=np.int64)])[:-1]
-    drops = [None if c is None else [c[3], c[2]] for c in state.choices] or [None] * len(batch.items)
-    items = [
-        {
-            "index": item.index,
-            "path": item.path,
-            "ok": ok,
-            "reason": reason,
-            "notes": list(notes),
-            "nbytes": nbytes,
-            "shape": [item.height, item.width],
-            "stream": [batch.key, int(offset)],
-            "drop": drop,
-        }
+    drops = [None if c is None else c.drops for c in state.choices]
+    drops = drops or [None] * len(batch.items)
+    items = tuple(
+        ImageMarker(
+            index=item.index,
+            path=item.path,
+            ok=ok,
+            reason=reason,
+            notes=tuple(notes),
+            nbytes=nbytes,
+            shape=(item.height, item.width),
+            stream=(batch.key, int(offset)),
+            drop=drop,
+        )
         for item, ok, reason, notes, nbytes, offset, drop in zip(
             batch.items, state.ok, state.reasons, state.notes, state.nbytes, offsets, drops, strict=True
         )
-    ]
-    return {"key": batch.key, "items": items, "spans": [list(s) for s in state.spans]}
+    )
+    return BatchMarker(batch.key, items, state.spans)
 
 
 # One task per stage, through the work store.
-
-
-def _staged(stage: str) -> Callable[[Callable[..., BatchState]], Callable[..., BatchState]]:
-    """Record the task's wall-clock span (for traces and the job summary) in its state."""
-
-    def wrap(fn: Callable[..., BatchState]) -> Callable[..., BatchState]:
-        @functools.wraps(fn)  # keeps the module-level name, so tasks pickle by reference
-        def run(ctx: TaskContext, batch: Batch, *state: BatchState) -> BatchState:
-            start = time.time()
-            out = fn(ctx, batch, *state)
-            return out.timed(stage, start)
-
-        return run
-
-    return wrap
 
 
 def _read(ctx: TaskContext, batch: Batch, name: str, state: BatchState) -> Rows:
@@ -261,63 +247,43 @@ def _write(ctx: TaskContext, batch: Batch, name: str, rows: Rows) -> None:
         WorkStore(ctx.store).write_rows(batch, name, ctx.prefix, [rows[p] for p in positions], positions)
 
 
-@_staged("load")
 def load_task(ctx: TaskContext, batch: Batch) -> BatchState:
+    start = time.time()
     state, rgb = load(ctx, batch, BatchState.start(batch))
-    _write(ctx, batch, "rgb", rgb)
-    return state
+    _write(ctx, batch, LOAD, rgb)
+    return state.timed(LOAD, start)
 
 
-@_staged("vae")
-def vae_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    state, latents = vae(ctx, batch, state, _read(ctx, batch, "rgb", state))
-    _write(ctx, batch, "latent", latents)
-    return state
+def stage_task(ctx: TaskContext, batch: Batch, state: BatchState, name: str) -> BatchState:
+    """The codec stage ``name``: its input rows read from the work store (the stage before it wrote
+    them), its output written there, or, for the last stage, the batch's streams."""
+    start = time.time()
+    rows = _read(ctx, batch, STAGES[STAGES.index(name) - 1], state)
+    needs_image = name == "quantize" and ratecontrol.strategy_of(ctx.codec).needs_image
+    state, out = run_stage(ctx, batch, state, name, rows, _read(ctx, batch, LOAD, state) if needs_image else None)
+    if name in STAGE_ARRAYS:
+        _write(ctx, batch, name, out)
+    else:
+        WorkStore(ctx.store).write_streams(batch.key, out)
+    return state.timed(name, start)
 
 
-@_staged("transform")
-def transform_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    state, coeffs = transform(ctx, batch, state, _read(ctx, batch, "latent", state))
-    _write(ctx, batch, "coefficients", coeffs)
-    return state
-
-
-@_staged("quantize")
-def quantize_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    coeffs = _read(ctx, batch, "coefficients", state)
-    target = ctx.codec.target
-    rgb = _read(ctx, batch, "rgb", state) if target is not None and target.searches_with_image else None
-    state, symbols = quantize(ctx, batch, state, coeffs, rgb)
-    _write(ctx, batch, "symbols", symbols)
-    return state
-
-
-@_staged("entropy")
-def entropy_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchState:
-    state, streams = entropy(ctx, batch, state, _read(ctx, batch, "symbols", state))
-    WorkStore(ctx.store).write_streams(batch.key, streams)
-    return state
-
-
-def write_task(ctx: TaskContext, batch: Batch, state: BatchState) -> dict[str, Any]:
+def write_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchMarker:
     """Mark the batch done (durably, last) and return its small marker."""
     work = WorkStore(ctx.store)
     start = time.time()
     if not ctx.keep_intermediates and not ctx.fused:  # fused stages write no rows
         work.drop_rows(batch, ctx.prefix)
-    done = marker(ctx, batch, state.timed("write", start))
-    work.mark_done(batch.key, done)
+    done = marker(ctx, batch, state.timed(WRITE, start))
+    work.mark_done(done)
     return done
 
 
-STAGE_TASKS = (vae_task, transform_task, quantize_task, entropy_task)
-
-
-def run_batch(ctx: TaskContext, batch: Batch) -> dict[str, Any]:
+def run_batch(ctx: TaskContext, batch: Batch) -> BatchMarker:
     """Every stage task of one batch in this process, through the work store."""
     state = load_task(ctx, batch)
-    for task in STAGE_TASKS:
-        state = task(ctx, batch, state)
+    for name in ENCODED:
+        state = stage_task(ctx, batch, state, name)
     return write_task(ctx, batch, state)
 
 
@@ -327,12 +293,12 @@ def _unmetered(stage: str) -> AbstractContextManager[Any]:
 
 def run_fused(
     ctx: TaskContext, batch: Batch, meter: Callable[[str], AbstractContextManager[Any]] = _unmetered
-) -> dict[str, Any]:
+) -> BatchMarker:
     """Every stage of one batch in memory, in one task: the same streams and marker as ``run_batch``.
     ``meter(stage)`` wraps each stage (on Dask, the dashboard's per-task metrics by stage)."""
     state = BatchState.start(batch)
 
-    def run(stage: str, step: Callable[..., tuple[BatchState, Any]], *inputs: Any) -> Any:
+    def timed(stage: str, step: Callable[..., tuple[BatchState, Any]], *inputs: Any) -> Any:
         nonlocal state
         start = time.time()
         with meter(stage):
@@ -340,21 +306,21 @@ def run_fused(
         state = state.timed(stage, start)
         return out
 
-    rgb = run("load", load)
-    latents = run("vae", vae, rgb)
-    coeffs = run("transform", transform, latents)
-    symbols = run("quantize", quantize, coeffs, rgb)
-    streams = run("entropy", entropy, symbols)
-    with meter("write"):
+    kept = {LOAD: timed(LOAD, load)}
+    out = kept[LOAD]
+    for name in ENCODED:
+        out = timed(name, run_stage, name, out, kept[LOAD])
+        kept[name] = out
+    with meter(WRITE):
         work = WorkStore(ctx.store)
-        work.write_streams(batch.key, streams)
+        work.write_streams(batch.key, out)
         if ctx.keep_intermediates:
-            for name, rows in (("rgb", rgb), ("latent", latents), ("coefficients", coeffs), ("symbols", symbols)):
-                _write(ctx, batch, name, rows)
+            for name in STAGE_ARRAYS:
+                _write(ctx, batch, name, kept[name])
         return write_task(ctx, batch, state)
 
 
-def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> dict[str, Any]:
+def failed_marker(ctx: TaskContext, batch: Batch, reason: str) -> BatchMarker:
     """The marker of a batch whose tasks could not run: every image failed with ``reason``."""
     n = len(batch.items)
     state = BatchState(batch.key, (False,) * n, (reason,) * n, ((),) * n, (0,) * n)
@@ -370,12 +336,12 @@ def single_batches(batch: Batch) -> list[Batch]:
     ]
 
 
-def merged_marker(ctx: TaskContext, batch: Batch, parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merged_marker(ctx: TaskContext, batch: Batch, parts: list[BatchMarker]) -> BatchMarker:
     """The marker of a batch coded image by image: its images' entries, marked done under its key."""
-    merged = {
-        "key": batch.key,
-        "items": [item for part in parts for item in part["items"]],
-        "spans": [span for part in parts for span in part["spans"]],
-    }
-    WorkStore(ctx.store).mark_done(batch.key, merged)
+    merged = BatchMarker(
+        batch.key,
+        tuple(item for part in parts for item in part.items),
+        tuple(span for part in parts for span in part.spans),
+    )
+    WorkStore(ctx.store).mark_done(merged)
     return merged

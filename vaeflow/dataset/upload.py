@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaeflow.dataset.lock import LOCK_NAME
-from vaeflow.dataset.work import WORK_DIR
+from vaeflow.dataset.layout import LAYOUT
 from vaeflow.errors import VaeflowError
 from vaeflow.models.registry import home_dir
 
-ROOT = "zarr.json"
+ROOT = LAYOUT.zarr_json  # the root's metadata: uploaded last, it says the store is complete
 
 
 @dataclass
@@ -55,11 +54,11 @@ def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
 
 def _files(local: Path) -> list[str]:
     """The store's files, relative, POSIX, without the lock or the work store; the root metadata last."""
-    skip = {LOCK_NAME, WORK_DIR}
+    skip = {LAYOUT.lock, LAYOUT.work}
     found = sorted(
         p.relative_to(local).as_posix()
         for p in local.rglob("*")
-        if p.is_file() and p.relative_to(local).parts[0] not in skip and not p.name.startswith(".vaeflow")
+        if p.is_file() and p.relative_to(local).parts[0] not in skip and not p.name.startswith(LAYOUT.own_prefix)
     )
     return [f for f in found if f != ROOT] + ([ROOT] if ROOT in found else [])
 

@@ -5,6 +5,7 @@ from vaeflow.stages.channel import ChannelTransform, Hadamard
 from vaeflow.stages.entropy import Entropy
 from vaeflow.stages.postfilter import PostFilter
 from vaeflow.stages.quantize import Quantize
+from vaeflow.stages.spec import StageSpec
 from vaeflow.stages.target import RateTarget, TargetRecord
 from vaeflow.stages.vae import VAE
 from vaeflow.stages.wavelet import Subband, Wavelet
@@ -20,6 +21,7 @@ __all__ = [
     "Quantize",
     "RateTarget",
     "Stage",
+    "StageSpec",
     "Subband",
     "TargetRecord",
     "Wavelet",

@@ -10,6 +10,7 @@ import numpy as np
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
+from vaeflow.stages.spec import StageSpec
 
 TRANSFORMS = ("hadamard", "identity")  # what a stream may hold
 AUTO = "auto"  # in a pipeline: the transform the model is calibrated for, chosen when the codec is resolved
@@ -23,6 +24,10 @@ class ChannelTransform(Stage):
 
     transform: str = "hadamard"
 
+    @classmethod
+    def absent(cls) -> ChannelTransform:
+        return ChannelTransform("identity")  # a pass-through
+
     def __post_init__(self) -> None:
         if self.transform not in (*TRANSFORMS, AUTO):
             raise PipelineError(f"unknown channel transform {self.transform!r}; choose one of {(*TRANSFORMS, AUTO)}")
@@ -35,14 +40,14 @@ class ChannelTransform(Stage):
         if self.transform == "hadamard":
             hadamard_matrix(channels)
 
-    def forward(self, latents: np.ndarray) -> np.ndarray:
+    def forward(self, latents: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         _check(latents)
         if self.transform == "identity":
             return latents.astype(np.float32, copy=True)
         h = hadamard_matrix(latents.shape[1])
         return np.einsum("oc,nchw->nohw", h, latents.astype(np.float64)).astype(np.float32)
 
-    def inverse(self, mixed: np.ndarray) -> np.ndarray:
+    def inverse(self, mixed: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         _check(mixed)
         if self.transform == "identity":
             return mixed.astype(np.float32, copy=True)

@@ -15,18 +15,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
-from vaeflow.stages.coders import bands, classes, context, laplace
+from vaeflow.stages.coders import EntropyCoder, Payload, bands, classes, context, laplace
+from vaeflow.stages.spec import StageSpec
 from vaeflow.stages.wavelet import Subband
 
-CODERS: dict[str, ModuleType] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
+# Every coder by the name a pipeline and a stream give it; a new coder is one line here.
+CODERS: dict[str, EntropyCoder] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
 AUTO = "auto"  # in a pipeline: ``bands`` for wide latents, ``classes`` otherwise
 WIDE_CHANNELS = 16
 
@@ -50,39 +52,27 @@ class Entropy(Stage):
         return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
 
     @property
-    def module(self) -> ModuleType:
-        """The coder's module; ``auto``, which a resolved codec never holds, is refused."""
+    def module(self) -> EntropyCoder:
+        """The coder; ``auto``, which a resolved codec never holds, is refused."""
         if self.coder == AUTO:
             raise PipelineError("entropy coder 'auto' is chosen when the codec is resolved (Entropy.fitting)")
         return CODERS[self.coder]
 
-    def forward(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
-        """One image's symbols (C, h, w) int32 -> its payload."""
-        if symbols.ndim != 3 or symbols.dtype != np.int32:
-            raise ValueError(f"expected int32 symbols of shape (C, h, w), got {symbols.dtype} {symbols.shape}")
-        return self.module.encode(symbols, bands)  # type: ignore[no-any-return]
+    def forward(self, symbols: np.ndarray, spec: StageSpec) -> list[bytes]:
+        """Symbols (N, C, h, w) int32 -> one payload per image."""
+        if symbols.ndim != 4 or symbols.dtype != np.int32:
+            raise ValueError(f"expected int32 symbols of shape (N, C, h, w), got {symbols.dtype} {symbols.shape}")
+        return [self.module.encode(image, spec.bands) for image in symbols]
 
-    def inverse(
-        self, payload: bytes | memoryview, shape: tuple[int, int, int], bands: tuple[Subband, ...]
-    ) -> np.ndarray:
-        """A payload -> int32 symbols of ``shape`` (C, h, w); damage raises CorruptStreamError."""
-        return self.module.decode(payload, shape, bands)  # type: ignore[no-any-return]
-
-    def inverse_many(
-        self, payloads: list[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
-    ) -> np.ndarray:
-        """Payloads of one shape -> (N, C, h, w) int32 symbols, in as few calls as the coder allows."""
-        many = getattr(self.module, "decode_many", None)
-        if many is not None:
-            return many(payloads, shape, bands)  # type: ignore[no-any-return]
-        return (
-            np.stack([self.inverse(p, shape, bands) for p in payloads]) if payloads else np.zeros((0, *shape), np.int32)
-        )
+    def inverse(self, payloads: Sequence[Payload], spec: StageSpec) -> np.ndarray:
+        """Payloads of one latent shape -> (N, C, h, w) int32 symbols, in as few calls as the coder allows;
+        damage raises CorruptStreamError."""
+        return self.module.decode_many(payloads, spec.latent_shape, spec.bands)
 
     def information_bits(self, symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
-        """Ideal code length in bits of one image's symbols under the coder's own models."""
+        """Ideal code length in bits of one image's symbols (C, h, w) under the coder's own models."""
         return float(self.module.information_bits(symbols, bands))
 
-    def side_info_bytes(self, payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...]) -> int:
+    def side_info_bytes(self, payload: Payload, channels: int, bands: tuple[Subband, ...]) -> int:
         """Bytes of a payload that hold models rather than ANS words."""
         return int(self.module.side_info_bytes(payload, channels, bands))

@@ -13,6 +13,7 @@ from skimage.filters import gaussian
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
+from vaeflow.stages.spec import StageSpec
 
 SIGMA_UNIT = 1 / 16
 MAX_SIGMA = 255 * SIGMA_UNIT
@@ -26,16 +27,20 @@ class PostFilter(Stage):
 
     sigma: float = 0.0
 
+    @classmethod
+    def absent(cls) -> PostFilter:
+        return PostFilter(0.0)  # a pass-through
+
     def __post_init__(self) -> None:
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, int | float):
             raise PipelineError(f"post-filter sigma must be a number, got {self.sigma!r}")
         if not 0.0 <= self.sigma <= MAX_SIGMA or round(self.sigma / SIGMA_UNIT) * SIGMA_UNIT != self.sigma:
             raise PipelineError(f"post-filter sigma must be a multiple of 1/16 in 0..{MAX_SIGMA}, got {self.sigma!r}")
 
-    def forward(self, images: np.ndarray) -> np.ndarray:
+    def forward(self, images: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         return images
 
-    def inverse(self, images: np.ndarray) -> np.ndarray:
+    def inverse(self, images: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         if self.sigma == 0:
             return images
         out = np.empty_like(images)

@@ -33,6 +33,7 @@ from vaeflow.binary import ByteReader, ByteWriter
 from vaeflow.errors import CorruptStreamError, PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.coders import laplace, rans
+from vaeflow.stages.spec import StageSpec
 from vaeflow.stages.wavelet import Subband, Wavelet, subbands
 
 MIN_QUALITY, MAX_QUALITY, DEFAULT_QUALITY = 1, 100, 50
@@ -107,13 +108,15 @@ class Quantize(Stage):
         gains = wavelet.synthesis_gains() if wavelet.levels else {bands[0].name: 1.0}
         return band_steps(bands, gains, self.base_step, np.ones((channels, 1)))
 
-    def forward(self, coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...]) -> np.ndarray:
-        """(N, C, h, w) coefficients -> int32 symbols (with the RDO pass when ``rdo``)."""
+    def forward(self, coeffs: np.ndarray, spec: StageSpec) -> np.ndarray:
+        """(N, C, h, w) coefficients -> int32 symbols at ``spec.steps`` (with the RDO pass when ``rdo``)."""
+        steps, bands = spec.quantizer_steps, spec.bands
         symbols = quantize(coeffs, steps, bands, self.rounding)
         return optimize(coeffs, symbols, steps, bands, self.rounding) if self.rdo else symbols
 
-    def inverse(self, symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...]) -> np.ndarray:
-        return dequantize(symbols, steps, bands, self.rounding)
+    def inverse(self, symbols: np.ndarray, spec: StageSpec) -> np.ndarray:
+        """int32 symbols -> float32 coefficients at ``spec.steps``, (C, n_bands) or each image its own."""
+        return dequantize(symbols, spec.quantizer_steps, spec.bands, self.rounding)
 
 
 STEP_AT_QUALITY_1 = 5.0

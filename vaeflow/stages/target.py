@@ -12,7 +12,7 @@ from typing import Any
 
 from vaeflow.errors import PipelineError
 
-KINDS = ("bpp", "psnr", "latent")
+TARGET_KINDS = ("bpp", "psnr", "latent")
 VERIFY = ("all", "sample", "none")  # how a PSNR-drop limit is proved: every image decoded, a sample, none
 DEFAULT_VERIFY_FRACTION = 1 / 32
 
@@ -111,8 +111,8 @@ class TargetRecord:
     predicted_drop: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise PipelineError(f"unknown target kind {self.kind!r}; choose one of {KINDS}")
+        if self.kind not in TARGET_KINDS:
+            raise PipelineError(f"unknown target kind {self.kind!r}; choose one of {TARGET_KINDS}")
         reached = self.drop is not None or self.predicted_drop is not None
         if (self.drop_limit is None) == reached or (self.drop_limit is not None and self.kind != "latent"):
             raise PipelineError(

@@ -20,6 +20,7 @@ import numpy as np
 
 from vaeflow.errors import PipelineError
 from vaeflow.stages.base import Stage
+from vaeflow.stages.spec import StageSpec
 
 WAVELETS = ("haar", "cdf53", "cdf97")
 MAX_LEVELS = 6
@@ -42,17 +43,21 @@ class Wavelet(Stage):
     name: str = "cdf97"
     levels: int = 3
 
+    @classmethod
+    def absent(cls) -> Wavelet:
+        return Wavelet("haar", 0)  # a pass-through
+
     def __post_init__(self) -> None:
         if self.name not in WAVELETS:
             raise PipelineError(f"unknown wavelet {self.name!r}; choose one of {WAVELETS}")
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or not 0 <= self.levels <= MAX_LEVELS:
             raise PipelineError(f"wavelet levels must be an integer in 0..{MAX_LEVELS}, got {self.levels!r}")
 
-    def forward(self, latents: np.ndarray) -> np.ndarray:
+    def forward(self, latents: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         """(N, C, h, w) float -> coefficients of the same shape (float32), Mallat layout."""
         return analysis(latents, self.name, self.levels)
 
-    def inverse(self, coeffs: np.ndarray) -> np.ndarray:
+    def inverse(self, coeffs: np.ndarray, spec: StageSpec | None = None) -> np.ndarray:
         return synthesis(coeffs, self.name, self.levels)
 
     def bands(self, shape: tuple[int, ...]) -> tuple[Subband, ...]:

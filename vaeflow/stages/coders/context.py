@@ -18,13 +18,14 @@ neighbours; the first value is predicted by the band's centre.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import constriction
 import numpy as np
 
 from vaeflow.binary import ByteReader, ByteWriter
 from vaeflow.errors import CorruptStreamError
-from vaeflow.stages.coders import rans
+from vaeflow.stages.coders import Payload, Shape, decode_each, rans
 from vaeflow.stages.wavelet import Subband
 
 SUPPORT = 4096
@@ -291,6 +292,11 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
     if np.abs(plane).max(initial=0) > 2**31 - 1:
         raise CorruptStreamError("decoded symbol is out of the int32 range")
     return plane.astype(np.int32)
+
+
+def decode_many(payloads: Sequence[Payload], shape: Shape, bands: tuple[Subband, ...]) -> np.ndarray:
+    """Several payloads of one shape -> (N, C, h, w) int32, one at a time."""
+    return decode_each(decode, payloads, shape, bands)
 
 
 def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:

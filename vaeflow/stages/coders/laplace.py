@@ -8,12 +8,14 @@ stream of 32-bit little-endian words. Models, escapes and the decoder are in ``r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import constriction
 import numpy as np
 
 from vaeflow.binary import ByteReader, ByteWriter
 from vaeflow.errors import CorruptStreamError
-from vaeflow.stages.coders import rans
+from vaeflow.stages.coders import Payload, Shape, decode_each, rans
 from vaeflow.stages.wavelet import Subband
 
 
@@ -62,6 +64,11 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
                 raise CorruptStreamError("decoded symbol is out of the int32 range")
             out[c, band.rows, band.cols] = values.reshape(band.rows.stop - band.rows.start, -1)
     return out
+
+
+def decode_many(payloads: Sequence[Payload], shape: Shape, bands: tuple[Subband, ...]) -> np.ndarray:
+    """Several payloads of one shape -> (N, C, h, w) int32, one at a time."""
+    return decode_each(decode, payloads, shape, bands)
 
 
 def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:

@@ -1,4 +1,8 @@
-"""vaeflow train run / export: vaeflow's own autoencoder, trained on CPU (from a checkout, with the train extra)."""
+"""``vaeflow train run / export``: vaeflow's own autoencoder, trained on CPU (needs the train extra).
+
+Registered under the ``vaeflow.commands`` entry points (``pyproject.toml``); ``training.train``, and
+torch with it, is imported only when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 from typing import Any
 
 from vaeflow.cli.parsing import positive_int
-from vaeflow.cli.tools import checkout_module
+from vaeflow.cli.tools import load
 
 
 def register(commands: Any) -> None:
@@ -33,7 +37,7 @@ def register(commands: Any) -> None:
 
 
 def _training() -> Any:
-    return checkout_module("training", "train", "train")
+    return load("training.train", "train")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""vaeflow bench ...: benchmarks that print figures against same-run baselines (from a source checkout)."""
+"""``vaeflow bench ...``: benchmarks that print figures against same-run baselines.
+
+Registered under the ``vaeflow.commands`` entry points (``pyproject.toml``); each benchmark's module
+is imported only when it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.cli.parsing import positive_int
-from vaeflow.cli.tools import checkout_module
+from vaeflow.cli.tools import load
 
 
 def register(commands: Any) -> None:
@@ -65,7 +69,7 @@ def register(commands: Any) -> None:
     ):
         p = sub.add_parser(name, help=what, add_help=False)
         p.add_argument("args", nargs="*", help=f"see `vaeflow bench {name} --help`")
-        p.set_defaults(run=run_forwarded, bench=name.replace("-", "_"))
+        p.set_defaults(run=run_forwarded, bench=name.replace("-", "_"), takes_extra=True)
 
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
@@ -82,7 +86,7 @@ def _write_json(path: Path | None, result: dict[str, Any]) -> None:
 
 
 def run_codec(args: argparse.Namespace) -> int:
-    codec = checkout_module("benchmarks", "codec", "dev")
+    codec = load("benchmarks.codec", "dev")
     qualities = [int(q) for q in args.qualities.split(",")]
     result = codec.run(args.images, qualities, args.model, args.limit)
     print(codec.report(result))
@@ -91,7 +95,7 @@ def run_codec(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    models = checkout_module("benchmarks", "models", "dev")
+    models = load("benchmarks.models", "dev")
     result = models.run(args.images, args.models.split(","), args.limit, big=not args.no_big)
     print(models.report(result))
     _write_json(args.json, result)
@@ -99,7 +103,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_dataset(args: argparse.Namespace) -> int:
-    dataset = checkout_module("benchmarks", "dataset", "dev")
+    dataset = load("benchmarks.dataset", "dev")
     result = dataset.run(args.images, args.copies)
     print(dataset.report(result))
     _write_json(args.json, result)
@@ -107,7 +111,7 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 
 def run_rd(args: argparse.Namespace) -> int:
-    rd = checkout_module("benchmarks", "rd", "dev")
+    rd = load("benchmarks.rd", "dev")
     pairs = [tuple(item.split(":", 1)) if ":" in item else (item, "default") for item in args.models.split(",")]
     result = rd.run(args.images, pairs, args.limit, [b for b in args.baselines.split(",") if b])  # type: ignore[arg-type]
     print(rd.report(result))
@@ -116,7 +120,7 @@ def run_rd(args: argparse.Namespace) -> int:
 
 
 def run_chaos(args: argparse.Namespace) -> int:
-    chaos = checkout_module("benchmarks", "chaos", "dev")
+    chaos = load("benchmarks.chaos", "dev")
     result = chaos.run(
         args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb, args.scheduler_kills
     )
@@ -126,7 +130,7 @@ def run_chaos(args: argparse.Namespace) -> int:
 
 
 def run_diffusers(args: argparse.Namespace) -> int:
-    diffusers = checkout_module("benchmarks", "diffusers_export", "dev,diffusers")
+    diffusers = load("benchmarks.diffusers_export", "dev,diffusers")
     result = diffusers.run(args.threads, args.repeats, args.size)
     print(diffusers.report(result))
     _write_json(args.json, result)
@@ -135,5 +139,5 @@ def run_diffusers(args: argparse.Namespace) -> int:
 
 def run_forwarded(args: argparse.Namespace) -> int:
     """Benchmarks with options of their own (``benchmarks/<name>.py``): their arguments go to them as they are."""
-    checkout_module("benchmarks", args.bench, "dev,bench").main(args.args)
+    load(f"benchmarks.{args.bench}", "dev,bench").main(args.args)
     return 0
