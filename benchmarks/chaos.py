@@ -37,7 +37,7 @@ from vaeflow.dataset import store as store_io
 from vaeflow.dataset.distributed import local_cluster
 from vaeflow.dataset.job import JobOptions, compress_dataset
 from vaeflow.dataset.verify import verify_store
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.imageio import list_images, read_rgb
 
 
 def make_images(folder: Path, out: Path, count: int, size: tuple[int, int] = (384, 576)) -> None:

@@ -16,12 +16,12 @@ import numpy as np
 
 import vaeflow
 from benchmarks import legacy
-from vaeflow import metrics
-from vaeflow.bdrate import bd_rate, rate_at
 from vaeflow.codec.api import open_stream, resolve_codec
 from vaeflow.codec.codec import ENCODED
-from vaeflow.imageio import list_images, read_rgb
-from vaeflow.timing import StageTimer
+from vaeflow.foundations import metrics
+from vaeflow.foundations.bdrate import bd_rate, rate_at
+from vaeflow.foundations.imageio import list_images, read_rgb
+from vaeflow.foundations.timing import StageTimer
 
 LEGACY_LEVELS = (6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 STAGES = ENCODED  # the stages whose shares of the time are shown

@@ -30,7 +30,7 @@ from distributed import Client
 import vaeflow
 from vaeflow.dataset.distributed import local_cluster
 from vaeflow.dataset.job import JobOptions, compress_dataset
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.imageio import list_images, read_rgb
 
 
 def _peak_rss_mb() -> float:

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 import vaeflow
-from vaeflow.binary import ByteReader
 from vaeflow.codec.api import resolve_codec
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.binary import ByteReader
+from vaeflow.foundations.errors import VaeflowError
 from vaeflow.stages import Entropy
 
 TIME_LIMIT = 10  # seconds per input

@@ -40,12 +40,12 @@ from numcodecs import Zstd
 from zarr.codecs import ZstdCodec
 
 import vaeflow
-from vaeflow import metrics
 from vaeflow.codec.api import decompress_latents, open_stream, resolve_codec
 from vaeflow.codec.codec import Codec
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.imageio import list_images, read_rgb
+from vaeflow.foundations.timing import StageTimer
 from vaeflow.stages import Entropy
-from vaeflow.timing import StageTimer
 
 QUALITIES = (30, 50, 70)
 DROP = 0.1

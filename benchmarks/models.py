@@ -77,7 +77,7 @@ def _child_peak(name: str, tile: int, seed_path: str) -> dict[str, Any]:
     """Run one 24 MP compress+decompress in a fresh process; returns its peak RSS."""
     code = (
         "import json,resource,time,vaeflow\n"
-        "from vaeflow.imageio import read_rgb\n"
+        "from vaeflow.foundations.imageio import read_rgb\n"
         "from benchmarks.models import big_image, MEMORY_LIMIT_GB\n"
         "lim = MEMORY_LIMIT_GB * 2**30\n"
         "resource.setrlimit(resource.RLIMIT_AS, (lim, lim))\n"
@@ -105,7 +105,9 @@ def quality_ladder(name: str, images: list[np.ndarray]) -> list[dict[str, float]
     rows = []
     for quality in LADDER:
         streams = [vaeflow.compress(im, model=name, quality=quality) for im in images]
-        psnr = [vaeflow.metrics.psnr(im, vaeflow.decompress(d)) for im, d in zip(images, streams, strict=True)]
+        psnr = [
+            vaeflow.foundations.metrics.psnr(im, vaeflow.decompress(d)) for im, d in zip(images, streams, strict=True)
+        ]
         bpp = [8 * len(d) / (im.shape[0] * im.shape[1]) for im, d in zip(images, streams, strict=True)]
         rows.append({"quality": quality, "bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))})
     return rows

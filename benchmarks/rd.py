@@ -27,10 +27,10 @@ from PIL import Image
 from zarr.codecs import ZstdCodec
 
 import vaeflow
-from vaeflow import metrics
-from vaeflow.bdrate import bd_rate
 from vaeflow.codec.api import resolve_codec
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.bdrate import bd_rate
+from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.reports.evaluation import Variant, evaluate
 from vaeflow.reports.tables import bd_table, leads_below, ms_ssim_db, percent
 from vaeflow.stages import Entropy

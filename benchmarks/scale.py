@@ -37,7 +37,7 @@ import vaeflow
 from benchmarks.dataset import _bare_loop, hardware_scaling, job
 from vaeflow.dataset.distributed import WINDOW_PER_THREAD
 from vaeflow.dataset.job import JobOptions, plan_job
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.imageio import list_images, read_rgb
 
 SCALES = (0.5, 0.75)
 SIZES = (10_000, 100_000, 1_000_000)

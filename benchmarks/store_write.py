@@ -34,8 +34,8 @@ from safetensors.numpy import save_file
 
 import vaeflow
 from benchmarks.latents import counting_decodes
-from vaeflow import metrics
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.imageio import list_images, read_rgb
 
 POLICIES = ("none", "sample", "all")
 

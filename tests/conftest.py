@@ -20,7 +20,7 @@ import skimage.data
 from hypothesis import settings
 
 import vaeflow
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations.imageio import read_rgb
 
 from .helpers import S3Bucket
 from .helpers import mixed_store as build_mixed_store

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import progressbar
 from vaeflow.codec.api import resolve_codec
 from vaeflow.dataset.job import plan_job
+from vaeflow.foundations import progressbar
 
 from .helpers import image_folder, sync_job
 

@@ -10,7 +10,7 @@ import pytest
 
 import vaeflow
 from benchmarks.fuzz import build_seed_store, recompute_crcs, store_target
-from vaeflow.errors import CorruptStreamError, ModelError, VaeflowError
+from vaeflow.foundations.errors import CorruptStreamError, ModelError, VaeflowError
 
 CORPUS = Path(__file__).parent / "fuzz" / "corpus"
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, PngImagePlugin
 
-from vaeflow.errors import ImageReadError, VaeflowError
-from vaeflow.imageio import list_images, load_image, read_header
+from vaeflow.foundations.errors import ImageReadError, VaeflowError
+from vaeflow.foundations.imageio import list_images, load_image, read_header
 
 
 def _save(image: Image.Image, path: Path, **kwargs: object) -> Path:

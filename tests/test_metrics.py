@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from vaeflow import metrics
+from vaeflow.foundations import metrics
 
 
 def test_psnr_known_value() -> None:

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-PUBLIC = ("vaeflow", "vaeflow.reports", "vaeflow.metrics", "vaeflow.torch")
+PUBLIC = ("vaeflow", "vaeflow.reports", "vaeflow.metrics", "vaeflow.torch")  # vaeflow.metrics: the facade's name
 
 
 def _vaeflow_imports(notebook: nbformat.NotebookNode) -> set[str]:

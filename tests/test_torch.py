@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch", reason="PyTorch loading needs the train ext
 from torch.utils.data import DataLoader  # noqa: E402
 
 import vaeflow  # noqa: E402
-from vaeflow.errors import VaeflowError  # noqa: E402
+from vaeflow.foundations.errors import VaeflowError  # noqa: E402
 from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream  # noqa: E402
 
 from .helpers import MIXED_SIZES as SIZES  # noqa: E402

@@ -21,8 +21,8 @@ from torch.nn import functional as F
 
 from training.f8c4 import DOWNSAMPLE, LATENT_CHANNELS, Decoder, Encoder
 from vaeflow.convert.onnx_export import export
-from vaeflow.durable import atomic_write
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.durable import atomic_write
+from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.models.onnx_vae import OnnxVAE
 from vaeflow.models.quality import reconstruction
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, register

@@ -5,8 +5,11 @@ from vaeflow.codec.codec import Codec
 from vaeflow.codec.presets import load_pipeline
 from vaeflow.dataset.job import ClusterOptions, JobOptions, JobReport, compress_dataset
 from vaeflow.dataset.reader import StoreReader, open_store
-from vaeflow.errors import CorruptStreamError, ImageReadError, ModelError, PipelineError, VaeflowError
-from vaeflow.imageio import read_rgb as read_image
+from vaeflow.foundations import metrics
+from vaeflow.foundations.errors import CorruptStreamError, ImageReadError, ModelError, PipelineError, VaeflowError
+from vaeflow.foundations.imageio import read_rgb as read_image
+from vaeflow.foundations.resources import vaeflow_version
+from vaeflow.foundations.samples import SAMPLES, sample_image, write_samples
 from vaeflow.models import (
     LatentConvention,
     ModelRef,
@@ -18,8 +21,6 @@ from vaeflow.models import (
     to_model_convention,
 )
 from vaeflow.reports import evaluate
-from vaeflow.resources import vaeflow_version
-from vaeflow.samples import SAMPLES, sample_image, write_samples
 from vaeflow.stages import (
     VAE,
     ChannelTransform,
@@ -71,6 +72,7 @@ __all__ = [
     "info",
     "load_model",
     "load_pipeline",
+    "metrics",
     "open_store",
     "read_image",
     "resolve_codec",

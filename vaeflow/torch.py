@@ -37,7 +37,7 @@ from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import decompress
 from vaeflow.dataset.location import StoreLocation
 from vaeflow.dataset.reader import LATENT_CONVENTIONS, StoreReader, open_store
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 from vaeflow.models import RuntimeOptions
 
 ITEM_KINDS = ("latent", "image")  # what a dataset's items hold: the latent, or the decoded image

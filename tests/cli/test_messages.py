@@ -8,7 +8,7 @@ import os
 import pytest
 
 from vaeflow.cli.messages import error_line, escaped
-from vaeflow.errors import StoreWriteError
+from vaeflow.foundations.errors import StoreWriteError
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from vaeflow.cli import tools
 from vaeflow.cli.main import build_parser, main
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import vaeflow
 from vaeflow import VAE, Entropy, Hadamard, Quantize, Wavelet, metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.codec.codec import Codec
-from vaeflow.errors import ModelError, PipelineError
+from vaeflow.foundations.errors import ModelError, PipelineError
 from vaeflow.models.registry import Registry, register
 
 QUALITIES = (10, 30, 50, 70, 90, 100)

@@ -10,7 +10,7 @@ import pytest
 
 from vaeflow.codec.dropmodel import FEATURE_SAMPLES, FEATURES, DropModel, drop_db, fit, image_features, relative_error
 from vaeflow.codec.ratecontrol import PREDICT_SPREADS, DropSummary, learned_margin
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 
 
 def test_the_fit_recovers_a_known_correction_and_its_spread() -> None:

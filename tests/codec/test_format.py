@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import vaeflow
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import resolve_codec
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages import ChannelTransform, Entropy, Wavelet
 from vaeflow.stages.coders.context import CODES
 from vaeflow.stages.entropy import CODERS

@@ -13,7 +13,7 @@ import vaeflow
 from vaeflow import VAE, Entropy, Hadamard, Quantize, Wavelet, metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.codec.calibrate import CEILING_MARGIN_DB, measure_quality_scale
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 from vaeflow.models.registry import ModelEntry, Registry, read_registry_file, register
 from vaeflow.stages.quantize import SCALE_QUALITIES, quality_to_step, scale_quality, scaled_step
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import metrics
 from vaeflow.cli.main import main
-from vaeflow.errors import PipelineError
+from vaeflow.foundations import metrics
+from vaeflow.foundations.errors import PipelineError
 
 from ..helpers import image_folder
 

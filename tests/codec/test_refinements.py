@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import metrics
-from vaeflow.bdrate import bd_rate
 from vaeflow.codec.api import open_stream, resolve_codec
 from vaeflow.codec.calibrate import band_gains
+from vaeflow.foundations import metrics
+from vaeflow.foundations.bdrate import bd_rate
 from vaeflow.models.registry import Registry, register
 from vaeflow.stages import quantize, wavelet
 

@@ -9,7 +9,7 @@ import pytest
 
 import vaeflow
 from vaeflow.codec.shapes import buckets, fit_bucket
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.models import padded_shape
 
 

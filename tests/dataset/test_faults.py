@@ -19,7 +19,7 @@ import vaeflow
 from vaeflow import JobOptions, compress_dataset, open_store
 from vaeflow.dataset.job import StoreWriteError
 from vaeflow.dataset.lock import LOCK_NAME, StoreLock, StoreLockedError
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import sync_job, tree_bytes
 
@@ -278,7 +278,7 @@ def test_a_worker_whose_registry_holds_another_model_stops_the_job_naming_both(
 
     from distributed import Client, LocalCluster
 
-    from vaeflow.errors import ModelError
+    from vaeflow.foundations.errors import ModelError
     from vaeflow.models.registry import Registry, register
 
     entry = Registry.load().resolve("default")

@@ -17,7 +17,7 @@ from PIL import Image
 
 import vaeflow
 from vaeflow import JobOptions, compress_dataset, open_store
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import sync_job, tree_bytes
 
@@ -74,7 +74,7 @@ def test_every_good_image_is_stored_as_compress_would(sync_store: Path, source: 
     store = open_store(sync_store)
     assert set(store.names) == GOOD
     for name in store.names:
-        image = vaeflow.imageio.read_rgb(source / name)
+        image = vaeflow.foundations.imageio.read_rgb(source / name)
         direct = vaeflow.compress(image)
         assert store.read_stream(name) == direct, name
         np.testing.assert_array_equal(store.read_image(name), vaeflow.decompress(direct))

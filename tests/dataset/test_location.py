@@ -15,7 +15,7 @@ from zarr.core.buffer import cpu
 from zarr.core.sync import sync
 
 import vaeflow
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import S3Bucket
 

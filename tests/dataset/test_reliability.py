@@ -24,8 +24,8 @@ from vaeflow.cli.main import main
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.decompress import plan_targets
 from vaeflow.dataset.scan import scan
-from vaeflow.errors import VaeflowError
-from vaeflow.imageio import DEFAULT_MAX_PIXELS, read_header
+from vaeflow.foundations.errors import VaeflowError
+from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS, read_header
 
 from ..helpers import sync_job, tree_bytes
 
@@ -348,7 +348,7 @@ def test_images_over_the_default_pixel_limit_are_refused_with_the_way_round(tmp_
     big = tmp_path / "big.png"
     Image.new("1", (12000, 12000)).save(big)
     assert DEFAULT_MAX_PIXELS == 100_000_000
-    from vaeflow.errors import ImageReadError
+    from vaeflow.foundations.errors import ImageReadError
 
     with pytest.raises(ImageReadError, match="over the limit"):
         read_header(big)

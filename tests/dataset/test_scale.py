@@ -63,7 +63,7 @@ def test_bucketed_batches_give_the_same_bytes_on_every_executor(
     assert tree_bytes(store) == tree_bytes(reference)
     reader = vaeflow.open_store(store)
     for name in reader.names:
-        image = vaeflow.imageio.read_rgb(mixed / name)
+        image = vaeflow.foundations.imageio.read_rgb(mixed / name)
         assert reader.read_stream(name) == vaeflow.compress(image)  # alone or in any batch: the same bytes
 
 

@@ -14,7 +14,7 @@ from zarr.core.sync import sync
 
 import vaeflow
 from vaeflow.dataset.spans import SpanReader, exact_layout
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import S3Bucket
 

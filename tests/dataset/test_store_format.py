@@ -18,7 +18,7 @@ from vaeflow import JobOptions
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.spans import exact_layout
 from vaeflow.dataset.verify import verify_store
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import sync_job
 

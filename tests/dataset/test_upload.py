@@ -15,7 +15,7 @@ from PIL import Image
 import vaeflow
 from vaeflow import JobOptions, open_store
 from vaeflow.dataset.verify import verify_store
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 from ..helpers import S3Bucket, sync_job
 

@@ -15,7 +15,7 @@ from PIL import Image
 import vaeflow
 from vaeflow import JobOptions, metrics
 from vaeflow.dataset.plan import sampled
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations.imageio import read_rgb
 
 from ..helpers import run_cli, sync_job, tree_bytes
 

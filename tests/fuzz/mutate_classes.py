@@ -17,7 +17,7 @@ import numpy as np
 import skimage.data
 
 from vaeflow.codec.api import resolve_codec
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes
 

@@ -19,8 +19,8 @@ import numpy as np
 import skimage.data
 
 import vaeflow
-from vaeflow import metrics
 from vaeflow.codec.api import resolve_codec
+from vaeflow.foundations import metrics
 from vaeflow.models.registry import ModelRef
 from vaeflow.stages import VAE, ChannelTransform, Entropy, PostFilter, Quantize, Wavelet
 

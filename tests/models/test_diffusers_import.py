@@ -17,9 +17,9 @@ import pytest
 
 import vaeflow
 from tests.helpers import image_folder, sync_job
-from vaeflow import metrics
 from vaeflow.cli.main import main
-from vaeflow.errors import ModelError
+from vaeflow.foundations import metrics
+from vaeflow.foundations.errors import ModelError
 from vaeflow.models import ModelRef, RuntimeOptions
 from vaeflow.models.registry import ModelEntry, Registry
 

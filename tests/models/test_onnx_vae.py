@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 
 import vaeflow
-from vaeflow import metrics
-from vaeflow.errors import ModelError
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.errors import ModelError
+from vaeflow.foundations.imageio import read_rgb
 from vaeflow.models import RuntimeOptions
 from vaeflow.models.onnx_vae import OnnxVAE
 from vaeflow.models.tiling import tile_layout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 from vaeflow.models import ModelRef
 from vaeflow.models.registry import Registry, register
 

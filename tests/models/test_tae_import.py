@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import metrics
 from vaeflow.cli.main import main
 from vaeflow.codec.api import open_stream
+from vaeflow.foundations import metrics
 from vaeflow.models.registry import Registry
 from vaeflow.stages import Entropy
 from vaeflow.stages.spec import coding_spec

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vaeflow import reports
-from vaeflow.bdrate import bd_rate_detail
+from vaeflow.foundations.bdrate import bd_rate_detail
 from vaeflow.reports import codecs
 from vaeflow.reports.results import codec_entry, document
 from vaeflow.reports.tables import NO_COMMON_RANGE, bd_table, format_bd_table

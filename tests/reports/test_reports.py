@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaeflow.bdrate import bd_rate, rate_at
+from vaeflow.foundations.bdrate import bd_rate, rate_at
 from vaeflow.reports import results
 from vaeflow.reports.evaluation import evaluate
 from vaeflow.reports.tables import bd_table, crossover_bpp

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.channel import ChannelTransform, hadamard_matrix
 
 

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages import wavelet
 from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes as classcoder

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages import wavelet
 from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes as classcoder

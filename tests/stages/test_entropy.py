@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vaeflow.errors import CorruptStreamError, PipelineError
+from vaeflow.foundations.errors import CorruptStreamError, PipelineError
 from vaeflow.stages import Entropy, Wavelet, quantize, wavelet
 from vaeflow.stages.coders import context
 from vaeflow.stages.spec import coding_spec

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages import (
     VAE,
     ChannelTransform,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages import RateTarget, quantize, wavelet
 from vaeflow.stages.quantize import Quantize, quality_to_step, step_to_quality
 from vaeflow.stages.wavelet import Wavelet

@@ -4,7 +4,7 @@ import pywt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages import wavelet
 from vaeflow.stages.wavelet import WAVELETS, Wavelet, subbands
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations.imageio import read_rgb
 
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 

@@ -28,13 +28,13 @@ from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.upload import staging_dir
 from vaeflow.dataset.verify import verify_store
-from vaeflow.durable import atomic_write
-from vaeflow.errors import VaeflowError
-from vaeflow.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
-from vaeflow.progressbar import progress_bar
+from vaeflow.foundations.durable import atomic_write
+from vaeflow.foundations.errors import VaeflowError
+from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS, load_image, write_png
+from vaeflow.foundations.progressbar import progress_bar
+from vaeflow.foundations.timing import StageTimer
 from vaeflow.reports.trace import write_trace
 from vaeflow.stages.target import DEFAULT_VERIFY_FRACTION, VERIFY
-from vaeflow.timing import StageTimer
 
 STREAM_SUFFIX = ".vfl"
 

@@ -28,8 +28,8 @@ from vaeflow.cli.parsing import (
     add_verbosity,
     finish_parser,
 )  # fmt: skip
-from vaeflow.errors import VaeflowError
-from vaeflow.resources import vaeflow_version
+from vaeflow.foundations.errors import VaeflowError
+from vaeflow.foundations.resources import vaeflow_version
 
 # `train` and `bench` come from the benchmarks and training packages, through entry points (cli/tools.py)
 COMMAND_MODULES = (samples, files, models, *tools.TOOL_COMMANDS, evaluate)

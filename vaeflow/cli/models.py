@@ -11,8 +11,8 @@ import numpy as np
 
 from vaeflow.cli.parsing import positive_int
 from vaeflow.codec.calibrate import calibrate_model
-from vaeflow.errors import ModelError
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.errors import ModelError
+from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.models import registry as model_registry
 from vaeflow.models.quality import reconstruction
 from vaeflow.models.registry import ModelEntry, Registry, home_dir

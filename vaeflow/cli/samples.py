@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.cli.messages import note
-from vaeflow.samples import SAMPLES, write_samples
+from vaeflow.foundations.samples import SAMPLES, write_samples
 
 
 def register(commands: Any) -> None:

@@ -24,7 +24,7 @@ from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any, NoReturn
 
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 GROUP = "vaeflow.commands"
 

@@ -13,12 +13,12 @@ from vaeflow.codec import format as stream_format
 from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.presets import load_pipeline
-from vaeflow.errors import ModelError, PipelineError
-from vaeflow.imageio import as_rgb
+from vaeflow.foundations.errors import ModelError, PipelineError
+from vaeflow.foundations.imageio import as_rgb
+from vaeflow.foundations.timing import StageTimer
 from vaeflow.models import ModelRef, Registry, RuntimeOptions
 from vaeflow.stages import Pipeline, RateTarget
 from vaeflow.stages import quantize as quantizer
-from vaeflow.timing import StageTimer
 
 PipelineLike = str | Pipeline | Codec | None
 
@@ -164,8 +164,8 @@ def decompress_latent(data: bytes | memoryview) -> np.ndarray:
     Reads the stream alone: neither the model files nor the VAE decoder are needed.
     """
     header, payload, codec = open_stream(data)
-    symbols = codec.decode_symbols(payload, header.latent_shape)
-    return codec.untransform(codec.dequantize(symbols))[0]  # type: ignore[no-any-return]
+    spec = codec.latent_spec(header.latent_shape)
+    return codec.pipeline.inverse([payload], spec, "entropy", "channel")[0]  # type: ignore[no-any-return]
 
 
 def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray]:
@@ -181,7 +181,7 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
     symbols: list[np.ndarray] = [np.empty(0)] * len(streams)
     for (entropy, _, shape), group in coded.items():
         for members in _chunks(group, shape):
-            spec = opened[members[0]][2].latent_spec(shape)
+            spec = opened[members[0]][2].latent_spec(shape, steps=False)
             decoded = entropy.inverse([opened[i][1] for i in members], spec)
             for i, row in zip(members, decoded, strict=True):
                 symbols[i] = row
@@ -193,7 +193,7 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
         for members in _chunks(group, shape):
             first = opened[members[0]][2]
             steps = np.stack([opened[i][2].steps(shape) for i in members])
-            spec = first.latent_spec(shape).with_steps(steps)
+            spec = first.latent_spec(shape, steps=False).with_steps(steps)
             coeffs = first.quantize.inverse(np.stack([symbols[i] for i in members]), spec)
             for i, latent in zip(members, first.untransform(coeffs), strict=True):
                 out[i] = latent

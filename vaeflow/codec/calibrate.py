@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vaeflow import metrics
 from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.dropmodel import DropModel, fit, image_features, relative_error
 from vaeflow.codec.presets import load_pipeline
-from vaeflow.errors import ModelError
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.errors import ModelError
+from vaeflow.foundations.imageio import list_images, read_rgb
+from vaeflow.foundations.progressbar import progress_bar
 from vaeflow.models import RuntimeOptions, load_model
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, Registry, register
-from vaeflow.progressbar import progress_bar
 from vaeflow.stages import ChannelTransform, Wavelet
 from vaeflow.stages import quantize as quantizer
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.dropmodel import DropModel
-from vaeflow.errors import ModelError, PipelineError
+from vaeflow.foundations.errors import ModelError, PipelineError
+from vaeflow.foundations.timing import StageTimer
 from vaeflow.models import ModelRef, Registry, RuntimeOptions, latent_unit_of, padded_shape
 from vaeflow.stages import (
     STAGE_ORDER,
@@ -37,7 +38,6 @@ from vaeflow.stages import (
 )
 from vaeflow.stages import quantize as quantizer
 from vaeflow.stages.quantize import AllocationTable
-from vaeflow.timing import StageTimer
 
 log = logging.getLogger("vaeflow")
 
@@ -200,11 +200,15 @@ class Codec:
         shape = self.latent_shape(*size)
         return StageSpec(size, shape, self.bands(shape), self.steps(shape), self.model, runtime, self.latent_unit)
 
-    def latent_spec(self, latent_shape: tuple[int, ...], runtime: RuntimeOptions | None = None) -> StageSpec:
-        """The spec of latents of ``latent_shape`` (.., C, h, w), for the stages after the VAE."""
+    def latent_spec(
+        self, latent_shape: tuple[int, ...], runtime: RuntimeOptions | None = None, steps: bool = True
+    ) -> StageSpec:
+        """The spec of latents of ``latent_shape`` (.., C, h, w), for the stages after the VAE (without
+        the quantizer's steps when ``steps`` is false: the transforms need none)."""
         shape = (int(latent_shape[-3]), int(latent_shape[-2]), int(latent_shape[-1]))
         size = (shape[1] * self.model.downsample, shape[2] * self.model.downsample)
-        return StageSpec(size, shape, self.bands(shape), self.steps(shape), self.model, runtime, self.latent_unit)
+        table = self.steps(shape) if steps else None
+        return StageSpec(size, shape, self.bands(shape), table, self.model, runtime, self.latent_unit)
 
     # Forward, each batch-wise (leading N axis).
     def run(
@@ -246,7 +250,7 @@ class Codec:
 
     def transform(self, latents: np.ndarray) -> np.ndarray:
         """Latents -> wavelet coefficients: the stages from the channel transform to the wavelet."""
-        return self.pipeline.forward(latents, self.latent_spec(latents.shape), "channel", "wavelet")
+        return self.pipeline.forward(latents, self.latent_spec(latents.shape, steps=False), "channel", "wavelet")
 
     def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
         return self.quantize.forward(coeffs, self.latent_spec(coeffs.shape))
@@ -271,7 +275,7 @@ class Codec:
         """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
         if not sizes:
             return []
-        return self.streams(self.entropy.forward(symbols, self.latent_spec(symbols.shape)), sizes, record)
+        return self.streams(self.entropy.forward(symbols, self.latent_spec(symbols.shape, steps=False)), sizes, record)
 
     def table_bytes(self) -> bytes:
         """The allocation table as the payload carries it (see ``quantize.pack_table``)."""
@@ -297,14 +301,14 @@ class Codec:
 
     def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
         """One stream's payload -> symbols (1, C, h, w)."""
-        return self.entropy.inverse([payload], self.latent_spec(latent_shape))
+        return self.entropy.inverse([payload], self.latent_spec(latent_shape, steps=False))
 
     def dequantize(self, symbols: np.ndarray) -> np.ndarray:
         return self.quantize.inverse(symbols, self.latent_spec(symbols.shape))
 
     def untransform(self, coeffs: np.ndarray) -> np.ndarray:
         """Wavelet coefficients -> latents: the stages from the wavelet back to the channel transform."""
-        return self.pipeline.inverse(coeffs, self.latent_spec(coeffs.shape), "wavelet", "channel")
+        return self.pipeline.inverse(coeffs, self.latent_spec(coeffs.shape, steps=False), "wavelet", "channel")
 
     def decode_images(
         self, latents: np.ndarray, size: tuple[int, int], runtime: RuntimeOptions | None = None

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 
 FEATURES = ("gradient", "gradient_energy", "block_variance", "latent_energy")
 RIDGE = 1e-3  # a touch of ridge regularisation: the fit has a few dozen photos

@@ -12,8 +12,8 @@ import math
 import zlib
 from dataclasses import dataclass, replace
 
-from vaeflow.binary import ByteReader, ByteWriter
-from vaeflow.errors import CorruptStreamError, PipelineError
+from vaeflow.foundations.binary import ByteReader, ByteWriter
+from vaeflow.foundations.errors import CorruptStreamError, PipelineError
 from vaeflow.models.registry import FINGERPRINT_BYTES, MAX_PATCH, ModelRef
 from vaeflow.stages import (
     STAGE_ORDER,
@@ -281,7 +281,7 @@ def unpack(
             model=ModelRef(name, fingerprint, latent_channels, downsample),
             height=height,
             width=width,
-            pipeline=Pipeline(stages),
+            pipeline=Pipeline(stages).completed(),  # a stage the stream does not record runs as its pass-through
             record=TargetRecord(*record) if record else None,
             version=version,
             latent_unit=unit,

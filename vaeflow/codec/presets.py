@@ -19,8 +19,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from vaeflow.errors import PipelineError
-from vaeflow.resources import presets_dir
+from vaeflow.foundations.errors import PipelineError
+from vaeflow.foundations.resources import presets_dir
 from vaeflow.stages import Pipeline
 
 

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vaeflow import metrics
 from vaeflow.codec.codec import Codec
 from vaeflow.codec.dropmodel import DropModel, drop_db, image_features, relative_error
+from vaeflow.foundations import metrics
 from vaeflow.models import RuntimeOptions
 from vaeflow.stages import RateTarget, TargetRecord
 

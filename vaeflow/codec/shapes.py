@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 
 BUCKET_UNIT = 64
 MAX_ASPECT = 4.0

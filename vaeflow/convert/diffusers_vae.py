@@ -40,11 +40,11 @@ from torch import nn
 from vaeflow.codec.calibrate import calibrate_model, center_crop
 from vaeflow.convert.onnx_export import export
 from vaeflow.convert.tae import load_state
-from vaeflow.errors import ModelError, VaeflowError
-from vaeflow.imageio import list_images, read_rgb
+from vaeflow.foundations.errors import ModelError, VaeflowError
+from vaeflow.foundations.imageio import list_images, read_rgb
+from vaeflow.foundations.samples import sample_image
 from vaeflow.models.onnx_vae import OnnxVAE
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, Registry, home_dir, register
-from vaeflow.samples import sample_image
 
 log = logging.getLogger("vaeflow")
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vaeflow.convert.onnx_export import export
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, register
 
 WIDTH = 64

@@ -11,7 +11,7 @@ from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import LAYOUT, META, BatchMarker
 from vaeflow.dataset.plan import Plan
 from vaeflow.dataset.work import WorkStore
-from vaeflow.durable import fsync, sync_tree
+from vaeflow.foundations.durable import fsync, sync_tree
 
 
 def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, BatchMarker], work: WorkStore) -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vaeflow.dataset.reader import open_store
-from vaeflow.errors import VaeflowError
-from vaeflow.imageio import write_png
+from vaeflow.foundations.errors import VaeflowError
+from vaeflow.foundations.imageio import write_png
 from vaeflow.models import RuntimeOptions
 
 MAX_COMPONENT_BYTES = 255

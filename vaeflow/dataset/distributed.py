@@ -32,8 +32,8 @@ from vaeflow.dataset.layout import LAYOUT, BatchMarker
 from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
-from vaeflow.display import without_remote_icon
-from vaeflow.errors import ClusterLostError, VaeflowError
+from vaeflow.foundations.display import without_remote_icon
+from vaeflow.foundations.errors import ClusterLostError, VaeflowError
 
 RETRIES = 2
 WINDOW_PER_THREAD = 3  # batches in flight per worker thread: enough to keep every thread busy

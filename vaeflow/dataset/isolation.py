@@ -15,7 +15,7 @@ from collections.abc import Callable
 from vaeflow.dataset.layout import BatchMarker
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext, failed_marker, merged_marker, single_batches
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 
 class PoisonInputError(VaeflowError):

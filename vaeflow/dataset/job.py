@@ -36,9 +36,9 @@ from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.dataset.tasks import TaskContext
 from vaeflow.dataset.upload import UploadReport, download, staging_dir, upload
 from vaeflow.dataset.work import WorkStore
-from vaeflow.display import html_table
-from vaeflow.errors import StoreWriteError, VaeflowError
-from vaeflow.resources import vaeflow_version
+from vaeflow.foundations.display import html_table
+from vaeflow.foundations.errors import StoreWriteError, VaeflowError
+from vaeflow.foundations.resources import vaeflow_version
 from vaeflow.stages import RateTarget
 
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)

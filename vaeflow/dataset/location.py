@@ -15,7 +15,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from vaeflow.dataset.layout import LAYOUT
 from vaeflow.dataset.spans import LoopNotingStore
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 StoreLocation = str | os.PathLike[str] | Store
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 from vaeflow.dataset.layout import LAYOUT
-from vaeflow.durable import atomic_write
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.durable import atomic_write
+from vaeflow.foundations.errors import VaeflowError
 
 LOCK_NAME = LAYOUT.lock
 HEARTBEAT_EVERY = 5.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vaeflow.imageio import DEFAULT_MAX_PIXELS
+from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
 from vaeflow.models import RuntimeOptions
 
 

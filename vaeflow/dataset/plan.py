@@ -20,8 +20,8 @@ from vaeflow.codec.codec import Codec
 from vaeflow.dataset.layout import SETTINGS
 from vaeflow.dataset.policy import COMPLETE, StorePolicy
 from vaeflow.dataset.scan import Scan, Sidecar
-from vaeflow.display import html_list_table, html_table
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.display import html_list_table, html_table
+from vaeflow.foundations.errors import PipelineError
 
 BATCH_PIXEL_BUDGET = 16_000_000  # pixels per VAE run, so that big images get small batches
 

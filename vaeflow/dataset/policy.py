@@ -23,7 +23,7 @@ from vaeflow.codec.api import model_quality
 from vaeflow.codec.codec import calibration_key
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, STATUS_OK, STORE_FORMAT, STORE_VERSION
-from vaeflow.errors import PipelineError, VaeflowError
+from vaeflow.foundations.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Pipeline, Wavelet
 

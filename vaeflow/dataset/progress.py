@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from vaeflow.dataset.layout import BatchMarker
 from vaeflow.dataset.plan import Plan
-from vaeflow.progressbar import progress_bar
+from vaeflow.foundations.progressbar import progress_bar
 
 
 @contextmanager

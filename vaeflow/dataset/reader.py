@@ -38,8 +38,8 @@ from vaeflow.dataset.layout import (
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import array, read, subgroup
-from vaeflow.display import html_list_table, html_table
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.display import html_list_table, html_table
+from vaeflow.foundations.errors import VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
 READABLE = ("image", "latent", "stream")  # what iter_batches reads: decoded images, latents or the streams

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from vaeflow.dataset.layout import LAYOUT
 from vaeflow.dataset.store import STORE_FORMAT
-from vaeflow.errors import ImageReadError, VaeflowError
-from vaeflow.imageio import IMAGE_SUFFIXES, read_header
+from vaeflow.foundations.errors import ImageReadError, VaeflowError
+from vaeflow.foundations.imageio import IMAGE_SUFFIXES, read_header
 
 SIDECAR_SUFFIXES = frozenset({".txt", ".caption", ".json"})
 MAX_SIDECAR_BYTES = 1 << 16

@@ -32,8 +32,8 @@ from vaeflow.dataset.layout import (
     text_offsets,
 )
 from vaeflow.dataset.layout import STORE_FORMAT as STORE_FORMAT
-from vaeflow.durable import fsync, sync_tree
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.durable import fsync, sync_tree
+from vaeflow.foundations.errors import VaeflowError
 
 DATA_CHUNK = 4 << 20  # streams/data's shards (format 1: its chunks)
 STREAM_CHUNK = 16 << 10  # the inner chunks of streams/data's shards

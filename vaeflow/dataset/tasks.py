@@ -36,8 +36,8 @@ from vaeflow.codec.codec import ENCODED, Codec
 from vaeflow.dataset.layout import BatchMarker, ImageMarker
 from vaeflow.dataset.plan import Batch, Item
 from vaeflow.dataset.work import LOAD, STAGE_ARRAYS, WorkStore
-from vaeflow.errors import ClusterLostError, ImageReadError, ModelError
-from vaeflow.imageio import load_image
+from vaeflow.foundations.errors import ClusterLostError, ImageReadError, ModelError
+from vaeflow.foundations.imageio import load_image
 from vaeflow.models import RuntimeOptions, pad_images
 from vaeflow.stages import StageSpec
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.dataset.layout import LAYOUT
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 from vaeflow.models.registry import home_dir
 
 ROOT = LAYOUT.zarr_json  # the root's metadata: uploaded last, it says the store is complete

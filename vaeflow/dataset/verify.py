@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.dataset.reader import check_stream_shape, open_store
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.errors import VaeflowError
 
 WINDOW = 64 << 20  # bytes of stream data read at a time
 

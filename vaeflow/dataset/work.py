@@ -22,7 +22,7 @@ import zarr
 from vaeflow.codec.codec import ENCODED
 from vaeflow.dataset.layout import LAYOUT, WORK, BatchMarker
 from vaeflow.dataset.plan import Batch, Plan
-from vaeflow.durable import atomic_write, atomic_write_json
+from vaeflow.foundations.durable import atomic_write, atomic_write_json
 from vaeflow.stages import Stage
 
 WORK_DIR = LAYOUT.work

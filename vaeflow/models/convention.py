@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vaeflow.errors import ModelError
+from vaeflow.foundations.errors import ModelError
 
 CONVENTIONS = ("none", "shift_scale")
 

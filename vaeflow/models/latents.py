@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vaeflow.imageio import as_rgb
+from vaeflow.foundations.imageio import as_rgb
 from vaeflow.models.convention import LatentConvention
 from vaeflow.models.onnx_vae import RuntimeOptions, check_ref, load_model
 from vaeflow.models.registry import ModelEntry, ModelRef, Registry, padded_shape

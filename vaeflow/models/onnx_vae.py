@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vaeflow.errors import CorruptStreamError, ModelError
+from vaeflow.foundations.errors import CorruptStreamError, ModelError
 from vaeflow.models.registry import ModelEntry, ModelRef, Registry
 from vaeflow.models.tiling import apply_tiled
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vaeflow import metrics
+from vaeflow.foundations import metrics
 from vaeflow.models.onnx_vae import OnnxVAE, load_model
 
 

@@ -25,10 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vaeflow.durable import atomic_write
-from vaeflow.errors import ModelError
+from vaeflow.foundations.durable import atomic_write
+from vaeflow.foundations.errors import ModelError
+from vaeflow.foundations.resources import shipped_models_dir
 from vaeflow.models.convention import CONVENTIONS, LatentConvention
-from vaeflow.resources import shipped_models_dir
 
 REGISTRY_FILE = "models.toml"
 FINGERPRINT_BYTES = 8

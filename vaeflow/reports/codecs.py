@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
-from vaeflow import metrics
 from vaeflow.codec.api import compress, decompress, resolve_codec
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.imageio import read_rgb
 
 
 @dataclass(frozen=True)

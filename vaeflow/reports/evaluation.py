@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from vaeflow.codec.codec import Codec
-from vaeflow.imageio import list_images
+from vaeflow.foundations.imageio import list_images
+from vaeflow.foundations.progressbar import progress_bar
 from vaeflow.models import load_model
-from vaeflow.progressbar import progress_bar
 from vaeflow.reports import codecs
 from vaeflow.reports.results import codec_entry, document
 

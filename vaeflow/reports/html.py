@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vaeflow import metrics
-from vaeflow.imageio import read_rgb
+from vaeflow.foundations import metrics
+from vaeflow.foundations.imageio import read_rgb
 from vaeflow.reports import codecs, matched
 from vaeflow.reports.plots import figure_svg, rd_figure, residual_png
 from vaeflow.reports.tables import METRIC_SCALES, NO_COMMON_RANGE, bd_table, integrated, percent

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from vaeflow.bdrate import bd_rate_detail
+from vaeflow.foundations.bdrate import bd_rate_detail
 
 
 def ms_ssim_db(values: list[float]) -> list[float]:

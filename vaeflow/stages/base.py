@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.spec import StageSpec
 from vaeflow.stages.target import RateTarget
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.spec import StageSpec
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.coders import EntropyCoder, Payload, bands, classes, context, laplace
 from vaeflow.stages.spec import StageSpec

@@ -29,8 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from vaeflow.binary import ByteReader, ByteWriter
-from vaeflow.errors import CorruptStreamError, PipelineError
+from vaeflow.foundations.binary import ByteReader, ByteWriter
+from vaeflow.foundations.errors import CorruptStreamError, PipelineError
 from vaeflow.stages.base import Stage
 from vaeflow.stages.coders import laplace, rans
 from vaeflow.stages.spec import StageSpec

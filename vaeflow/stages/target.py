@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 
 TARGET_KINDS = ("bpp", "psnr", "latent")
 VERIFY = ("all", "sample", "none")  # how a PSNR-drop limit is proved: every image decoded, a sample, none

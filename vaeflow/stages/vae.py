@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from vaeflow.errors import PipelineError
+from vaeflow.foundations.errors import PipelineError
 from vaeflow.models import load_model, pad_images
 from vaeflow.stages.base import Stage
 from vaeflow.stages.spec import StageSpec

@@ -24,7 +24,7 @@ from functools import lru_cache
 import constriction
 import numpy as np
 
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders.classes import (
     _INT32,
     ESCAPE_BITS,

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
-from vaeflow.binary import ByteReader, ByteWriter
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.binary import ByteReader, ByteWriter
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders.classes_geometry import Geometry, geometry_of, level_static, ll_activity, step_activity
 from vaeflow.stages.coders.classes_model import (
     ACTIVITY_BITS,

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import constriction
 import numpy as np
 
-from vaeflow.binary import ByteReader, ByteWriter
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.binary import ByteReader, ByteWriter
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders import Payload, Shape, decode_each, rans
 from vaeflow.stages.wavelet import Subband
 

@@ -19,8 +19,8 @@ from typing import Any
 import constriction
 import numpy as np
 
-from vaeflow.binary import ByteReader
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.binary import ByteReader
+from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.wavelet import Subband
 
 PROBABILITY_FLOOR = 2.0**-24

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vaeflow.errors import ImageReadError, VaeflowError
+from vaeflow.foundations.errors import ImageReadError, VaeflowError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 # Formats read by content, whatever the extension says; never Pillow's others (EPS, PSD, ...).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from vaeflow.errors import CorruptStreamError
+from vaeflow.foundations.errors import CorruptStreamError
 
 
 class ByteWriter:

@@ -23,8 +23,8 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from vaeflow.durable import atomic_write
-from vaeflow.errors import VaeflowError
+from vaeflow.foundations.durable import atomic_write
+from vaeflow.foundations.errors import VaeflowError
 
 SAMPLES: dict[str, tuple[str, str]] = {
     "astronaut": ("Eileen Collins, NASA Great Images", "public domain"),

@@ -1,0 +1,1 @@
+"""Foundations: what every layer above may use (errors, bytes, files, images, metrics, timing, ...)."""
