@@ -26,7 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import google_crc32c
 import numpy as np
@@ -78,6 +78,10 @@ class LoopNotingStore(WrapperStore[Store]):
     @property
     def wrapped(self) -> Store:
         return self._store
+
+    def with_read_only(self, read_only: bool = False) -> Self:
+        """This store, read-only or not, still noting its loop (zarr 3.1.0's ``WrapperStore`` lacks this)."""
+        return type(self)(self._store.with_read_only(read_only))
 
     def _note(self) -> None:
         self._noted = (os.getpid(), asyncio.get_running_loop())
