@@ -27,7 +27,6 @@ from vaeflow.stages import (
     ChannelTransform,
     Entropy,
     Pipeline,
-    PostFilter,
     Quantize,
     RateTarget,
     Stage,
@@ -38,6 +37,7 @@ from vaeflow.stages import (
 )
 from vaeflow.stages import quantize as quantizer
 from vaeflow.stages.quantize import AllocationTable
+from vaeflow.stages.views import StageViews
 
 log = logging.getLogger("vaeflow")
 
@@ -45,7 +45,7 @@ ENCODED = STAGE_ORDER[1:]  # what ``run(until=...)`` accepts: the stages after t
 
 
 @dataclass(frozen=True)
-class Codec:
+class Codec(StageViews):
     """A complete pipeline, every stage present, with its model resolved: what the stages need besides
     their own fields comes from here, as each size's ``StageSpec``."""
 
@@ -114,31 +114,6 @@ class Codec:
             return codec.with_quantizer(replace(codec.quantize, allocation="uniform"))
         table = quantizer.allocation_table(np.asarray(gains), codec.wavelet.all_bands(), codec.wavelet.levels)
         return replace(codec, allocation_table=tuple(tuple(int(v) for v in row) for row in table))
-
-    # The stages, by name.
-    @property
-    def postfilter(self) -> PostFilter:
-        return self.pipeline.by_name["postfilter"]  # type: ignore[return-value]
-
-    @property
-    def vae(self) -> VAE:
-        return self.pipeline.by_name["vae"]  # type: ignore[return-value]
-
-    @property
-    def channel(self) -> ChannelTransform:
-        return self.pipeline.by_name["channel"]  # type: ignore[return-value]
-
-    @property
-    def wavelet(self) -> Wavelet:
-        return self.pipeline.by_name["wavelet"]  # type: ignore[return-value]
-
-    @property
-    def quantize(self) -> Quantize:
-        return self.pipeline.by_name["quantize"]  # type: ignore[return-value]
-
-    @property
-    def entropy(self) -> Entropy:
-        return self.pipeline.by_name["entropy"]  # type: ignore[return-value]
 
     @property
     def target(self) -> RateTarget | None:

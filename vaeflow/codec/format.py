@@ -27,6 +27,7 @@ from vaeflow.stages import (
     TargetRecord,
     Wavelet,
 )
+from vaeflow.stages.views import StageViews
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
@@ -61,7 +62,7 @@ SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel
 
 
 @dataclass(frozen=True)
-class StreamHeader:
+class StreamHeader(StageViews):
     """What a stream says about itself: its model, the image's size, the pipeline that decodes it (every
     stage, no target), and any rate-control record."""
 
@@ -86,26 +87,6 @@ class StreamHeader:
 
     def with_stages(self, *stages: Stage) -> StreamHeader:
         return replace(self, pipeline=self.pipeline.with_stages(*stages))
-
-    @property
-    def postfilter(self) -> PostFilter:
-        return self.pipeline.by_name["postfilter"]  # type: ignore[return-value]
-
-    @property
-    def channel(self) -> ChannelTransform:
-        return self.pipeline.by_name["channel"]  # type: ignore[return-value]
-
-    @property
-    def wavelet(self) -> Wavelet:
-        return self.pipeline.by_name["wavelet"]  # type: ignore[return-value]
-
-    @property
-    def quantize(self) -> Quantize:
-        return self.pipeline.by_name["quantize"]  # type: ignore[return-value]
-
-    @property
-    def entropy(self) -> Entropy:
-        return self.pipeline.by_name["entropy"]  # type: ignore[return-value]
 
 
 def pack(header: StreamHeader, payload: bytes) -> bytes:
