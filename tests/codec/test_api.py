@@ -150,6 +150,22 @@ def test_intermediates_are_inspectable(photo: np.ndarray) -> None:
         searched.run(image, until="quantize")
 
 
+def test_a_codec_from_a_header_runs_its_model_without_the_allocation_table(photo: np.ndarray) -> None:
+    """The VAE's stages need no quantizer steps: a codec rebuilt from a header, whose decoder-allocation
+    table is in the payload it was not given, still encodes and decodes."""
+    from vaeflow.codec import format as stream_format
+
+    image = photo[:64, :96]
+    header, _ = stream_format.unpack(vaeflow.compress(image))
+    bare = Codec.from_header(header)
+    assert bare.quantize.allocation == "decoder" and bare.allocation_table is None
+    resolved = resolve_codec()
+    latents = bare.encode_latents(image[None])
+    np.testing.assert_array_equal(latents, resolved.encode_latents(image[None]))
+    np.testing.assert_array_equal(bare.decode_images(latents, (64, 96)), resolved.decode_images(latents, (64, 96)))
+    np.testing.assert_array_equal(bare.run(image, until="wavelet"), resolved.run(image, until="wavelet"))
+
+
 def test_presets_load_by_name_and_unknown_lists_them(photo: np.ndarray) -> None:
     image = photo[:64, :64]
     stored = vaeflow.compress(image, pipeline="latent-store")

@@ -11,7 +11,7 @@ import numpy as np
 
 from vaeflow.codec import format as stream_format
 from vaeflow.codec import ratecontrol
-from vaeflow.codec.codec import Codec
+from vaeflow.codec.codec import CODING, TRANSFORMS, Codec
 from vaeflow.codec.presets import load_pipeline
 from vaeflow.foundations.errors import ModelError, PipelineError
 from vaeflow.foundations.imageio import as_rgb
@@ -93,7 +93,7 @@ def encode(
 ) -> list[bytes]:
     """Streams for a batch of same-shape images, each at the step the codec's rate strategy chooses."""
     timer = timer or StageTimer()
-    coeffs = codec.run(images, "wavelet", runtime, timer)
+    coeffs = codec.run(images, TRANSFORMS[-1], runtime, timer)
     strategy = ratecontrol.strategy_of(codec)
     measure = codec.target is None or codec.target.verify != "none"
     sizes = [(images.shape[1], images.shape[2])] * len(images)
@@ -165,7 +165,7 @@ def decompress_latent(data: bytes | memoryview) -> np.ndarray:
     """
     header, payload, codec = open_stream(data)
     spec = codec.latent_spec(header.latent_shape)
-    return codec.pipeline.inverse([payload], spec, "entropy", "channel")[0]  # type: ignore[no-any-return]
+    return codec.pipeline.inverse([payload], spec, CODING[-1], TRANSFORMS[0])[0]  # type: ignore[no-any-return]
 
 
 def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray]:
@@ -177,19 +177,20 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
     opened = [open_stream(data) for data in streams]
     coded: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (header, _, codec) in enumerate(opened):
-        coded[(codec.entropy, codec.wavelet, header.latent_shape)].append(i)
+        coded[(_stages(codec, CODING), codec.wavelet, header.latent_shape)].append(i)
     symbols: list[np.ndarray] = [np.empty(0)] * len(streams)
-    for (entropy, _, shape), group in coded.items():
+    for (_, _, shape), group in coded.items():
         for members in _chunks(group, shape):
-            spec = opened[members[0]][2].latent_spec(shape, steps=False)
-            decoded = entropy.inverse([opened[i][1] for i in members], spec)
+            first = opened[members[0]][2]
+            spec = first.latent_spec(shape, steps=False)
+            decoded = first.pipeline.inverse([opened[i][1] for i in members], spec, CODING[-1], CODING[0])
             for i, row in zip(members, decoded, strict=True):
                 symbols[i] = row
     transformed: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (header, _, codec) in enumerate(opened):
-        transformed[(codec.quantize.rounding, codec.channel, codec.wavelet, header.latent_shape)].append(i)
+        transformed[(codec.quantize.rounding, _stages(codec, TRANSFORMS), header.latent_shape)].append(i)
     out: list[np.ndarray] = [np.empty(0)] * len(streams)
-    for (_, _, _, shape), group in transformed.items():
+    for (_, _, shape), group in transformed.items():
         for members in _chunks(group, shape):
             first = opened[members[0]][2]
             steps = np.stack([opened[i][2].steps(shape) for i in members])
@@ -198,6 +199,10 @@ def decompress_latents(streams: Sequence[bytes | memoryview]) -> list[np.ndarray
             for i, latent in zip(members, first.untransform(coeffs), strict=True):
                 out[i] = latent
     return out
+
+
+def _stages(codec: Codec, names: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(codec.pipeline.by_name[name] for name in names)
 
 
 BATCH_COEFFICIENTS = 1 << 18  # latents decoded together hold at most this many values (at least one latent)

@@ -41,7 +41,14 @@ from vaeflow.stages.views import StageViews
 
 log = logging.getLogger("vaeflow")
 
-ENCODED = STAGE_ORDER[1:]  # what ``run(until=...)`` accepts: the stages after the post-filter, which decoding runs
+# The stages from the encoder on (``run(until=...)`` accepts them); those before it act on decoded images.
+ENCODED = STAGE_ORDER[STAGE_ORDER.index("vae") :]
+# Between the encoder and the quantizer: the transforms of the latent, which need no steps.
+TRANSFORMS = STAGE_ORDER[STAGE_ORDER.index("vae") + 1 : STAGE_ORDER.index("quantize")]
+# After the quantizer: the stages that code its symbols, at the step each image got.
+CODING = STAGE_ORDER[STAGE_ORDER.index("quantize") + 1 :]
+# From the encoder to the quantizer: the stages that give each image its rows (then coded by CODING).
+TO_SYMBOLS = ENCODED[: ENCODED.index("quantize") + 1]
 
 
 @dataclass(frozen=True)
@@ -170,10 +177,12 @@ class Codec(StageViews):
         """The latent of an image of this size: what the VAE gives for it and what its stream holds."""
         return self.model.latent_shape(height, width, self.latent_unit)
 
-    def spec(self, size: tuple[int, int], runtime: RuntimeOptions | None = None) -> StageSpec:
-        """The spec every stage runs with for images of ``size`` (H, W), at this codec's step."""
+    def spec(self, size: tuple[int, int], runtime: RuntimeOptions | None = None, steps: bool = True) -> StageSpec:
+        """The spec every stage runs with for images of ``size`` (H, W), at this codec's step (without the
+        step table when ``steps`` is false: only the quantizer needs it)."""
         shape = self.latent_shape(*size)
-        return StageSpec(size, shape, self.bands(shape), self.steps(shape), self.model, runtime, self.latent_unit)
+        table = self.steps(shape) if steps else None
+        return StageSpec(size, shape, self.bands(shape), table, self.model, runtime, self.latent_unit)
 
     def latent_spec(
         self, latent_shape: tuple[int, ...], runtime: RuntimeOptions | None = None, steps: bool = True
@@ -210,7 +219,8 @@ class Codec(StageViews):
         single = images.ndim == 3
         batch = images[None] if single else images
         timer = timer or StageTimer()
-        spec = self.spec((batch.shape[1], batch.shape[2]), runtime)
+        quantized = STAGE_ORDER.index(until) >= STAGE_ORDER.index("quantize")
+        spec = self.spec((batch.shape[1], batch.shape[2]), runtime, steps=quantized)
         out: Any = batch
         for stage in self.pipeline.between("vae", until):
             with timer(stage.stage_name):
@@ -221,11 +231,14 @@ class Codec(StageViews):
 
     def encode_latents(self, images: np.ndarray, runtime: RuntimeOptions | None = None) -> np.ndarray:
         """Same-size images (N, H, W, 3) -> their exact latents (N, C, h, w) (``VAE.forward``)."""
-        return self.vae.forward(images, self.spec((images.shape[1], images.shape[2]), runtime))  # type: ignore[no-any-return]
+        spec = self.spec((images.shape[1], images.shape[2]), runtime, steps=False)
+        return self.vae.forward(images, spec)  # type: ignore[no-any-return]
 
     def transform(self, latents: np.ndarray) -> np.ndarray:
         """Latents -> wavelet coefficients: the stages from the channel transform to the wavelet."""
-        return self.pipeline.forward(latents, self.latent_spec(latents.shape, steps=False), "channel", "wavelet")
+        return self.pipeline.forward(
+            latents, self.latent_spec(latents.shape, steps=False), TRANSFORMS[0], TRANSFORMS[-1]
+        )
 
     def quantize_coefficients(self, coeffs: np.ndarray) -> np.ndarray:
         return self.quantize.forward(coeffs, self.latent_spec(coeffs.shape))
@@ -250,7 +263,8 @@ class Codec(StageViews):
         """Symbols (N, C, h, w) and each image's original (H, W) -> one stream per image."""
         if not sizes:
             return []
-        return self.streams(self.entropy.forward(symbols, self.latent_spec(symbols.shape, steps=False)), sizes, record)
+        spec = self.latent_spec(symbols.shape, steps=False)
+        return self.streams(self.pipeline.forward(symbols, spec, CODING[0], CODING[-1]), sizes, record)
 
     def table_bytes(self) -> bytes:
         """The allocation table as the payload carries it (see ``quantize.pack_table``)."""
@@ -276,20 +290,20 @@ class Codec(StageViews):
 
     def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
         """One stream's payload -> symbols (1, C, h, w)."""
-        return self.entropy.inverse([payload], self.latent_spec(latent_shape, steps=False))
+        return self.pipeline.inverse([payload], self.latent_spec(latent_shape, steps=False), CODING[-1], CODING[0])
 
     def dequantize(self, symbols: np.ndarray) -> np.ndarray:
         return self.quantize.inverse(symbols, self.latent_spec(symbols.shape))
 
     def untransform(self, coeffs: np.ndarray) -> np.ndarray:
         """Wavelet coefficients -> latents: the stages from the wavelet back to the channel transform."""
-        return self.pipeline.inverse(coeffs, self.latent_spec(coeffs.shape, steps=False), "wavelet", "channel")
+        return self.pipeline.inverse(coeffs, self.latent_spec(coeffs.shape, steps=False), TRANSFORMS[-1], TRANSFORMS[0])
 
     def decode_images(
         self, latents: np.ndarray, size: tuple[int, int], runtime: RuntimeOptions | None = None
     ) -> np.ndarray:
         """Latents -> images of ``size`` through this codec's very model (another fingerprint is refused)."""
-        return self.pipeline.inverse(latents, self.spec(size, runtime), "vae", "postfilter")
+        return self.pipeline.inverse(latents, self.spec(size, runtime, steps=False), "vae", STAGE_ORDER[0])
 
 
 def calibration_key(transform: str, wavelet: Wavelet) -> str:

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -367,7 +367,15 @@ def _largest(attempt: Callable[[float], Choice], ok: Callable[[Choice], bool], f
 
 
 class RateStrategy(Protocol):
-    """How the quantize stage gets each image's step, and how the stream records it."""
+    """How the quantize stage gets each image's step, and how the stream records it. ``own_failures``
+    are the errors of ``choose`` that fail just that image, saying why in their own words (a target out
+    of its reach); ``stage_failures`` those that fail it as the stage failing on it."""
+
+    @property
+    def own_failures(self) -> tuple[type[Exception], ...]: ...
+
+    @property
+    def stage_failures(self) -> tuple[type[Exception], ...]: ...
 
     @property
     def needs_image(self) -> bool:
@@ -398,6 +406,8 @@ class FixedStep:
     """No target: every image at the codec's own quality or step, as its stream records it."""
 
     needs_image = False
+    own_failures: ClassVar[tuple[type[Exception], ...]] = ()
+    stage_failures: ClassVar[tuple[type[Exception], ...]] = (Exception,)
 
     def choose(
         self,
@@ -424,6 +434,8 @@ class TargetSearch:
     """Each image's step searched for the codec's target (``search``), recorded with what it reached."""
 
     target: RateTarget
+    own_failures: ClassVar[tuple[type[Exception], ...]] = (ValueError,)  # out of reach, or the model refusing
+    stage_failures: ClassVar[tuple[type[Exception], ...]] = ()  # anything else: retried, then isolated
 
     @property
     def needs_image(self) -> bool:

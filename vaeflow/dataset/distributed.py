@@ -25,7 +25,6 @@ from distributed.client import ClosedClientError
 from distributed.comm.core import CommClosedError
 from distributed.metrics import context_meter
 
-from vaeflow.codec.codec import ENCODED
 from vaeflow.dataset import tasks
 from vaeflow.dataset.isolation import code_alone
 from vaeflow.dataset.layout import LAYOUT, BatchMarker
@@ -174,7 +173,7 @@ def batch_graph(ctx: TaskContext, batch: Batch, token: str, spans: Spans | None 
             return delayed(run_fused_metered, pure=False)(ctx, batch, dask_key_name=f"batch-{name}")  # type: ignore[no-any-return]
     with stage("load"):
         state = delayed(tasks.load_task, pure=False)(ctx, batch, dask_key_name=f"load-{name}")
-    for label in ENCODED:
+    for label in tasks.STAGES[1:-1]:
         with stage(label):
             state = delayed(tasks.stage_task, pure=False)(ctx, batch, state, label, dask_key_name=f"{label}-{name}")
     with stage("write"):

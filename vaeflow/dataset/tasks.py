@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vaeflow.codec import ratecontrol
-from vaeflow.codec.codec import ENCODED, Codec
+from vaeflow.codec.codec import CODING, TO_SYMBOLS, Codec
 from vaeflow.dataset.layout import BatchMarker, ImageMarker
 from vaeflow.dataset.plan import Batch, Item
 from vaeflow.dataset.work import LOAD, STAGE_ARRAYS, WorkStore
@@ -42,7 +42,10 @@ from vaeflow.models import RuntimeOptions, pad_images
 from vaeflow.stages import StageSpec
 
 WRITE = "write"
-STAGES = (LOAD, *ENCODED, WRITE)  # a batch's tasks, in order: the codec's stages between loading and writing
+# A batch's tasks, in order: each stage from the encoder to the quantizer, then the stages that code the
+# symbols (at each image's own step, through the rate strategy) as one task named after the last of them.
+CODED = CODING[-1]
+STAGES = (LOAD, *TO_SYMBOLS, CODED, WRITE)
 # Errors of the job, not of an image: every image would fail the same way, so the job stops and says why.
 JOB_ERRORS = (OSError, ModelError, ClusterLostError)
 Rows = dict[int, np.ndarray]  # position in the batch -> that image's array
@@ -150,17 +153,17 @@ def _isolated(
 def batch_spec(ctx: TaskContext, batch: Batch) -> StageSpec:
     """The spec of the batch's padded shape, which every image of the batch has."""
     first = batch.items[0]
-    return ctx.codec.spec(ctx.codec.padded_shape(first.height, first.width), ctx.runtime)
+    return ctx.codec.spec(ctx.codec.padded_shape(first.height, first.width), ctx.runtime, steps=False)
 
 
 def run_stage(
     ctx: TaskContext, batch: Batch, state: BatchState, name: str, rows: Rows, images: Rows | None = None
 ) -> tuple[BatchState, Any]:
-    """The codec stage ``name`` over the batch's rows: the rows it gives (the entropy stage: each
-    image's stream). ``images`` are the loaded images, which a rate strategy may compare with."""
-    if name == "quantize":
+    """The codec stage ``name`` over the batch's rows: the rows it gives (the quantizer through the rate
+    strategy; the last task, ``CODED``, every coding stage at once: each image's stream). ``images`` are the loaded images, which a rate strategy may compare with."""
+    if name == TO_SYMBOLS[-1]:
         return quantize(ctx, batch, state, rows, images)
-    if name == "entropy":
+    if name == CODED:
         return entropy(ctx, batch, state, rows)
     stage, spec = ctx.codec.pipeline.by_name[name], batch_spec(ctx, batch)
     return _isolated(state, name, rows, lambda xs: list(stage.forward(np.stack(xs), spec)))
@@ -183,12 +186,12 @@ def quantize(
                 ctx.codec, coeffs[pos][None], [(item.height, item.width)], [image], ctx.runtime,
                 measure=batch.verified, margin=ctx.margin,
             )  # fmt: skip
-        except JOB_ERRORS:
-            raise
-        except ValueError as exc:  # a target out of reach says so itself
+        except strategy.own_failures as exc:  # a target out of reach says so itself
             state = state.fail(pos, str(exc))
             continue
-        except Exception as exc:
+        except JOB_ERRORS:
+            raise
+        except strategy.stage_failures as exc:
             state = state.fail(pos, f"quantize stage failed: {type(exc).__name__}: {exc}")
             continue
         out[pos] = choice.symbols[0]
@@ -259,7 +262,7 @@ def stage_task(ctx: TaskContext, batch: Batch, state: BatchState, name: str) -> 
     them), its output written there, or, for the last stage, the batch's streams."""
     start = time.time()
     rows = _read(ctx, batch, STAGES[STAGES.index(name) - 1], state)
-    needs_image = name == "quantize" and ratecontrol.strategy_of(ctx.codec).needs_image
+    needs_image = name == TO_SYMBOLS[-1] and ratecontrol.strategy_of(ctx.codec).needs_image
     state, out = run_stage(ctx, batch, state, name, rows, _read(ctx, batch, LOAD, state) if needs_image else None)
     if name in STAGE_ARRAYS:
         _write(ctx, batch, name, out)
@@ -282,7 +285,7 @@ def write_task(ctx: TaskContext, batch: Batch, state: BatchState) -> BatchMarker
 def run_batch(ctx: TaskContext, batch: Batch) -> BatchMarker:
     """Every stage task of one batch in this process, through the work store."""
     state = load_task(ctx, batch)
-    for name in ENCODED:
+    for name in STAGES[1:-1]:
         state = stage_task(ctx, batch, state, name)
     return write_task(ctx, batch, state)
 
@@ -308,7 +311,7 @@ def run_fused(
 
     kept = {LOAD: timed(LOAD, load)}
     out = kept[LOAD]
-    for name in ENCODED:
+    for name in STAGES[1:-1]:
         out = timed(name, run_stage, name, out, kept[LOAD])
         kept[name] = out
     with meter(WRITE):

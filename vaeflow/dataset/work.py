@@ -19,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 import zarr
 
-from vaeflow.codec.codec import ENCODED
+from vaeflow.codec.codec import TO_SYMBOLS
 from vaeflow.dataset.layout import LAYOUT, WORK, BatchMarker
 from vaeflow.dataset.plan import Batch, Plan
 from vaeflow.foundations.durable import atomic_write, atomic_write_json
@@ -27,7 +27,7 @@ from vaeflow.stages import Stage
 
 WORK_DIR = LAYOUT.work
 LOAD = "load"  # the task before the codec's stages: each image read and padded
-STAGE_ARRAYS = (LOAD, *ENCODED[:-1])  # an array of each stage's output rows, named after the stage
+STAGE_ARRAYS = (LOAD, *TO_SYMBOLS)  # an array of each stage's output rows, named after the stage
 ROW_DTYPES = {"image": "uint8", "latent": "float32", "coefficients": "float32", "symbols": "int32"}  # by data kind
 TILE = 1024
 STREAMS_SUFFIX = WORK.streams_suffix

@@ -14,6 +14,7 @@ stream headers are all derived from it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, ClassVar, Self
 
 from vaeflow.foundations.errors import PipelineError
@@ -77,7 +78,6 @@ class Pipeline:
     stages: tuple[Stage, ...]
     target: RateTarget | None = None
     description: str = field(default="", compare=False)
-    by_name: dict[str, Stage] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         seen: dict[str, Stage] = {}
@@ -98,7 +98,6 @@ class Pipeline:
                 )
         if self.target is not None and not isinstance(self.target, RateTarget):
             raise PipelineError(f"target must be a RateTarget, got {self.target!r}")
-        object.__setattr__(self, "by_name", seen)
 
     def __or__(self, other: Stage | Pipeline) -> Pipeline:
         if isinstance(other, Pipeline):
@@ -108,6 +107,11 @@ class Pipeline:
     def __str__(self) -> str:
         text = " | ".join(repr(s) for s in self.stages)
         return f"{text}, aiming for {self.target!r}" if self.target else text
+
+    @cached_property
+    def by_name(self) -> dict[str, Stage]:
+        """Each stage by its name (not a field: computed once, not compared, pickled with the pipeline)."""
+        return {s.stage_name: s for s in self.stages}
 
     def stage(self, name: str) -> Stage | None:
         return self.by_name.get(name)
