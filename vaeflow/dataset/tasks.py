@@ -160,7 +160,8 @@ def run_stage(
     ctx: TaskContext, batch: Batch, state: BatchState, name: str, rows: Rows, images: Rows | None = None
 ) -> tuple[BatchState, Any]:
     """The codec stage ``name`` over the batch's rows: the rows it gives (the quantizer through the rate
-    strategy; the last task, ``CODED``, every coding stage at once: each image's stream). ``images`` are the loaded images, which a rate strategy may compare with."""
+    strategy; the last task, ``CODED``, every coding stage at once: each image's stream). ``images`` are
+    the loaded images, which a rate strategy may compare with."""
     if name == TO_SYMBOLS[-1]:
         return quantize(ctx, batch, state, rows, images)
     if name == CODED:
