@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -188,11 +189,20 @@ class Codec(StageViews):
         self, latent_shape: tuple[int, ...], runtime: RuntimeOptions | None = None, steps: bool = True
     ) -> StageSpec:
         """The spec of latents of ``latent_shape`` (.., C, h, w), for the stages after the VAE (without
-        the quantizer's steps when ``steps`` is false: the transforms need none)."""
+        the quantizer's steps when ``steps`` is false: the transforms need none). Made once per shape."""
         shape = (int(latent_shape[-3]), int(latent_shape[-2]), int(latent_shape[-1]))
-        size = (shape[1] * self.model.downsample, shape[2] * self.model.downsample)
-        table = self.steps(shape) if steps else None
-        return StageSpec(size, shape, self.bands(shape), table, self.model, runtime, self.latent_unit)
+        key = (shape, steps, runtime)
+        spec = self._latent_specs.get(key)
+        if spec is None:
+            size = (shape[1] * self.model.downsample, shape[2] * self.model.downsample)
+            table = self.steps(shape) if steps else None
+            spec = StageSpec(size, shape, self.bands(shape), table, self.model, runtime, self.latent_unit)
+            self._latent_specs[key] = spec
+        return spec
+
+    @cached_property
+    def _latent_specs(self) -> dict[tuple[Any, ...], StageSpec]:
+        return {}
 
     # Forward, each batch-wise (leading N axis).
     def run(

@@ -133,12 +133,16 @@ class Pipeline:
         ordered = tuple(by_name[name] for name in STAGE_ORDER if name in by_name)
         return Pipeline(ordered, self.target, self.description)
 
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.stage_name for s in self.stages)
+
     def between(self, first: str, last: str) -> tuple[Stage, ...]:
         """The stages from ``first`` to ``last`` (names), in codec order."""
-        names = [s.stage_name for s in self.stages]
+        names = self.names
         for name in (first, last):
             if name not in names:
-                raise PipelineError(f"unknown stage {name!r}; choose one of {tuple(names)}")
+                raise PipelineError(f"unknown stage {name!r}; choose one of {names}")
         return self.stages[names.index(first) : names.index(last) + 1]
 
     def forward(self, data: Any, spec: StageSpec, first: str, last: str) -> Any:
