@@ -66,9 +66,8 @@ class Codec(StageViews):
     drop_model: DropModel | None = None  # predicts an image's PSNR drop (encoder side; vaeflow.codec.dropmodel)
 
     def __post_init__(self) -> None:
-        names = tuple(s.stage_name for s in self.pipeline.stages)
-        if names != STAGE_ORDER:
-            raise PipelineError(f"a codec holds every stage {STAGE_ORDER}, got {names}")
+        if self.pipeline.names != STAGE_ORDER:
+            raise PipelineError(f"a codec holds every stage {STAGE_ORDER}, got {self.pipeline.names}")
 
     @classmethod
     def resolve(cls, pipeline: Pipeline, model: str | None = None) -> Codec:
@@ -291,12 +290,12 @@ class Codec(StageViews):
     @classmethod
     def from_stream(cls, header: stream_format.StreamHeader, payload: memoryview) -> tuple[Codec, memoryview]:
         """The codec that decodes a stream, and the entropy coder's part of its payload."""
-        codec = cls.from_header(header)
         if header.quantize.allocation != "decoder":
-            return codec, payload
+            return cls.from_header(header), payload
         shape = (header.model.latent_channels, len(header.wavelet.all_bands()))
         table, used = quantizer.unpack_table(payload, shape)
-        return replace(codec, allocation_table=tuple(tuple(int(v) for v in row) for row in table)), payload[used:]
+        rows = tuple(tuple(int(v) for v in row) for row in table)
+        return cls(header.model, header.pipeline, allocation_table=rows, latent_unit=header.latent_unit), payload[used:]
 
     def decode_symbols(self, payload: bytes | memoryview, latent_shape: tuple[int, int, int]) -> np.ndarray:
         """One stream's payload -> symbols (1, C, h, w)."""

@@ -75,8 +75,7 @@ class StreamHeader(StageViews):
     latent_unit: int = 1  # format 4: the image is padded to a multiple of this many latent samples
 
     def __post_init__(self) -> None:
-        names = tuple(s.stage_name for s in self.pipeline.stages)
-        if names != STAGE_ORDER or self.pipeline.target is not None:
+        if self.pipeline.names != STAGE_ORDER or self.pipeline.target is not None:
             raise PipelineError(f"a stream header holds every stage {STAGE_ORDER} and no target, got {self.pipeline}")
         if self.entropy.coder not in CODER_CODES:  # "auto", which only a pipeline holds
             raise PipelineError(f"entropy coder {self.entropy.coder!r} is chosen when the codec is resolved")
@@ -262,7 +261,7 @@ def unpack(
             model=ModelRef(name, fingerprint, latent_channels, downsample),
             height=height,
             width=width,
-            pipeline=Pipeline(stages).completed(),  # a stage the stream does not record runs as its pass-through
+            pipeline=_complete(Pipeline(stages)),
             record=TargetRecord(*record) if record else None,
             version=version,
             latent_unit=unit,
@@ -270,6 +269,11 @@ def unpack(
     except PipelineError as exc:
         raise CorruptStreamError(f"stream header holds impossible settings: {exc}") from exc
     return header, payload
+
+
+def _complete(pipeline: Pipeline) -> Pipeline:
+    """The stages a stream records, with any it does not record at their pass-through."""
+    return pipeline if pipeline.names == STAGE_ORDER else pipeline.completed()
 
 
 def overhead_bytes(data: bytes) -> int:
