@@ -7,11 +7,10 @@ channels first, see the README), on a folder of images, in one run:
   after fetching it), per latent and as latents/s on one core, alone and decoded together by
   shape (``decompress_latents``), against reading the same latent stored as fp16 in a zarr v3
   array with zstd level 3 (one chunk per image) and ``np.load`` of an in-memory ``.npy``;
-- **Bytes**: the latent-store streams against fp16 + zstd; the presets' entropy coder (the class
-  coder, or the band coder for wide latents) against the context coder (format 1's) at equal
-  steps, at qualities 30, 50 and 70 of the model's coding
-  preset and at each image's latent-store step; and against the uniform baseline: the exact
-  latent rounded to one step for all of it, stored as int8 with zstd level 3, that step
+- **Bytes**: the latent-store streams against fp16 + zstd; the class coder (every new stream's)
+  against the context coder (format 1's, by its own encoder) at equal steps, at qualities 30, 50
+  and 70 of the model's coding preset and at each image's latent-store step; and against the uniform baseline: the exact
+  latent rounded to one step for all of it, stored as int8 with zstd levels 3 and 19, that step
   searched per image (by decoding) to lose the same 0.1 dB as the preset allows;
 - **Write**: the latent-store encode time against the VAE encoder's; the VAE decodes its
   search ran; the largest PSNR drop (measured by decoding) and latent error;
@@ -45,7 +44,7 @@ from vaeflow.codec.codec import Codec
 from vaeflow.foundations import metrics
 from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.foundations.timing import StageTimer
-from vaeflow.stages import Entropy
+from vaeflow.stages.coders import context
 
 QUALITIES = (30, 50, 70)
 DROP = 0.1
@@ -82,12 +81,15 @@ def _drop(codec: Codec, image: np.ndarray, latent: np.ndarray, exact_mse: float)
     return 10 * math.log10(max(mse, 1e-300) / exact_mse)
 
 
-def uniform_baseline(codec: Codec, image: np.ndarray, latent: np.ndarray, exact_mse: float) -> tuple[int, float]:
-    """Bytes of the exact latent at the largest uniform step losing at most DROP dB (int8 + zstd 3), and the step."""
+def uniform_baseline(
+    codec: Codec, image: np.ndarray, latent: np.ndarray, exact_mse: float
+) -> tuple[dict[int, int], float]:
+    """Bytes of the exact latent at the largest uniform step losing at most DROP dB, as int8 with zstd at
+    levels 3 and 19 ({level: bytes}), and the step."""
 
-    def size(step: float) -> int:
-        symbols = np.clip(np.rint(latent / step), -128, 127).astype(np.int8)
-        return len(Zstd(level=3).encode(symbols.tobytes()))  # numcodecs: zarr's own zstd
+    def size(step: float) -> dict[int, int]:
+        symbols = np.clip(np.rint(latent / step), -128, 127).astype(np.int8).tobytes()
+        return {level: len(Zstd(level=level).encode(symbols)) for level in (3, 19)}  # numcodecs: zarr's own zstd
 
     def ok(step: float) -> bool:
         rounded = np.clip(np.rint(latent / step), -128, 127) * step
@@ -156,7 +158,7 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
                 symbols = opened.decode_symbols(payload, header.latent_shape)[0]
             spec = codec.latent_spec(symbols.shape)
             ours += len(codec.entropy.forward(symbols[None], spec)[0])
-            theirs += len(Entropy("context").forward(symbols[None], spec)[0])
+            theirs += len(context.encode(symbols, spec.bands))  # format 1's coder writes no new streams
         ratios[label] = ours / theirs
     encode_timer, decode_timer = StageTimer(), StageTimer()
     for image in images:
@@ -169,7 +171,8 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
         "model": vae.name, "images": len(images), "latent_shapes": sorted(str(s) for s in shapes),
         "coders": {"latent-store": store.entropy.coder, coding: resolve_codec(model, None, coding).entropy.coder},
         "store_bytes": float(np.mean([len(s) for s in streams])), "fp16_zstd_bytes": fp16 / len(images),
-        "uniform_bytes": float(np.mean([b for b, _ in baseline])), "uniform_steps": [s for _, s in baseline],
+        "uniform_bytes": float(np.mean([b[3] for b, _ in baseline])),
+        "uniform_bytes_19": float(np.mean([b[19] for b, _ in baseline])), "uniform_steps": [s for _, s in baseline],
         "coder_ratio": ratios, "zarr_s": zarr_s, "npy_s": npy_s, "read_s": read_s,
         "batched_s": batched_s / len(images), "vae_encode_s": vae_s, "vae_decode_s": vae_decode_s,
         "store_encode_s": store_encode_s,
@@ -196,8 +199,9 @@ def report(result: dict[str, Any]) -> str:
             f"{r['read_s'] / r['npy_s']:.1f}x np.load ({r['npy_s'] * ms:.3f} ms); decoded together by shape: "
             f"{r['batched_s'] * ms:.2f} ms each ({r['batched_s'] / r['zarr_s']:.2f}x)",
             f"  bytes per image: latent-store {r['store_bytes']:.0f}, fp16+zstd {r['fp16_zstd_bytes']:.0f} "
-            f"({r['store_bytes'] / r['fp16_zstd_bytes']:.3f}x), uniform int8+zstd at the same drop "
-            f"{r['uniform_bytes']:.0f} ({r['store_bytes'] / r['uniform_bytes']:.3f}x)",
+            f"({r['store_bytes'] / r['fp16_zstd_bytes']:.3f}x), uniform int8 at the same drop with zstd-3 "
+            f"{r['uniform_bytes']:.0f} ({r['store_bytes'] / r['uniform_bytes']:.3f}x), with zstd-19 "
+            f"{r['uniform_bytes_19']:.0f} ({r['store_bytes'] / r['uniform_bytes_19']:.3f}x)",
             "  the presets' coder / context coder, equal steps: "
             + ", ".join(f"{k} {v:.4f}" for k, v in r["coder_ratio"].items()),
             f"  latent-store encode {r['store_encode_s']:.3f} s per image, "

@@ -14,7 +14,9 @@ The safetensors files and tar shards are written from the store's own decoded la
 folder, so every format holds the same values. Every loader gets the same batches: the bucket sampler's (images
 of one shape per batch) for the map-style loaders, store order for the streaming ones. Each round measures every
 loader once after a warm-up epoch (persistent workers, so worker start-up is left out); the table shows the median
-round. All files are in the page cache: this measures decoding and the loaders, not the disk.
+round. All files are in the page cache: this measures decoding and the loaders, not the disk. With ``--s3`` the
+store and the safetensors files are also read from an S3 API (moto's server on loopback, through s3fs). Last, the
+seconds from a new DataLoader (workers started by fork, then by spawn) to its first batch.
 """
 
 from __future__ import annotations
@@ -68,6 +70,52 @@ class SafetensorsFiles(Dataset[dict[str, Any]]):
         from safetensors.torch import load_file
 
         return {"latent": load_file(self.files[index])["latent"], "name": self.files[index].stem}
+
+
+class SafetensorsOnS3(Dataset[dict[str, Any]]):
+    """``SafetensorsFiles`` read from an S3 API through fsspec (one GET per file), an s3fs per process."""
+
+    def __init__(self, urls: list[str], options: dict[str, Any]) -> None:
+        self.urls, self.options, self._fs, self._pid = urls, options, None, -1
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import os
+
+        import s3fs
+        from safetensors.torch import load
+
+        if self._fs is None or self._pid != os.getpid():
+            self._fs, self._pid = s3fs.S3FileSystem(skip_instance_cache=True, **self.options), os.getpid()
+        return {"latent": load(self._fs.cat_file(self.urls[index]))["latent"], "name": str(index)}
+
+
+def s3_copies(store: Path, files: list[Path]) -> tuple[Any, dict[str, Any], str, list[str]]:
+    """A moto S3 server on loopback holding the store and the safetensors files: (server, storage options,
+    the store's URL, the files' URLs)."""
+    import logging
+
+    import boto3
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}  # fmt: skip
+    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
+    fs = s3fs.S3FileSystem(**options)
+    fs.put(str(store), "bench/store.zarr", recursive=True)
+    urls = []
+    for f in files:
+        fs.put(str(f), f"bench/safetensors/{f.name}")
+        urls.append(f"s3://bench/safetensors/{f.name}")
+    return server, options, "s3://bench/store.zarr", urls
 
 
 def write_safetensors(latents: list[np.ndarray], folder: Path) -> list[Path]:
@@ -124,6 +172,18 @@ def latents_per_second(loader: Iterable[dict[str, Any]], expected: int, seconds:
             return done / elapsed
 
 
+def first_batch_seconds(dataset: LatentDataset, batch_size: int, workers: int, context: str) -> float:
+    """Seconds from a new DataLoader's iterator (its workers started fresh, by ``context``) to its first batch."""
+    sampler = BucketBatchSampler(dataset, batch_size, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, multiprocessing_context=context)
+    start = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    seconds = time.perf_counter() - start
+    del iterator
+    return seconds
+
+
 def in_process(reader: vaeflow.StoreReader, seconds: float) -> tuple[float, float]:
     """Latents/s of decoding alone and of fetching streams alone, in this process (no DataLoader)."""
     rates = []
@@ -147,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="latents per batch (4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring every loader once (3)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per loader per round (3)")
+    parser.add_argument("--s3", action="store_true",
+                        help="also both on an S3 API (moto's server on loopback)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="vaeflow-loader-") as temp:
@@ -175,12 +237,19 @@ def main(argv: list[str] | None = None) -> None:
             "safetensors, one file per image": lambda: map_loader(SafetensorsFiles(files, dataset.shapes)),
             "webdataset tar shards of fp16 .npy": lambda: stream_loader(tar_stream(shards)),
         }
+        server = None
+        if args.s3:
+            server, options, store_url, urls = s3_copies(Path(str(reader.path)), files)
+            remote = LatentDataset(store_url, dtype=torch.float16, storage_options=options)
+            loaders["vaeflow LatentDataset, store on S3"] = lambda: map_loader(remote)
+            loaders["safetensors on S3, one file per image"] = lambda: map_loader(SafetensorsOnS3(urls, options))
         built = {name: make() for name, make in loaders.items()}
         rates: dict[str, list[float]] = {name: [] for name in built}
         for _ in range(args.rounds):
             for name, loader in built.items():
                 rates[name].append(latents_per_second(loader, n, args.seconds))
         decode_rate, fetch_rate = in_process(reader, args.seconds)
+        first = {c: first_batch_seconds(dataset, args.batch_size, max(args.workers, 1), c) for c in ("fork", "spawn")}
 
         raw = sum(latent.size * 2 for latent in latents)
         sizes = {
@@ -189,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
             "webdataset tar shards of fp16 .npy": sum(Path(p).stat().st_size for p in shards),
         }
         sizes["vaeflow LatentStream (store order)"] = sizes["vaeflow LatentDataset + BucketBatchSampler"]
+        if args.s3:
+            sizes["vaeflow LatentDataset, store on S3"] = sizes["vaeflow LatentDataset + BucketBatchSampler"]
+            sizes["safetensors on S3, one file per image"] = sizes["safetensors, one file per image"]
         median = {name: statistics.median(r) for name, r in rates.items()}
         base = median["safetensors, one file per image"]
         shapes = len(set(dataset.shapes))
@@ -201,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{median[name]:10.1f} {median[name] / base:8.3f}x")  # fmt: skip
         print(f"in this process, no DataLoader: decoding {decode_rate:.1f} latents/s, fetching streams "
               f"{fetch_rate:,.0f} streams/s")  # fmt: skip
+        if args.s3:
+            s3_ratio = median["vaeflow LatentDataset, store on S3"] / median["safetensors on S3, one file per image"]
+            print(f"on S3 (moto on loopback): LatentDataset / safetensors on S3 {s3_ratio:.3f}x")
+            server.stop()
+        print("first batch from fresh workers: " + ", ".join(f"{c} {s:.2f} s" for c, s in first.items()))
         print("rounds (latents/s):", {name: [round(r, 1) for r in rs] for name, rs in rates.items()})
 
 

@@ -2,8 +2,8 @@
 
 For each model, on a folder of images, in one run:
 - BD-rate (PSNR, and MS-SSIM in dB) of the refined codec against the plain codec core
-  (uniform steps, one Laplace per subband), and of each refinement on its own: decoder-aware
-  allocation, context modelling, RDO;
+  (uniform steps; the class coder, which writes every new stream), and of each refinement on its
+  own: decoder-aware allocation, RDO;
 - BD-rate of the refined codec against JPEG, WebP and AVIF, and whether it beats JPEG on
   MS-SSIM at every rate up to 0.5 bpp;
 - the near-lossless latent preset: bytes per image against the same latents as fp16 in zarr
@@ -33,13 +33,13 @@ from vaeflow.foundations.bdrate import bd_rate
 from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.reports.evaluation import Variant, evaluate
 from vaeflow.reports.tables import bd_table, leads_below, ms_ssim_db, percent
-from vaeflow.stages import Entropy
 
 QUALITIES = [5, 10, 20, 30, 40, 50, 60]
 
 
 def variants(model: str, refined: str) -> list[Variant]:
-    """The plain core, each refinement alone on top of it, and the refined preset."""
+    """The plain core (uniform steps; the class coder, which writes every stream), each refinement alone
+    on top of it, and the refined preset."""
     plain = resolve_codec(model, None, "plain")
     best = resolve_codec(model, None, refined)
     allocation = plain.replaced(best.channel, replace(plain.quantize, allocation="decoder"))
@@ -50,7 +50,6 @@ def variants(model: str, refined: str) -> list[Variant]:
         Variant("plain", plain),
         *channels,
         Variant(f"+ allocation ({best.channel.transform} channels)", allocation),
-        Variant("+ context", plain.replaced(Entropy("context"))),
         Variant("+ rdo", plain.replaced(replace(plain.quantize, rdo=True))),
         Variant(f"refined ({refined})", best),
     ]

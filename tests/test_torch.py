@@ -261,3 +261,18 @@ def test_dataloader_workers_read_s3(s3: S3Bucket, store: Path, latents: dict[str
     stream = LatentStream(url, batch_size=None, dtype=torch.float32, storage_options=s3.options)
     streamed = [item["name"] for item in DataLoader(stream, batch_size=None, num_workers=2)]
     assert sorted(seen) == sorted(streamed) == sorted(latents)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_started_by_fork_or_spawn_decode_the_same_latents(
+    dataset: LatentDataset, latents: dict[str, np.ndarray], start: str
+) -> None:
+    """Workers get the compiled decoders either way: inherited (fork) or loaded from numba's cache (spawn)."""
+    sampler = BucketBatchSampler(dataset, 3, seed=5)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=2, multiprocessing_context=start)
+    seen = 0
+    for batch in loader:
+        for name, latent in zip(batch["name"], batch["latent"], strict=True):
+            assert torch.equal(latent, torch.from_numpy(latents[name]).to(torch.float16))
+            seen += 1
+    assert seen == len(dataset)

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from vaeflow.codec import format as stream_format
-from vaeflow.codec.api import decompress
+from vaeflow.codec.api import decompress, warm_decoders
 from vaeflow.dataset.location import StoreLocation
 from vaeflow.dataset.reader import LATENT_CONVENTIONS, StoreReader, open_store
 from vaeflow.foundations.errors import VaeflowError
@@ -65,6 +65,7 @@ class _StoreItems:
         if convention not in LATENT_CONVENTIONS:
             raise VaeflowError(f"convention {convention!r} is not one of {LATENT_CONVENTIONS}")
         reader = store if isinstance(store, StoreReader) else open_store(store, runtime, storage_options)
+        warm_decoders()  # compiled (or loaded from numba's cache) here, before any worker starts
         self.kind, self.dtype, self.convention = kind, dtype, convention
         self.location, self.storage_options, self.runtime = reader.location, reader.storage_options, reader.runtime
         entries = list(reader.entries())

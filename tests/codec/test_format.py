@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 import vaeflow
 from vaeflow.codec import format as stream_format
 from vaeflow.codec.api import resolve_codec
+from vaeflow.codec.codec import Codec
 from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages import ChannelTransform, Entropy, Wavelet
+from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders.context import CODES
 from vaeflow.stages.entropy import CODERS
 from vaeflow.stages.target import TARGET_KINDS
@@ -37,9 +39,14 @@ def test_header_round_trips(stream: bytes) -> None:
 
 
 def test_a_band_coded_stream_packs_in_format_3_not_2() -> None:
-    symbols = resolve_codec(None, 50).run(np.zeros((96, 136, 3), np.uint8)[None], until="quantize")
-    codec = resolve_codec(None, 50).replaced(Entropy("bands"))
-    header, banded_payload = stream_format.unpack(codec.entropy_code(symbols, [(96, 136)])[0])
+    """The band coder writes no new streams; its format-3 streams are made here from its own encoder."""
+    codec = resolve_codec(None, 50)
+    symbols = codec.run(np.zeros((96, 136, 3), np.uint8)[None], until="quantize")
+    header, payload = stream_format.unpack(codec.entropy_code(symbols, [(96, 136)])[0])
+    coded = Codec.from_stream(header, payload)[1]
+    table = bytes(payload[: len(payload) - len(coded)])  # the allocation table before the coder's payload
+    banded_payload = table + bandcoder.encode(symbols[0], codec.bands(symbols.shape[1:]))
+    header = replace(header, pipeline=header.pipeline.with_stages(Entropy("bands")))
     assert header.entropy == Entropy("bands") and header.version == 4
     banded = stream_format.pack(replace(header, version=3), bytes(banded_payload))
     assert banded[4] == 3 and vaeflow.info(banded)["format_version"] == 3

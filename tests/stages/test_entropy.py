@@ -1,5 +1,6 @@
-"""The entropy stage and its two rANS coders: any int32 symbols round-trip, real ones code close to
-their information, damage is detected."""
+"""The entropy stage and its first two rANS coders (which now only decode the streams of format 1;
+their encoders stay as the references that write them here): any int32 symbols round-trip, real ones
+code close to their information, damage is detected; the stage writes with the class coder alone."""
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from vaeflow.stages.spec import coding_spec
 
 
 def encode(coder: Entropy, symbols: np.ndarray, bands: tuple[wavelet.Subband, ...]) -> bytes:
-    """One image's payload through the stage's batch signature."""
-    return coder.forward(symbols[None], coding_spec(symbols.shape, bands))[0]
+    """One image's payload by the coder's own encoder (the stage writes with the class coder alone)."""
+    return coder.module.encode(symbols, bands)  # type: ignore[no-any-return]
 
 
 def decode(
@@ -110,18 +111,27 @@ def test_a_context_parameter_code_outside_the_grid_is_damage(real_latents: np.nd
 def test_entropy_stage_validates_its_coder_and_symbols() -> None:
     with pytest.raises(PipelineError, match=r"laplace.*context"):
         Entropy("huffman")
+    bands = wavelet.subbands(4, 4, 0)
     with pytest.raises(ValueError, match="int32"):
-        encode(CONTEXT, np.zeros((1, 4, 4), np.int64), wavelet.subbands(4, 4, 0))
+        Entropy("classes").forward(np.zeros((1, 1, 4, 4), np.int64), coding_spec((1, 4, 4), bands))
+    for coder in ("laplace", "context", "bands"):
+        with pytest.raises(PipelineError, match=rf"'{coder}' entropy coder decodes .* writes no new ones.*class coder"):
+            Entropy(coder).forward(np.zeros((1, 1, 4, 4), np.int32), coding_spec((1, 4, 4), bands))
 
 
-def test_auto_fits_the_channel_count() -> None:
-    """``auto`` is the band coder for wide latents and the class coder otherwise; a resolved codec
-    never holds it."""
+def test_auto_is_the_class_coder_for_every_channel_count() -> None:
+    """``auto`` is the class coder, narrow latents or wide; a resolved codec never holds it, and a
+    pipeline naming a coder that only decodes is refused when it is resolved."""
     from vaeflow.codec.api import resolve_codec
+    from vaeflow.stages import VAE, Hadamard, Quantize
 
-    assert Entropy("auto").fitting(16) == Entropy("bands") == Entropy("bands").fitting(4)
-    assert Entropy("auto").fitting(15) == Entropy("classes")
-    assert resolve_codec(None, None, "latent-store").entropy == Entropy("classes")  # the default model: 4 channels
+    for channels in (1, 4, 15, 16, 32):
+        assert Entropy("auto").fitting(channels) == Entropy("classes")
+    for preset in ("default", "latent-store", "latent-store-fast", "plain", "wide-latent"):
+        assert resolve_codec(None, 50 if preset != "latent-store" else None, preset).entropy == Entropy("classes")
+    legacy = VAE() | Hadamard() | Wavelet() | Quantize() | Entropy("bands")
+    with pytest.raises(PipelineError, match="writes no new ones"):
+        resolve_codec(None, 50, legacy)
     with pytest.raises(PipelineError, match=r"classes.*bands.*auto"):
         Entropy("arithmetic")
     with pytest.raises(PipelineError, match="chosen when the codec is resolved"):

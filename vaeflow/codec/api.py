@@ -17,8 +17,9 @@ from vaeflow.foundations.errors import ModelError, PipelineError
 from vaeflow.foundations.imageio import as_rgb
 from vaeflow.foundations.timing import StageTimer
 from vaeflow.models import ModelRef, Registry, RuntimeOptions
-from vaeflow.stages import Pipeline, RateTarget
+from vaeflow.stages import Pipeline, RateTarget, kernels
 from vaeflow.stages import quantize as quantizer
+from vaeflow.stages.coders import compiled
 
 PipelineLike = str | Pipeline | Codec | None
 
@@ -156,6 +157,13 @@ def open_stream(data: bytes | memoryview) -> tuple[stream_format.StreamHeader, m
     header, payload = stream_format.unpack(data)
     codec, entropy_payload = Codec.from_stream(header, payload)
     return header, entropy_payload, codec
+
+
+def warm_decoders() -> None:
+    """Compile the entropy decoders, dequantization and wavelet synthesis now, or load them from
+    numba's on-disk cache (about 0.1 s when cached): what a loader calls before its workers start."""
+    compiled.warm()
+    kernels.warm()
 
 
 def decompress_latent(data: bytes | memoryview) -> np.ndarray:

@@ -74,9 +74,9 @@ class Codec(StageViews):
         """The codec of a complete pipeline; ``model`` replaces the pipeline's model name.
 
         The channel transform ``auto`` becomes the one the model is calibrated for (Hadamard
-        first, where the channel count allows it), and the entropy coder ``auto`` the one that fits
-        its channel count (``Entropy.fitting``). A model without a calibration for decoder
-        allocation with this channel transform and wavelet gets uniform steps, with a warning
+        first, where the channel count allows it), and the entropy coder ``auto`` the class coder
+        (``Entropy.fitting``; a coder that only decodes older streams is refused). A model without a
+        calibration for decoder allocation with this channel transform and wavelet gets uniform steps, with a warning
         saying how to calibrate it (the stream records the allocation it used, so it always
         decodes); a PSNR-drop target, which is predicted from the calibration, refuses instead.
         """
@@ -88,6 +88,7 @@ class Codec(StageViews):
         if channel.transform == "auto":
             channel = fitting_transform(entry.calibration, entry.latent_channels, wavelet)
         entropy: Entropy = complete.by_name["entropy"]  # type: ignore[assignment]
+        entropy.check_writable()
         resolved = complete.with_stages(VAE(entry.name), channel, entropy.fitting(entry.latent_channels))
         codec = cls(entry.ref(), resolved, latent_unit=latent_unit_of(entry.latent_convention()))
         codec.channel.check(codec.model.latent_channels)

@@ -25,7 +25,8 @@ from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, STATUS_OK, STORE_FORMAT, STORE_VERSION
 from vaeflow.foundations.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
-from vaeflow.stages import Pipeline, Wavelet
+from vaeflow.stages import Entropy, Pipeline, Wavelet
+from vaeflow.stages.entropy import AUTO, WRITER
 
 log = logging.getLogger("vaeflow")
 
@@ -130,6 +131,15 @@ def apply(policy: StorePolicy, store: Path) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
+def writing(pipeline: Pipeline) -> Pipeline:
+    """A store's recorded pipeline as new images of it are written: a coder that only decodes (the
+    store's earlier streams keep it) gives way to the class coder, which writes every new stream."""
+    entropy = pipeline.stage("entropy")
+    if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, WRITER):
+        return pipeline.with_stages(Entropy(WRITER))
+    return pipeline
+
+
 def comparable(settings: Any) -> dict[str, Any]:
     """The settings that decide a store's bytes, in today's form, without unset keys.
 
@@ -154,7 +164,7 @@ def comparable(settings: Any) -> dict[str, Any]:
         if target:
             codec["target"] = target
     try:
-        described = Pipeline.from_dict(codec, "store settings").to_dict()
+        described = writing(Pipeline.from_dict(codec, "store settings")).to_dict()
     except (PipelineError, TypeError):
         described = codec  # a store from a newer vaeflow, say: compared as written
     # latents: how the encoder padded, see decide
@@ -170,7 +180,7 @@ def recorded_codec(store: Path) -> tuple[Pipeline, str, str, int | None] | None:
     settings = comparable(existing.get(META.settings)) if existing else {}
     name = settings.get("model", {}).get("name")
     try:
-        pipeline = Pipeline.from_dict(settings.get("codec") or {}, f"the settings of {store}")
+        pipeline = writing(Pipeline.from_dict(settings.get("codec") or {}, f"the settings of {store}"))
     except (PipelineError, TypeError):
         return None
     if not isinstance(name, str):

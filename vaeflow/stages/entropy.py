@@ -1,5 +1,8 @@
 """The entropy stage: quantized symbols <-> one payload per image, by one of the rANS coders.
 
+Every new stream is written by the class coder (``WRITER``), compiled; the other coders decode
+the streams of the formats that used them and write no new ones:
+
 - ``laplace``: one quantized-Laplace model per channel and subband (``coders.laplace``);
 - ``context``: each detail coefficient's Laplace scale predicted from what the decoder
   already has, row by row (``coders.context``; stream format 1);
@@ -9,8 +12,7 @@
 - ``bands``: one of those tables per detail band, named in the stream, each band one call
   (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``).
 
-``auto`` in a pipeline becomes ``bands`` for latents of ``WIDE_CHANNELS`` channels or more and
-``classes`` otherwise, when the codec is resolved.
+``auto`` in a pipeline becomes ``classes`` when the codec is resolved, for every channel count.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from vaeflow.stages.wavelet import Subband
 
 # Every coder by the name a pipeline and a stream give it; a new coder is one line here.
 CODERS: dict[str, EntropyCoder] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
-AUTO = "auto"  # in a pipeline: ``bands`` for wide latents, ``classes`` otherwise
-WIDE_CHANNELS = 16
+AUTO = "auto"  # in a pipeline: the writer
+WRITER = "classes"  # the coder of every new stream
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,16 @@ class Entropy(Stage):
             raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {(*CODERS, AUTO)}")
 
     def fitting(self, channels: int) -> Entropy:
-        """This stage with ``auto`` resolved for latents of ``channels`` channels."""
-        if self.coder != AUTO:
-            return self
-        return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
+        """This stage with ``auto`` resolved for latents of ``channels`` channels: the writer, for every count."""
+        return Entropy(WRITER) if self.coder == AUTO else self
+
+    def check_writable(self) -> None:
+        """Refuse a coder that only decodes the streams of older formats."""
+        if self.coder not in (WRITER, AUTO):
+            raise PipelineError(
+                f"the {self.coder!r} entropy coder decodes the streams that used it but writes no new ones; "
+                f'new streams use the class coder: set coder = "auto" (or "{WRITER}") in the [entropy] table'
+            )
 
     @property
     def module(self) -> EntropyCoder:
@@ -60,6 +68,7 @@ class Entropy(Stage):
 
     def forward(self, symbols: np.ndarray, spec: StageSpec) -> list[bytes]:
         """Symbols (N, C, h, w) int32 -> one payload per image."""
+        self.check_writable()
         if symbols.ndim != 4 or symbols.dtype != np.int32:
             raise ValueError(f"expected int32 symbols of shape (N, C, h, w), got {symbols.dtype} {symbols.shape}")
         return [self.module.encode(image, spec.bands) for image in symbols]

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 
 from vaeflow.foundations.binary import ByteReader, ByteWriter
 from vaeflow.foundations.errors import CorruptStreamError, PipelineError
+from vaeflow.stages import kernels
 from vaeflow.stages.base import Stage
 from vaeflow.stages.coders import laplace, rans
 from vaeflow.stages.spec import StageSpec
@@ -199,13 +201,20 @@ def pack_table(table: np.ndarray) -> bytes:
 def unpack_table(payload: bytes | memoryview, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
     """(table, bytes used) from the start of a payload; damage raises CorruptStreamError."""
     reader = ByteReader(payload, "allocation table")
-    coded = reader.take(reader.varint(len(payload)))
+    coded = bytes(reader.take(reader.varint(len(payload))))
+    return _decoded_table(coded, shape), reader.pos
+
+
+@lru_cache(maxsize=64)
+def _decoded_table(coded: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """A coded allocation table, decoded once per process (a model's streams share theirs); read-only."""
     n = shape[0] * shape[1]
     deltas = laplace.decode(coded, (1, 1, n), subbands(1, n, 0)).reshape(shape)
     table = np.cumsum(deltas.astype(np.int64), axis=1)
     if np.abs(table).max(initial=0) > 127:
         raise CorruptStreamError("allocation table is out of range")
-    return table, reader.pos
+    table.setflags(write=False)
+    return table
 
 
 def quantize(coeffs: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
@@ -251,6 +260,19 @@ def _centroid_offset(total: float, count: int) -> float:
 
 
 def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:
+    """``dequantize_reference``, compiled (``kernels.dequantize``): the same values, no Python per band."""
+    if symbols.ndim != 4:
+        raise ValueError(f"expected symbols of shape (N, C, h, w), got {symbols.shape}")
+    n, c = symbols.shape[:2]
+    steps = np.ascontiguousarray(np.broadcast_to(np.asarray(steps, np.float64), (n, c, len(bands))))
+    rects = np.array([(b.rows.start, b.rows.stop, b.cols.start, b.cols.stop) for b in bands], np.int64)
+    roundings = np.array([band_rounding(b, rounding) for b in bands], np.float64)
+    return kernels.dequantize(np.ascontiguousarray(symbols, np.int32), steps, rects, roundings)  # type: ignore[no-any-return]
+
+
+def dequantize_reference(
+    symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float
+) -> np.ndarray:
     """int symbols (N, C, h, w) -> float32 coefficients, each band of each image and channel placed at
     its estimated centroids (``centroid_offset``), band by band over the whole batch. ``steps`` is
     (C, n_bands) for every image, or (N, C, n_bands), each image its own.

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from vaeflow.foundations.errors import PipelineError
+from vaeflow.stages import kernels
 from vaeflow.stages.base import Stage
 from vaeflow.stages.spec import StageSpec
 
@@ -167,6 +168,20 @@ def analysis(latents: np.ndarray, name: str, levels: int) -> np.ndarray:
 
 
 def synthesis(coeffs: np.ndarray, name: str, levels: int) -> np.ndarray:
+    """``synthesis_reference``, compiled (``kernels.synthesis``): the same values, no Python per row."""
+    if coeffs.ndim != 4:
+        raise ValueError(f"expected (N, C, h, w) coefficients, got shape {coeffs.shape}")
+    if not levels:
+        return coeffs.astype(np.float32)
+    shapes = np.array(_level_shapes(coeffs.shape[2], coeffs.shape[3], levels), np.int64)
+    lifting, low_gain, high_gain = _LIFTING.get(name, ((), 1.0, 1.0))
+    return kernels.synthesis(  # type: ignore[no-any-return]
+        np.ascontiguousarray(coeffs, np.float64), shapes, name == "haar", np.array(lifting, np.float64),
+        float(low_gain), float(high_gain), float(np.sqrt(2.0)),
+    )  # fmt: skip
+
+
+def synthesis_reference(coeffs: np.ndarray, name: str, levels: int) -> np.ndarray:
     if coeffs.ndim != 4:
         raise ValueError(f"expected (N, C, h, w) coefficients, got shape {coeffs.shape}")
     out = coeffs.astype(np.float64, copy=True)

@@ -35,6 +35,7 @@ import numpy as np
 
 from vaeflow.foundations.binary import ByteReader, ByteWriter
 from vaeflow.foundations.errors import CorruptStreamError
+from vaeflow.stages.coders import compiled
 from vaeflow.stages.coders.classes_geometry import Geometry, geometry_of, level_static, ll_activity, step_activity
 from vaeflow.stages.coders.classes_model import (
     ACTIVITY_BITS,
@@ -43,6 +44,7 @@ from vaeflow.stages.coders.classes_model import (
     FEATURE_CLIP,
     HALF_WIDTHS,
     HALF_WIDTHS_32,
+    INDEX_STRIDES,
     LL_ZERO_HALF_WIDTH,
     N_CLASSES,
     NO_CLASS,
@@ -294,17 +296,22 @@ _Unit = tuple[np.ndarray, object, "np.ndarray | None"]
 class _Plan:
     side: _Side
     units: list[_Unit]
-    bits: float
+    total: int  # bits * 2**16
+
+    @property
+    def bits(self) -> float:
+        return self.total / 65536.0
 
 
-def _choose_weight_set(channels: int) -> int:
+def weight_set_of(channels: int) -> int:
+    """The contexts' weight set for latents of this many channels."""
     return 1 if channels >= 16 else 0
 
 
 def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> _Plan:
     _check_symbols(symbols)
     geo = geometry_of(symbols.shape, bands)
-    weight_set = _choose_weight_set(geo.channels)
+    weight_set = weight_set_of(geo.channels)
     kind_weights, position_weights = geo.weights(weight_set)
     ll = geo.ll
     modes, ll_classes, centres, residuals = _fit_ll(symbols[:, ll.rows, ll.cols].astype(np.int64))
@@ -340,7 +347,7 @@ def _plan(symbols: np.ndarray, bands: tuple[Subband, ...]) -> _Plan:
             coded = order[: int((k != NO_CLASS).sum())]
             total += _add_symbols(units, values[i][where][coded], k[coded], DEADZONES[zone])
     side = _Side(weight_set << 3 | zone, modes, ll_classes, centres, np.zeros(0, np.uint32), indices)
-    return _Plan(side, units, total / 65536.0)
+    return _Plan(side, units, total)
 
 
 def head_units(
@@ -410,7 +417,7 @@ class _Fit:
         """(levels, C, 3) band indices: the fewest bits over a coarse-to-fine search, 0 for zero bands."""
         best = self.guess
         best_cost = self.cost(best, zero_half_width)
-        for stride in (4, 2, 1):
+        for stride in INDEX_STRIDES:
             for direction in (-1, 1):
                 trial = np.clip(best + direction * stride, 1, 255)
                 trial_cost = self.cost(trial, zero_half_width)
@@ -433,7 +440,17 @@ class _Fit:
 
 
 def encode(symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
-    """One image's symbols (C, h, w) int32 -> payload bytes (side information, then ANS words)."""
+    """One image's symbols (C, h, w) int32 -> payload bytes (side information, then ANS words), in one
+    compiled call (``compiled.encode_classes``): the bytes ``encode_reference`` gives."""
+    _check_symbols(symbols)
+    geo = geometry_of(symbols.shape, bands)
+    parameters, modes, classes, centres, words = compiled.encode_classes(symbols, geo, weight_set_of(geo.channels))
+    return _write_side(geo, _Side(parameters, modes, classes, centres, words))
+
+
+def encode_reference(symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
+    """``encode`` planned with numpy and coded by ``constriction``: the reference the compiled encoder is
+    tested against."""
     plan = _plan(symbols, bands)
     coder = AnsCoder()
     for values, model, sizes in reversed(plan.units):
@@ -472,8 +489,16 @@ def decode(payload: bytes | memoryview, shape: tuple[int, int, int], bands: tupl
 def decode_many(
     payloads: Sequence[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
 ) -> np.ndarray:
-    """Several payloads of one shape -> (N, C, h, w) int32; streams that share a weight set share
-    the array work."""
+    """Several payloads of one shape -> (N, C, h, w) int32, in one compiled call (``compiled``)."""
+    dims = (int(shape[0]), int(shape[1]), int(shape[2]))
+    return compiled.decode_classes(payloads, dims, geometry_of(dims, bands))
+
+
+def decode_many_reference(
+    payloads: Sequence[bytes | memoryview], shape: tuple[int, int, int], bands: tuple[Subband, ...]
+) -> np.ndarray:
+    """``decode_many`` through ``constriction``, the array work shared by streams of one weight set:
+    the reference the compiled decoder is tested against."""
     geo = geometry_of(shape, bands)
     out: np.ndarray | None = None  # made only when the streams use several weight sets
     sides = [_read_side(p, geo) for p in payloads]

@@ -46,6 +46,7 @@ WEIGHT_SETS = (
         COARSEST_WEIGHTS,
     ),
 )
+INDEX_STRIDES = (32, 16, 8, 4, 2, 1)  # the encoder's coarse-to-fine search of each band's index
 # activities stay below 2**31: each term is at most w * 256 * FEATURE_CLIP
 if max(sum(kind) for weights in WEIGHT_SETS for kind in weights) * 256 * FEATURE_CLIP >= 2**31:
     raise ImportError("WEIGHT_SETS would overflow int32 activities")
@@ -126,12 +127,12 @@ class _Table:
     model: constriction.stream.model.Categorical
     half_width: int
     cost: np.ndarray  # int64, bits * 2**16 of each |value| 0..R (R: the escape's table entry)
+    bounds: np.ndarray  # int64 (2R + 2,): each symbol's left cumulative weight, then 2**24
 
 
-@lru_cache(maxsize=12 * N_CLASSES)
-def class_table(k: int, zero_half_width: float) -> _Table:
-    """The model of class k: P(0) = 1 - r**z, P(+-m) = r**(m - 1 + z) (1 - r) / 2 for 0 < m < R, and
-    P(+-R) = r**(R - 1 + z) / 2 (escapes), with r = e**(-1/scale) and z the zero bin's half-width."""
+def _probabilities(k: int, zero_half_width: float) -> np.ndarray:
+    """P(0) = 1 - r**z, P(+-m) = r**(m - 1 + z) (1 - r) / 2 for 0 < m < R, and P(+-R) = r**(R - 1 + z) / 2
+    (escapes), with r = e**(-1/scale) and z the zero bin's half-width: symbols -R..R of class k."""
     s, r = class_scale(k), half_width(k)
     z = zero_half_width
     m = np.arange(1, r, dtype=np.float64)
@@ -139,16 +140,31 @@ def class_table(k: int, zero_half_width: float) -> _Table:
     one_minus_ratio = 1.0 - _exp(np.array([-1.0 / s]))
     pm = 0.5 * _exp(-(m - 1.0 + z) / s) * one_minus_ratio
     tail = 0.5 * _exp(np.array([-(r - 1.0 + z) / s]))
-    probabilities = np.concatenate([tail, pm[::-1], p0, pm, tail])
-    model = constriction.stream.model.Categorical(probabilities, perfect=False)
-    # the weights constriction gives each symbol (its fast quantization, replayed exactly)
+    return np.concatenate([tail, pm[::-1], p0, pm, tail])
+
+
+@lru_cache(maxsize=12 * N_CLASSES)
+def class_bounds(k: int, zero_half_width: float) -> np.ndarray:
+    """Each symbol's left cumulative weight (out of 2**24) in class k's table, then 2**24: the weights
+    ``constriction`` gives the probabilities (its fast quantization, replayed exactly)."""
+    probabilities = _probabilities(k, zero_half_width)
     n = probabilities.size
     running = np.cumsum(probabilities)
     scale = float(2**24 - n) / float(running[-1])
     left = (np.concatenate([[0.0], running[:-1]]) * scale).astype(np.int64) + np.arange(n)
-    weights = np.diff(np.append(left, 2**24))
-    cost = np.rint((24.0 - _log2(weights.astype(np.float64))) * 65536.0).astype(np.int64)
-    return _Table(model, r, cost[r:])
+    bounds = np.append(left, 2**24)
+    bounds.setflags(write=False)
+    return bounds
+
+
+@lru_cache(maxsize=12 * N_CLASSES)
+def class_table(k: int, zero_half_width: float) -> _Table:
+    """The model of class k (``_probabilities``) and what coding with it costs."""
+    model = constriction.stream.model.Categorical(_probabilities(k, zero_half_width), perfect=False)
+    bounds = class_bounds(k, zero_half_width)
+    cost = np.rint((24.0 - _log2(np.diff(bounds).astype(np.float64))) * 65536.0).astype(np.int64)
+    r = half_width(k)
+    return _Table(model, r, cost[r:], bounds)
 
 
 @lru_cache(maxsize=16)
