@@ -357,10 +357,13 @@ def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_hom
         vaeflow.decompress(data)
 
 
-def test_the_fast_latent_store_preset_is_the_latent_store_preset(photos: list[np.ndarray]) -> None:
-    """``latent-store-fast`` chose the band coder when the class coder decoded slower; the compiled class
-    coder writes every new stream, so the name now gives the latent-store preset's very streams."""
+def test_the_fast_latent_store_preset_decodes_to_the_same_latents(photos: list[np.ndarray]) -> None:
+    """Only the entropy coder differs: the same steps and records, the same latents, a few more bytes."""
     for image in photos[:2]:
         stored = vaeflow.compress(image[:128, :192], pipeline="latent-store")
-        assert vaeflow.compress(image[:128, :192], pipeline="latent-store-fast") == stored
-        assert vaeflow.info(stored)["pipeline"]["entropy"]["coder"] == "classes"
+        fast = vaeflow.compress(image[:128, :192], pipeline="latent-store-fast")
+        info, fast_info = vaeflow.info(stored), vaeflow.info(fast)
+        assert (fast_info["pipeline"]["entropy"]["coder"], fast_info["format_version"]) == ("bands", 4)
+        assert (fast_info["step"], fast_info["target"]) == (info["step"], info["target"])
+        np.testing.assert_array_equal(vaeflow.decompress_latent(fast), vaeflow.decompress_latent(stored))
+        assert len(stored) < len(fast) < 1.25 * len(stored)

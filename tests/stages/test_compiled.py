@@ -157,6 +157,7 @@ def test_synthesis_matches_the_reference(shape: tuple[int, ...], name: str, leve
 def test_dequantize_matches_the_reference(shape: tuple[int, ...], levels: int, rounding: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     symbols = np.rint(rng.laplace(0, 1.5, shape)).astype(np.int32)
+    symbols.flat[rng.integers(0, symbols.size, 3)] = [-(2**31), 2**31 - 1, -(2**31) + 1]  # int32's extremes
     bands = wavelet.subbands(shape[2], shape[3], levels)
     steps = rng.uniform(0.05, 3.0, (shape[0], shape[1], len(bands)))
     steps[rng.random(steps.shape) < 0.1] = np.inf  # bands left out

@@ -114,22 +114,22 @@ def test_entropy_stage_validates_its_coder_and_symbols() -> None:
     bands = wavelet.subbands(4, 4, 0)
     with pytest.raises(ValueError, match="int32"):
         Entropy("classes").forward(np.zeros((1, 1, 4, 4), np.int64), coding_spec((1, 4, 4), bands))
-    for coder in ("laplace", "context", "bands"):
-        with pytest.raises(PipelineError, match=rf"'{coder}' entropy coder decodes .* writes no new ones.*class coder"):
+    for coder in ("laplace", "context"):
+        with pytest.raises(PipelineError, match=rf"'{coder}' entropy coder decodes .* writes no new ones.*band coder"):
             Entropy(coder).forward(np.zeros((1, 1, 4, 4), np.int32), coding_spec((1, 4, 4), bands))
 
 
-def test_auto_is_the_class_coder_for_every_channel_count() -> None:
-    """``auto`` is the class coder, narrow latents or wide; a resolved codec never holds it, and a
-    pipeline naming a coder that only decodes is refused when it is resolved."""
+def test_auto_fits_the_channel_count() -> None:
+    """``auto`` is the band coder for wide latents and the class coder otherwise; a resolved codec
+    never holds it, and a pipeline naming a coder that only decodes is refused when it is resolved."""
     from vaeflow.codec.api import resolve_codec
     from vaeflow.stages import VAE, Hadamard, Quantize
 
-    for channels in (1, 4, 15, 16, 32):
-        assert Entropy("auto").fitting(channels) == Entropy("classes")
-    for preset in ("default", "latent-store", "latent-store-fast", "plain", "wide-latent"):
-        assert resolve_codec(None, 50 if preset != "latent-store" else None, preset).entropy == Entropy("classes")
-    legacy = VAE() | Hadamard() | Wavelet() | Quantize() | Entropy("bands")
+    assert Entropy("auto").fitting(16) == Entropy("bands") == Entropy("bands").fitting(4)
+    assert Entropy("auto").fitting(15) == Entropy("classes")
+    assert resolve_codec(None, None, "latent-store").entropy == Entropy("classes")  # the default model: 4 channels
+    assert resolve_codec(None, 50, "plain").entropy == Entropy("classes")
+    legacy = VAE() | Hadamard() | Wavelet() | Quantize() | Entropy("context")
     with pytest.raises(PipelineError, match="writes no new ones"):
         resolve_codec(None, 50, legacy)
     with pytest.raises(PipelineError, match=r"classes.*bands.*auto"):

@@ -224,7 +224,7 @@ def _check_verify(args: argparse.Namespace) -> None:
     if target is None or target.max_psnr_drop is None:
         raise UsageError(
             f"--verify applies to a PSNR-drop limit, which the {args.pipeline or 'default'} preset has not: "
-            "use --pipeline latent-store (or latent-store-fast)"
+            "use --pipeline latent-store"
         )
     if args.verify_fraction is not None and (args.verify or target.verify) != "sample":
         raise UsageError("--verify-fraction goes with --verify sample")

@@ -74,8 +74,8 @@ class Codec(StageViews):
         """The codec of a complete pipeline; ``model`` replaces the pipeline's model name.
 
         The channel transform ``auto`` becomes the one the model is calibrated for (Hadamard
-        first, where the channel count allows it), and the entropy coder ``auto`` the class coder
-        (``Entropy.fitting``; a coder that only decodes older streams is refused). A model without a
+        first, where the channel count allows it), and the entropy coder ``auto`` the one that fits
+        its channel count (``Entropy.fitting``; a coder that only decodes older streams is refused). A model without a
         calibration for decoder allocation with this channel transform and wavelet gets uniform steps, with a warning
         saying how to calibrate it (the stream records the allocation it used, so it always
         decodes); a PSNR-drop target, which is predicted from the calibration, refuses instead.

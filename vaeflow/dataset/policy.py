@@ -26,7 +26,7 @@ from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, STATUS
 from vaeflow.foundations.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Entropy, Pipeline, Wavelet
-from vaeflow.stages.entropy import AUTO, WRITER
+from vaeflow.stages.entropy import AUTO, WRITERS
 
 log = logging.getLogger("vaeflow")
 
@@ -72,7 +72,8 @@ def decide(
             raise VaeflowError(f"--add needs a finished store at {store}")
         return StorePolicy(CREATE, fresh_meta(settings))
     recorded = existing.get(META.settings)
-    changed = differences(comparable(recorded), comparable(settings))
+    asked = comparable(settings)
+    changed = differences(comparable(recorded, asked.get("codec", {}).get("entropy")), asked)
     changed += quality_hint(recorded, settings) if changed else ""
     complete = existing.get(META.complete)
     codes_more = add or retry_failed or not complete
@@ -133,18 +134,20 @@ def apply(policy: StorePolicy, store: Path) -> None:
 
 def writing(pipeline: Pipeline) -> Pipeline:
     """A store's recorded pipeline as new images of it are written: a coder that only decodes (the
-    store's earlier streams keep it) gives way to the class coder, which writes every new stream."""
+    store's earlier streams keep it) gives way to ``auto``, the coder that fits the latent."""
     entropy = pipeline.stage("entropy")
-    if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, WRITER):
-        return pipeline.with_stages(Entropy(WRITER))
+    if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, *WRITERS):
+        return pipeline.with_stages(Entropy(AUTO))
     return pipeline
 
 
-def comparable(settings: Any) -> dict[str, Any]:
+def comparable(settings: Any, writer: Any = None) -> dict[str, Any]:
     """The settings that decide a store's bytes, in today's form, without unset keys.
 
     Stores written before the one codec description (v1 settings) named the model beside its
-    fingerprint, the entropy stage ``ans``, and kept rate targets inside the quantizer.
+    fingerprint, the entropy stage ``ans``, and kept rate targets inside the quantizer. An entropy
+    coder that only decodes stands for ``writer`` (the entropy table of the settings compared with),
+    since new images of such a store are written by the coder that fits the latent.
     """
     if not isinstance(settings, dict):
         return {}
@@ -164,7 +167,10 @@ def comparable(settings: Any) -> dict[str, Any]:
         if target:
             codec["target"] = target
     try:
-        described = writing(Pipeline.from_dict(codec, "store settings")).to_dict()
+        pipeline = Pipeline.from_dict(codec, "store settings")
+        described = pipeline.to_dict()
+        if writer is not None and writing(pipeline) != pipeline:
+            described["entropy"] = writer
     except (PipelineError, TypeError):
         described = codec  # a store from a newer vaeflow, say: compared as written
     # latents: how the encoder padded, see decide

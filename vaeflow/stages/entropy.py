@@ -1,7 +1,8 @@
 """The entropy stage: quantized symbols <-> one payload per image, by one of the rANS coders.
 
-Every new stream is written by the class coder (``WRITER``), compiled; the other coders decode
-the streams of the formats that used them and write no new ones:
+New streams are written by the class coder or the band coder (``WRITERS``), both decoded by
+compiled kernels; the context and Laplace coders decode the streams of format 1 and write no
+new ones:
 
 - ``laplace``: one quantized-Laplace model per channel and subband (``coders.laplace``);
 - ``context``: each detail coefficient's Laplace scale predicted from what the decoder
@@ -12,7 +13,9 @@ the streams of the formats that used them and write no new ones:
 - ``bands``: one of those tables per detail band, named in the stream, each band one call
   (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``).
 
-``auto`` in a pipeline becomes ``classes`` when the codec is resolved, for every channel count.
+``auto`` in a pipeline becomes ``bands`` for latents of ``WIDE_CHANNELS`` channels or more and
+``classes`` otherwise, when the codec is resolved: on wide latents a band's own scale describes
+its coefficients as well as their neighbours do, and the band coder decodes 2.5 times faster.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from vaeflow.stages.wavelet import Subband
 
 # Every coder by the name a pipeline and a stream give it; a new coder is one line here.
 CODERS: dict[str, EntropyCoder] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
-AUTO = "auto"  # in a pipeline: the writer
-WRITER = "classes"  # the coder of every new stream
+AUTO = "auto"  # in a pipeline: ``bands`` for wide latents, ``classes`` otherwise
+WRITERS = ("classes", "bands")  # the coders of new streams
+WIDE_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,17 @@ class Entropy(Stage):
             raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {(*CODERS, AUTO)}")
 
     def fitting(self, channels: int) -> Entropy:
-        """This stage with ``auto`` resolved for latents of ``channels`` channels: the writer, for every count."""
-        return Entropy(WRITER) if self.coder == AUTO else self
+        """This stage with ``auto`` resolved for latents of ``channels`` channels."""
+        if self.coder != AUTO:
+            return self
+        return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
 
     def check_writable(self) -> None:
         """Refuse a coder that only decodes the streams of older formats."""
-        if self.coder not in (WRITER, AUTO):
+        if self.coder not in (*WRITERS, AUTO):
             raise PipelineError(
                 f"the {self.coder!r} entropy coder decodes the streams that used it but writes no new ones; "
-                f'new streams use the class coder: set coder = "auto" (or "{WRITER}") in the [entropy] table'
+                f'new streams use the class or the band coder: set coder = "auto" in the [entropy] table'
             )
 
     @property

@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 jit = numba.njit(cache=True, nogil=True)  # compiled once, cached on disk
+inline = numba.njit(cache=True, nogil=True, inline="always")
 
 
 @jit
@@ -25,6 +26,12 @@ def _centroid_offset(total: float, count: int) -> float:
     return b - m
 
 
+@inline
+def _magnitude(q: int) -> float:
+    """|q| as numpy's int32 ``abs`` then float64 give it (int32's minimum stays negative)."""
+    return -2147483648.0 if q == -2147483648 else float(abs(np.int64(q)))
+
+
 @jit
 def dequantize(symbols: np.ndarray, steps: np.ndarray, rects: np.ndarray, rounding: np.ndarray) -> np.ndarray:
     """Symbols (N, C, h, w) int32, steps (N, C, bands) float64, each band's rows and columns
@@ -33,6 +40,8 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, rects: np.ndarray, roundi
     out = np.zeros((n, c, h, w), np.float32)
     for i in range(n):
         for ch in range(c):
+            plane = symbols[i, ch]
+            target = out[i, ch]
             for j in range(rects.shape[0]):
                 r0, r1, c0, c1 = rects[j, 0], rects[j, 1], rects[j, 2], rects[j, 3]
                 step = steps[i, ch, j]
@@ -44,18 +53,18 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, rects: np.ndarray, roundi
                 else:
                     total, count = 0.0, 0
                     for y in range(r0, r1):
-                        for x in range(c0, c1):
-                            q = symbols[i, ch, y, x]
-                            if q != 0:
-                                total += abs(q)
-                                count += 1
+                        for x in range(c0, c1):  # no branches on the data: symbols are random
+                            q = plane[y, x]
+                            total += _magnitude(q)
+                            count += q != 0
                     offset = _centroid_offset(total, count)
                 for y in range(r0, r1):
                     for x in range(c0, c1):
-                        q = symbols[i, ch, y, x]
-                        if q != 0:
-                            value = (abs(q) - band_round + offset) * step
-                            out[i, ch, y, x] = -value if q < 0 else value
+                        q = plane[y, x]
+                        magnitude = _magnitude(q)
+                        value = (magnitude - band_round + offset) * step
+                        value = value if magnitude > 0.0 else 0.0
+                        target[y, x] = value if q >= 0 else -value
     return out
 
 
