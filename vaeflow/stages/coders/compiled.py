@@ -391,32 +391,33 @@ def _symbols(
     words: np.ndarray,
     values: np.ndarray,
     classes: np.ndarray,
+    order: np.ndarray,
     bounds: np.ndarray,
     offsets: np.ndarray,
     lookups: np.ndarray,
     zone: int,
 ) -> tuple[np.uint64, int]:
-    """Decode ``values`` (int64, in order) each of its class (NO_CLASS: 0, not coded), then their
-    escapes, as ``classes._decode_symbols`` does for symbols already sorted by class."""
+    """Decode symbols each of its class (``classes``, in ANS order; NO_CLASS: 0, not coded), then their
+    escapes, as ``classes._decode_symbols`` does; the j-th decoded goes to ``values[order[j]]``."""
     escaped = 0
-    for j in range(values.size):
+    for j in range(classes.size):
         k = classes[j]
         if k >= N_CLASSES:
-            values[j] = 0
+            values[order[j]] = 0
             continue
         table = zone * N_CLASSES + k
         symbol, state, left = decode_table(state, left, words, bounds, lookups, offsets[zone, k], table << LUT_BITS)
         r = _HALF[k]
-        values[j] = symbol - r
-        if abs(values[j]) >= r:
-            escaped += 1
+        value = symbol - r
+        values[order[j]] = value
+        escaped += abs(value) >= r
     if escaped:
         where = np.empty(escaped, np.int64)
         e = 0
-        for j in range(values.size):
+        for j in range(classes.size):
             k = classes[j]
-            if k < N_CLASSES and abs(values[j]) >= _HALF[k]:
-                where[e] = j
+            if k < N_CLASSES and abs(values[order[j]]) >= _HALF[k]:
+                where[e] = order[j]
                 e += 1
         excess = np.empty(escaped, np.int64)
         state, left = decode_escapes(state, left, words, excess)
@@ -436,7 +437,7 @@ def _head(state: np.uint64, left: int, words: np.ndarray, out: np.ndarray, prese
     channels = out.shape[0]
     deltas = np.empty(present.size, np.int64)
     side = np.full(present.size, SIDE_CLASS, np.int64)
-    state, left = _symbols(state, left, words, deltas, side, bounds, offsets, lookups, _LL_SET)
+    state, left = _symbols(state, left, words, deltas, side, np.arange(side.size), bounds, offsets, lookups, _LL_SET)
     flat = indices.reshape(-1)
     flat[:] = 0
     for j in range(present.size):
@@ -459,7 +460,9 @@ def _head(state: np.uint64, left: int, words: np.ndarray, out: np.ndarray, prese
     classes = np.empty(channels * size, np.int64)
     for j in range(channels):
         classes[j * size : (j + 1) * size] = ll_classes[order[j]]
-    state, left = _symbols(state, left, words, residuals, classes, bounds, offsets, lookups, _LL_SET)
+    state, left = _symbols(
+        state, left, words, residuals, classes, np.arange(classes.size), bounds, offsets, lookups, _LL_SET
+    )
     x = np.empty((ll_h, ll_w), np.int64)
     for j in range(channels):
         c = order[j]
@@ -549,29 +552,33 @@ def _activities(positions: np.ndarray, first: int, steps: np.ndarray, parts: np.
     """The activities of step ``si`` (as ``classes_geometry.step_activity``) from the parent terms and
     the level's bordered magnitudes decoded before the step (``flat_mags``)."""
     step_start, step_stop = parts[steps[si], 0], parts[steps[si + 1] - 1, 1]
-    count = step_stop - step_start
     row = ws + 2
-    activity = np.empty(count, np.int64)
-    for j in range(count):
-        at = first + step_start + j
-        kind = positions[2, at]
-        activity[j] = (weights[kind, 0] + weights[kind, 1] * boxed[positions[3, at]]
-                       + weights[kind, 2] * total[positions[4, at]])  # fmt: skip
-    for pi in range(steps[si], steps[si + 1]):
+    activity = np.empty(step_stop - step_start, np.int64)
+    padded, parent_index, parent_place, place = positions[0], positions[3], positions[4], positions[6]
+    for pi in range(steps[si], steps[si + 1]):  # a part's positions share their weights
         p_start, p_stop, kind = parts[pi, 0], parts[pi, 1], parts[pi, 2]
-        s, s3, nb = weights[kind, 3], weights[kind, 4], weights[kind, 5]
+        b, p, pa, s, s3, nb = (
+            weights[kind, 0],
+            weights[kind, 1],
+            weights[kind, 2],
+            weights[kind, 3],
+            weights[kind, 4],
+            weights[kind, 5],
+        )
+        for j in range(first + p_start, first + p_stop):
+            activity[j - first - step_start] = b + p * boxed[parent_index[j]] + pa * total[parent_place[j]]
         if kind == 2 or kind == 3:
             group = np.zeros(3 * (hs + 2) * row, np.int64)
             for c in range(first_group):
                 group += flat_mags[c * group.size : (c + 1) * group.size]
-            for j in range(p_start, p_stop):
-                place = positions[6, first + j]
-                activity[j - step_start] += s * group[place] + s3 * _box3(group, place - row - 1, row)
+            for j in range(first + p_start, first + p_stop):
+                at = place[j]
+                activity[j - first - step_start] += s * group[at] + s3 * _box3(group, at - row - 1, row)
         if kind == 1 or kind == 3:
-            for j in range(p_start, p_stop):
-                p = positions[0, first + j]
-                activity[j - step_start] += nb * (
-                    flat_mags[p - 1] + flat_mags[p + 1] + flat_mags[p - row] + flat_mags[p + row]
+            for j in range(first + p_start, first + p_stop):
+                at = padded[j]
+                activity[j - first - step_start] += nb * (
+                    flat_mags[at - 1] + flat_mags[at + 1] + flat_mags[at - row] + flat_mags[at + row]
                 )
     return activity
 
@@ -648,13 +655,11 @@ def _classes_kernel(data, ends, out, levels, positions, steps, parts, mag_offset
                                        first_group)  # fmt: skip
                 classes, order = _class_order(activity, positions, at, indices[li], lut, bits, bits_int)
                 count = activity.size
-                values = np.empty(count, np.int64)
-                state, left = _symbols(state, left, words, values, classes[order], bounds, offsets, lookups, zone)
-                in_order = np.empty(count, np.int64)
+                values = np.empty(count, np.int64)  # in coding order
+                state, left = _symbols(state, left, words, values, classes[order], order, bounds, offsets, lookups,
+                                       zone)  # fmt: skip
                 for j in range(count):
-                    in_order[order[j]] = values[j]
-                for j in range(count):
-                    v = in_order[j]
+                    v = values[j]
                     if not _INT32_MIN <= v <= _INT32_MAX:
                         error = 8
                     flat_out[positions[1, at + j]] = v
@@ -714,7 +719,9 @@ def _bands_kernel(data, ends, out, n_levels, present, ll_h, ll_w, flat, band_siz
                 where[j : j + band_sizes[i]] = flat[starts[i] : starts[i + 1]]
                 j += band_sizes[i]
         values = np.empty(total, np.int64)
-        state, left = _symbols(state, left, words, values, classes, bounds, offsets, lookups, parameters)
+        state, left = _symbols(
+            state, left, words, values, classes, np.arange(total), bounds, offsets, lookups, parameters
+        )
         flat_out = image.reshape(-1)
         for j in range(total):
             if not _INT32_MIN <= values[j] <= _INT32_MAX:
