@@ -16,8 +16,8 @@ one before it, when there is one); decoding a symbol of a model with left cumula
 state's low half. A coder is empty when no words are left and the state is 0. ``Uniform(n)``
 gives each symbol ``2**24 // n``, the last one the rest.
 
-A table's ``lookup`` turns the quantile's top ``LUT_BITS`` bits into the symbol, with no search
-where one symbol covers the bucket. The functions are numba kernels, compiled once and cached
+A table's ``lookup`` turns the quantile's top bits (more for tables of more symbols) into the
+symbol, with no search where one symbol covers the bucket. The functions are numba kernels, compiled once and cached
 on disk; every kernel and each helper it inlines live in this one module, so that an edit here
 invalidates the cache whole. A coder is the pair ``(state, words left)``, passed by value.
 """
@@ -89,29 +89,35 @@ def _advance(state: np.uint64, left: int, words: np.ndarray, q: int, low: int, w
     return state, left
 
 
-LUT_BITS = 10  # a table's lookup is indexed by the quantile's top 10 bits
-_LUT_SHIFT = PRECISION - LUT_BITS
+LOOKUP_BITS = (6, 10)  # a table's lookup has 2**bits buckets: 2 to 4 per symbol, within these bounds
+
+
+def lookup_bits(symbols: int) -> int:
+    """Bits of the quantile a table of this many symbols looks up: small tables stay in the cache."""
+    return min(max(symbols.bit_length() + 2, LOOKUP_BITS[0]), LOOKUP_BITS[1])
 
 
 def lookup(bounds: np.ndarray) -> np.ndarray:
-    """A table's lookup: for each of 2**LUT_BITS quantile buckets, ``low << 39 | width << 14 | symbol``
+    """A table's lookup: for each of its quantile buckets, ``low << 39 | width << 14 | symbol``
     of the symbol the bucket lies in, or the symbol its first quantile falls in (width 0) where the
     bucket holds several."""
-    firsts = np.arange(1 << LUT_BITS, dtype=np.int64) << _LUT_SHIFT
+    shift = PRECISION - lookup_bits(bounds.size - 1)
+    firsts = np.arange(1 << (PRECISION - shift), dtype=np.int64) << shift
     symbol = np.searchsorted(bounds, firsts, side="right") - 1
     low, high = bounds[symbol], bounds[symbol + 1]
-    whole = high >= firsts + (1 << _LUT_SHIFT)
+    whole = high >= firsts + (1 << shift)
     return np.where(whole, (low << 39) | ((high - low) << 14) | symbol, symbol)  # type: ignore[no-any-return]
 
 
 @inline
 def decode_table(
-    state: np.uint64, left: int, words: np.ndarray, bounds: np.ndarray, lookups: np.ndarray, offset: int, start: int
-) -> tuple[int, np.uint64, int]:
-    """One symbol of a table (``bounds[offset:]``, its lookup ``lookups[start:start + 2**LUT_BITS]``):
-    (symbol, state, words left)."""
+    state: np.uint64, left: int, words: np.ndarray, bounds: np.ndarray, lookups: np.ndarray, offset: int,
+    start: int, shift: int,
+) -> tuple[int, np.uint64, int]:  # fmt: skip
+    """One symbol of a table (its start in ``bounds``, its lookup's start in ``lookups`` and the
+    lookup's shift): (symbol, state, words left)."""
     q = int(np.int64(state & _MASK))
-    entry = lookups[start + (q >> _LUT_SHIFT)]
+    entry = lookups[start + (q >> shift)]
     i = entry & 0x3FFF
     width = (entry >> 14) & 0x1FFFFFF
     if width:
@@ -186,25 +192,26 @@ _LL_SET = DEADZONES.index(LL_ZERO_HALF_WIDTH)
 
 @dataclass(frozen=True)
 class Tables:
-    """Every class's table for every deadzone, flat: bounds and lookups (``ans.decode_table``), and
-    where each (zone, class) starts in them."""
+    """Every class's table for every deadzone, flat: bounds and lookups (``decode_table``), and for
+    each (zone, class) where its bounds and its lookup start and the lookup's shift."""
 
     bounds: np.ndarray  # int64
-    offsets: np.ndarray  # (zones, classes) into bounds
-    lookups: np.ndarray  # int64, 2**LUT_BITS per table, in (zone, class) order
+    offsets: np.ndarray  # (zones, classes, 3)
+    lookups: np.ndarray  # int64
 
 
 @lru_cache(maxsize=1)
 def tables() -> Tables:
-    pieces, offsets = [], np.zeros((len(DEADZONES), N_CLASSES), np.int64)
-    position = 0
+    pieces, lookups, offsets = [], [], np.zeros((len(DEADZONES), N_CLASSES, 3), np.int64)
+    position = start = 0
     for zone, z in enumerate(DEADZONES):
         for k in range(N_CLASSES):
             pieces.append(class_bounds(k, z))
-            offsets[zone, k] = position
+            lookups.append(lookup(pieces[-1]))
+            offsets[zone, k] = position, start, PRECISION - lookup_bits(pieces[-1].size - 1)
             position += pieces[-1].size
-    lookups = np.concatenate([lookup(b) for b in pieces])
-    return Tables(np.concatenate(pieces), offsets, lookups)
+            start += lookups[-1].size
+    return Tables(np.concatenate(pieces), offsets, np.concatenate(lookups))
 
 
 @dataclass(frozen=True)
@@ -400,14 +407,21 @@ def _symbols(
     """Decode symbols each of its class (``classes``, in ANS order; NO_CLASS: 0, not coded), then their
     escapes, as ``classes._decode_symbols`` does; the j-th decoded goes to ``values[order[j]]``."""
     escaped = 0
+    current, offset, start, shift, r = -1, 0, 0, 0, 0  # the table of the run of one class
     for j in range(classes.size):
         k = classes[j]
         if k >= N_CLASSES:
             values[order[j]] = 0
             continue
-        table = zone * N_CLASSES + k
-        symbol, state, left = decode_table(state, left, words, bounds, lookups, offsets[zone, k], table << LUT_BITS)
-        r = _HALF[k]
+        if k != current:
+            current, offset, start, shift, r = (
+                k,
+                offsets[zone, k, 0],
+                offsets[zone, k, 1],
+                offsets[zone, k, 2],
+                _HALF[k],
+            )
+        symbol, state, left = decode_table(state, left, words, bounds, lookups, offset, start, shift)
         value = symbol - r
         values[order[j]] = value
         escaped += abs(value) >= r
@@ -852,7 +866,7 @@ def _push_symbols(values: np.ndarray, classes: np.ndarray, zone: int, bounds: np
         r = _HALF[k]
         cost += _cost(costs, cost_offsets, zone, k, abs(values[j]))
         symbol = min(max(values[j], -r), r) + r
-        at = offsets[zone, k] + symbol
+        at = offsets[zone, k, 0] + symbol
         op_low[n_ops], op_width[n_ops] = bounds[at], bounds[at + 1] - bounds[at]
         n_ops += 1
         if abs(values[j]) >= r:
