@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import vaeflow
+from benchmarks.store_reads import moto_bucket
 from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream
 
 
@@ -95,20 +96,9 @@ class SafetensorsOnS3(Dataset[dict[str, Any]]):
 def s3_copies(store: Path, files: list[Path]) -> tuple[Any, dict[str, Any], str, list[str]]:
     """A moto S3 server on loopback holding the store and the safetensors files: (server, storage options,
     the store's URL, the files' URLs)."""
-    import logging
-
-    import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}  # fmt: skip
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
+    server, options = moto_bucket("bench")
     fs = s3fs.S3FileSystem(**options)
     fs.put(str(store), "bench/store.zarr", recursive=True)
     urls = []

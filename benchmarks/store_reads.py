@@ -92,10 +92,9 @@ def rate(step: Callable[[], Any], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def s3_server(store: Path) -> tuple[Any, Any]:
-    """A moto S3 server holding ``store`` at ``bench/store.zarr``, and an async s3fs file system for it."""
+def moto_bucket(bucket: str) -> tuple[Any, dict[str, Any]]:
+    """A moto S3 server on loopback holding an empty ``bucket``, and the storage options that reach it."""
     import boto3
-    import s3fs
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -105,7 +104,15 @@ def s3_server(store: Path) -> tuple[Any, Any]:
     options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
                "client_kwargs": {"region_name": "us-east-1"}}  # fmt: skip
     boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="bench")  # fmt: skip
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)  # fmt: skip
+    return server, options
+
+
+def s3_server(store: Path) -> tuple[Any, Any]:
+    """A moto S3 server holding ``store`` at ``bench/store.zarr``, and an async s3fs file system for it."""
+    import s3fs
+
+    server, options = moto_bucket("bench")
     s3fs.S3FileSystem(**options).put(str(store), "bench/store.zarr", recursive=True)
     return server, s3fs.S3FileSystem(asynchronous=True, **options)
 

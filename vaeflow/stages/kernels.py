@@ -14,7 +14,9 @@ inline = numba.njit(cache=True, nogil=True, inline="always")
 
 
 @jit
-def _centroid_offset(total: float, count: int) -> float:
+def centroid_offset(total: float, count: int) -> float:
+    """Offset in steps from a band's bin start to its reconstruction point, from the sum and count of its
+    nonzero magnitudes (the centroid of a Laplace fitted to their mean)."""
     if count == 0:
         return 0.5
     m = total / count - 1.0
@@ -57,7 +59,7 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, rects: np.ndarray, roundi
                             q = plane[y, x]
                             total += _magnitude(q)
                             count += q != 0
-                    offset = _centroid_offset(total, count)
+                    offset = centroid_offset(total, count)
                 for y in range(r0, r1):
                     for x in range(c0, c1):
                         q = plane[y, x]

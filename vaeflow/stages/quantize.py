@@ -247,16 +247,9 @@ def centroid_offset(magnitudes: np.ndarray) -> float:
 
 
 def _centroid_offset(total: float, count: int) -> float:
-    """``centroid_offset`` from the sum and count of a band's nonzero magnitudes."""
-    if count == 0:
-        return 0.5
-    m = total / count - 1.0
-    if m > 50.0:
-        return 0.5
-    if m < 1e-4:
-        m = 1e-4
-    b = 1.0 / math.log1p(1.0 / m)
-    return b - m
+    """``centroid_offset`` from the sum and count of a band's nonzero magnitudes (``kernels.centroid_offset``,
+    the one the compiled dequantization uses)."""
+    return float(kernels.centroid_offset(total, count))
 
 
 def dequantize(symbols: np.ndarray, steps: np.ndarray, bands: tuple[Subband, ...], rounding: float) -> np.ndarray:

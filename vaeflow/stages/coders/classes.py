@@ -26,7 +26,6 @@ on any machine, and the same symbols give the same bytes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +40,8 @@ from vaeflow.stages.coders.classes_model import (
     ACTIVITY_BITS,
     CLASS_OFFSET,
     DEADZONES,
+    ESCAPE_BITS,
+    ESCAPE_LOW_BITS,
     FEATURE_CLIP,
     HALF_WIDTHS,
     HALF_WIDTHS_32,
@@ -63,8 +64,7 @@ from vaeflow.stages.wavelet import Subband
 AnsCoder = constriction.stream.stack.AnsCoder
 _ESCAPE_LENGTH_MODEL = constriction.stream.model.Uniform(33)  # bit length 0..32 of the excess
 _UNIFORM = constriction.stream.model.Uniform()
-_LOW_BITS = 16  # an excess's bits below its leading one: up to 16, then the rest
-ESCAPE_BITS = round(math.log2(33) * 65536)  # an escape's bit length under its uniform model (bits * 2**16)
+_LOW_BITS = ESCAPE_LOW_BITS
 _INT32 = (-(2**31), 2**31 - 1)
 
 

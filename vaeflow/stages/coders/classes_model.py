@@ -21,6 +21,8 @@ FEATURE_CLIP = MAX_HALF_WIDTH  # magnitudes enter activities clipped to this (on
 LL_ZERO_HALF_WIDTH = 0.5  # LL residuals: plain rounding
 DEADZONES = tuple((5 + i) / 16 for i in range(8))  # zero-bin half-widths a stream may choose for details
 LL_MODES = ("centre", "left", "up", "gradient")
+ESCAPE_LOW_BITS = 16  # an escape's bits below its leading one: up to 16 first, then the rest
+ESCAPE_BITS = round(math.log2(33) * 65536)  # an escape's bit length under its uniform model (bits * 2**16)
 
 # A detail coefficient's activity, in units of 2**-16 of a magnitude, is
 #   B + P * mean|parent 3x3| + PA * mean over channels of that + S * mean|first group, same place|

@@ -39,6 +39,8 @@ from vaeflow.stages.coders.classes_model import (
     _LUT_BASE,
     CLASS_OFFSET,
     DEADZONES,
+    ESCAPE_BITS,
+    ESCAPE_LOW_BITS,
     FEATURE_CLIP,
     HALF_WIDTHS,
     INDEX_STRIDES,
@@ -142,8 +144,7 @@ def decode_uniform(state: np.uint64, left: int, words: np.ndarray, n: int) -> tu
     return i, state, left
 
 
-_LOW_BITS = 16  # an escape's bits below its leading one: up to 16 first, then the rest
-_ESCAPE_BITS = round(math.log2(33) * 65536)  # an escape's bit length under its uniform model (bits * 2**16)
+_LOW_BITS = ESCAPE_LOW_BITS
 
 
 @jit
@@ -523,6 +524,13 @@ def _box3(flat: np.ndarray, corner: int, row: int) -> int:
     return total
 
 
+@inline
+def _level(levels: np.ndarray, steps: np.ndarray, li: int) -> tuple[int, int, int, int, int]:
+    """Level ``li``'s height and width, its first position, and its steps ``first_step:last_step``."""
+    last_step = levels[li + 1, 4] if li + 1 < levels.shape[0] else steps.size - 1
+    return levels[li, 0], levels[li, 1], levels[li, 3], levels[li, 4], last_step
+
+
 @jit
 def _parent_terms(image: np.ndarray, mags: np.ndarray, mag_offsets: np.ndarray, levels: np.ndarray, li: int,
                   channels: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -659,8 +667,7 @@ def _classes_kernel(data, ends, out, levels, positions, steps, parts, mag_offset
         mags[:] = 0
         flat_out = image.reshape(-1)
         for li in range(n_levels):
-            hs, ws, first, first_step = levels[li, 0], levels[li, 1], levels[li, 3], levels[li, 4]
-            last_step = levels[li + 1, 4] if li + 1 < n_levels else steps.size - 1
+            hs, ws, first, first_step, last_step = _level(levels, steps, li)
             flat_mags = mags[mag_offsets[li] : mag_offsets[li + 1]]
             boxed, total = _parent_terms(image, mags, mag_offsets, levels, li, channels)
             for si in range(first_step, last_step):
@@ -880,7 +887,7 @@ def _push_symbols(values: np.ndarray, classes: np.ndarray, zone: int, bounds: np
                 e += 1
         for e in range(escaped):  # every bit length, then the low bits, then the high bits
             length = _bit_length(excess[e])
-            cost += _ESCAPE_BITS + max(length - 1, 0) * 65536
+            cost += ESCAPE_BITS + max(length - 1, 0) * 65536
             n_ops = _push_uniform(length, 33, op_low, op_width, n_ops)
         for part in range(2):
             for e in range(escaped):
@@ -944,8 +951,7 @@ def _encode_classes_kernel(symbols, levels, positions, steps, parts, mag_offsets
     mags = np.zeros(mag_offsets[-1], np.int32)
     flat_symbols = symbols.reshape(-1)
     for li in range(n_levels):
-        hs, ws, first, first_step = levels[li, 0], levels[li, 1], levels[li, 3], levels[li, 4]
-        last_step = levels[li + 1, 4] if li + 1 < n_levels else steps.size - 1
+        hs, ws, first, first_step, last_step = _level(levels, steps, li)
         flat_mags = mags[mag_offsets[li] : mag_offsets[li + 1]]
         boxed, total = _parent_terms(symbols, mags, mag_offsets, levels, li, channels)
         for si in range(first_step, last_step):
@@ -1020,8 +1026,7 @@ def _encode_classes_kernel(symbols, levels, positions, steps, parts, mag_offsets
                                 n_ops)  # fmt: skip
     total += cost
     for li in range(n_levels):
-        first, first_step = levels[li, 3], levels[li, 4]
-        last_step = levels[li + 1, 4] if li + 1 < n_levels else steps.size - 1
+        _, _, first, first_step, last_step = _level(levels, steps, li)
         for si in range(first_step, last_step):
             at = first + parts[steps[si], 0]
             count = parts[steps[si + 1] - 1, 1] - parts[steps[si], 0]
