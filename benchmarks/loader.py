@@ -14,7 +14,9 @@ The safetensors files and tar shards are written from the store's own decoded la
 folder, so every format holds the same values. Every loader gets the same batches: the bucket sampler's (images
 of one shape per batch) for the map-style loaders, store order for the streaming ones. Each round measures every
 loader once after a warm-up epoch (persistent workers, so worker start-up is left out); the table shows the median
-round. All files are in the page cache: this measures decoding and the loaders, not the disk. With ``--s3`` the
+round. vaeflow's map-style loader batches with ``vaeflow.torch.collate`` (one buffer per batch), and once more with
+torch's ``default_collate`` (a shared-memory segment per tensor). All files are in the page cache: this measures
+decoding and the loaders, not the disk. With ``--s3`` the
 store and the safetensors files are also read from an S3 API (moto's server on loopback, through s3fs). Last, the
 seconds from a new DataLoader (workers started by fork, then by spawn) to its first batch.
 """
@@ -35,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import vaeflow
 from benchmarks.store_reads import moto_bucket
-from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream
+from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream, collate
 
 
 def folder_bytes(path: Path) -> int:
@@ -77,7 +79,8 @@ class SafetensorsOnS3(Dataset[dict[str, Any]]):
     """``SafetensorsFiles`` read from an S3 API through fsspec (one GET per file), an s3fs per process."""
 
     def __init__(self, urls: list[str], options: dict[str, Any]) -> None:
-        self.urls, self.options, self._fs, self._pid = urls, options, None, -1
+        self.urls, self.options, self._pid = urls, options, -1
+        self._fs: Any = None
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -165,7 +168,8 @@ def latents_per_second(loader: Iterable[dict[str, Any]], expected: int, seconds:
 def first_batch_seconds(dataset: LatentDataset, batch_size: int, workers: int, context: str) -> float:
     """Seconds from a new DataLoader's iterator (its workers started fresh, by ``context``) to its first batch."""
     sampler = BucketBatchSampler(dataset, batch_size, seed=0)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, multiprocessing_context=context)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, multiprocessing_context=context,
+                        collate_fn=collate)  # fmt: skip
     start = time.perf_counter()
     iterator = iter(loader)
     next(iterator)
@@ -212,26 +216,28 @@ def main(argv: list[str] | None = None) -> None:
         files = write_safetensors(latents, tmp / "safetensors")
         shards = write_tar_shards(latents, tmp / "wds", max(args.workers, 1))
 
-        def map_loader(ds: Dataset[dict[str, Any]]) -> DataLoader[dict[str, Any]]:
+        def map_loader(ds: Dataset[dict[str, Any]], collate_fn: Any = None) -> DataLoader[dict[str, Any]]:
             sampler = BucketBatchSampler(dataset, args.batch_size, seed=0)
-            return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers, persistent_workers=args.workers > 0)
+            return DataLoader(ds, batch_sampler=sampler, num_workers=args.workers, persistent_workers=args.workers > 0,
+                              collate_fn=collate_fn)  # fmt: skip
 
         def stream_loader(ds: Any) -> DataLoader[dict[str, Any]]:
             return DataLoader(ds, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
 
         loaders: dict[str, Callable[[], Any]] = {
-            "vaeflow LatentDataset + BucketBatchSampler": lambda: map_loader(dataset),
+            "vaeflow LatentDataset + BucketBatchSampler": lambda: map_loader(dataset, collate),
+            "  same, torch's default_collate": lambda: map_loader(dataset),
             "vaeflow LatentStream (store order)": lambda: stream_loader(
                 LatentStream(reader, dtype=torch.float16, batch_size=args.batch_size)
             ),
             "safetensors, one file per image": lambda: map_loader(SafetensorsFiles(files, dataset.shapes)),
             "webdataset tar shards of fp16 .npy": lambda: stream_loader(tar_stream(shards)),
         }
-        server = None
+        server: Any = None
         if args.s3:
             server, options, store_url, urls = s3_copies(Path(str(reader.path)), files)
             remote = LatentDataset(store_url, dtype=torch.float16, storage_options=options)
-            loaders["vaeflow LatentDataset, store on S3"] = lambda: map_loader(remote)
+            loaders["vaeflow LatentDataset, store on S3"] = lambda: map_loader(remote, collate)
             loaders["safetensors on S3, one file per image"] = lambda: map_loader(SafetensorsOnS3(urls, options))
         built = {name: make() for name, make in loaders.items()}
         rates: dict[str, list[float]] = {name: [] for name in built}
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
             "safetensors, one file per image": sum(f.stat().st_size for f in files),
             "webdataset tar shards of fp16 .npy": sum(Path(p).stat().st_size for p in shards),
         }
-        sizes["vaeflow LatentStream (store order)"] = sizes["vaeflow LatentDataset + BucketBatchSampler"]
+        for name in ("vaeflow LatentStream (store order)", "  same, torch's default_collate"):
+            sizes[name] = sizes["vaeflow LatentDataset + BucketBatchSampler"]
         if args.s3:
             sizes["vaeflow LatentDataset, store on S3"] = sizes["vaeflow LatentDataset + BucketBatchSampler"]
             sizes["safetensors on S3, one file per image"] = sizes["safetensors, one file per image"]

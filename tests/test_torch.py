@@ -13,11 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch loading needs the train extra (torch)")
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 import vaeflow  # noqa: E402
 from vaeflow.foundations.errors import VaeflowError  # noqa: E402
-from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream  # noqa: E402
+from vaeflow.torch import BucketBatchSampler, LatentDataset, LatentStream, collate  # noqa: E402
 
 from .helpers import MIXED_SIZES as SIZES  # noqa: E402
 from .helpers import S3Bucket  # noqa: E402
@@ -137,6 +137,39 @@ def test_batches_carry_the_stored_latents(dataset: LatentDataset, latents: dict[
     for batch in DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset, 4, seed=1), num_workers=2):
         for name, latent in zip(batch["name"], batch["latent"], strict=True):
             assert torch.equal(latent, torch.from_numpy(latents[name]).half())
+
+
+def assert_same_batch(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        if isinstance(value, torch.Tensor):
+            assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+        else:
+            assert ours[key] == value, key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_collate_gives_what_default_collate_gives(store: Path, dtype: Any) -> None:
+    """The same batches (keys, values, dtypes, shapes) through two workers, one buffer per batch; mixed shapes
+    and other keys too."""
+    dataset = LatentDataset(store, dtype=dtype)
+    sampler = BucketBatchSampler(dataset, 3, seed=2)
+    ours = list(DataLoader(dataset, batch_sampler=sampler, num_workers=2, collate_fn=collate))
+    theirs = list(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
+    assert len(ours) == len(theirs) == len(sampler)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_same_batch(a, b)
+        storages = {a[k].untyped_storage().data_ptr() for k in ("latent", "original_size", "target_size")}
+        assert len(storages) == 1  # one buffer
+    batch = next(iter(sampler))
+    items = [{**item, "weight": 0.5} for item in dataset.__getitems__(batch)]
+    assert_same_batch(collate(items), default_collate(items))
+    shapes = {dataset.shapes[i]: i for i in range(len(dataset))}
+    assert len(shapes) > 1
+    with pytest.raises(VaeflowError, match="cannot share a batch: batch them with BucketBatchSampler"):
+        collate(dataset.__getitems__(list(shapes.values())[:2]))
+    with pytest.raises(VaeflowError, match="at least one item"):
+        collate([])
 
 
 def indices(batches: list[list[int]]) -> Counter[int]:

@@ -26,20 +26,21 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.parametrize("where", ["memory", "local folder"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_span_reads_match_zarr_in_every_layout(layout: str) -> None:
+def test_span_reads_match_zarr_in_every_layout(layout: str, where: str, tmp_path: Path) -> None:
     """Ranges across inner-chunk and shard edges, empty ones, inner chunks and a whole shard left out as all
-    zeros, and the end of the data."""
+    zeros, and the end of the data; in memory (on an event loop) and in a local folder (positioned reads)."""
     rng = np.random.default_rng(5)
-    data = zarr.create_array(
-        zarr.storage.MemoryStore(), shape=(14_000,), dtype="uint8", fill_value=0, **LAYOUTS[layout]
-    )
+    store = zarr.storage.MemoryStore() if where == "memory" else zarr.storage.LocalStore(tmp_path / "a.zarr")
+    data = zarr.create_array(store, shape=(14_000,), dtype="uint8", fill_value=0, **LAYOUTS[layout])
     values = rng.integers(1, 256, 14_000, dtype=np.uint8)
     values[1024:2048] = 0  # two inner chunks of zeros: left out of the shard
     values[8192:12288] = 0  # a whole shard of zeros: never written
     data[:] = values
     spans = SpanReader(data)
     assert spans.exact == layout.startswith("format 2")
+    assert (spans._folder is not None) == (spans.exact and where == "local folder")
     ranges = [(0, 0), (0, 14_000), (4095, 4097), (511, 513), (1000, 2100), (8000, 12_500), (13_990, 14_000)]
     ranges += [tuple(sorted(rng.integers(0, 14_001, 2))) for _ in range(60)]  # type: ignore[misc]
     assert spans.read(ranges) == [values[a:b].tobytes() for a, b in ranges]

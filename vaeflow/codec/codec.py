@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -168,7 +168,7 @@ class Codec(StageViews):
     def steps(self, latent_shape: tuple[int, ...]) -> np.ndarray:
         """(C, n_bands) quantizer steps for latents of ``latent_shape`` (.., C, h, w)."""
         table = self.allocation_table if self.quantize.allocation == "decoder" else None
-        return self.quantize.steps(self.bands(latent_shape), latent_shape[-3], self.wavelet, table)
+        return _steps(self.quantize, self.wavelet, table, tuple(latent_shape[-3:]))
 
     def padded_shape(self, height: int, width: int) -> tuple[int, int]:
         """The shape an image of this size is encoded at (``vaeflow.models.padded_shape``)."""
@@ -314,6 +314,16 @@ class Codec(StageViews):
     ) -> np.ndarray:
         """Latents -> images of ``size`` through this codec's very model (another fingerprint is refused)."""
         return self.pipeline.inverse(latents, self.spec(size, runtime, steps=False), "vae", STAGE_ORDER[0])
+
+
+@lru_cache(maxsize=1024)
+def _steps(
+    quantize: Quantize, wavelet: Wavelet, table: AllocationTable | None, latent_shape: tuple[int, ...]
+) -> np.ndarray:
+    """``Codec.steps``, kept: the streams of a store share a few steps and shapes (read-only arrays)."""
+    steps = quantize.steps(wavelet.bands(latent_shape), latent_shape[0], wavelet, table)
+    steps.flags.writeable = False
+    return steps
 
 
 def calibration_key(transform: str, wavelet: Wavelet) -> str:

@@ -6,7 +6,9 @@ shard's index again for every slice, then each inner chunk the slice touches, on
 S3 (moto's server on loopback) a 25 KB stream took 3.6 requests and 1.8x its bytes, a batch of 16 neighbours
 26 requests, and reads were about 4x (single streams) and 30x (batches) slower than here. This reader keeps each
 shard's index once read and fetches a range with one request per shard it touches, exactly its bytes, all
-concurrently. Any other layout (format 1's zstd chunks, which can only be read whole) is read through zarr.
+concurrently; a local folder's shards with positioned reads (``os.pread``) in the calling thread, since a
+round trip through an event loop costs more than a stream's read. Any other layout (format 1's zstd chunks,
+which can only be read whole) is read through zarr.
 
 Only zarr's public API is used: the array's store and path, the store's ``get`` of a byte range
 (``zarr.abc.store``) and ``zarr.buffer``'s default prototype. Requests are coroutines, and zarr has no public way
@@ -151,7 +153,9 @@ class SpanReader:
         if self.exact:
             self.shard, self.chunk = int(data.shards[0]), int(data.chunks[0])  # type: ignore[index]
         self._store, self._prefix = data.store, f"{data.path}/" if data.path else ""
+        self._folder = _local_folder(self._store) if self.exact else None  # read with pread, no event loop
         self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()  # used only on the loop that reads
+        self._lock = threading.Lock()  # the local path's index cache, shared by threads
 
     def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each range; ranges close together are fetched as one."""
@@ -159,8 +163,10 @@ class SpanReader:
             if not 0 <= start <= end <= self.size:
                 raise ValueError(f"byte range {start}:{end} is outside the data (0:{self.size})")
         runs = merge(ranges)
-        loop = request_loop(self._store) if self.exact else None
-        if loop is not None:
+        loop = request_loop(self._store) if self.exact and self._folder is None else None
+        if self._folder is not None:
+            spans = [self._read_run_here(a, b) for a, b in runs]
+        elif loop is not None:
             spans = run_on(loop, _gather([self._read_run(a, b) for a, b in runs]))
         else:
             spans = [np.asarray(self.data[a:b]).tobytes() for a, b in runs]
@@ -171,21 +177,21 @@ class SpanReader:
             out.append(spans[run][start - starts[run] : end - starts[run]])
         return out
 
-    async def _read_run(self, start: int, end: int) -> bytes:
-        """One request per shard the range touches, each for the bytes of the range in that shard."""
-        parts = []
+    def _shards(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(shard, low, high) of each shard the range touches: the range's bytes in it."""
+        out = []
         for shard in range(start // self.shard, max(start, end - 1) // self.shard + 1):
             base = shard * self.shard
-            parts.append(self._read_in_shard(shard, max(start, base) - base, min(end, base + self.shard) - base))
-        return b"".join(await _gather(parts))
+            out.append((shard, max(start, base) - base, min(end, base + self.shard) - base))
+        return out
 
-    async def _read_in_shard(self, shard: int, low: int, high: int) -> bytes:
-        """Bytes ``low:high`` of shard ``shard``: the inner chunks they span lie in order, so one request."""
-        if high <= low:
-            return b""
-        key = self.data.metadata.encode_chunk_key((shard,))  # type: ignore[union-attr]
-        index = await self._index(shard, key)
-        pieces: list[list[int]] = []  # [offset in the shard object, or -1 for a left-out chunk; length]
+    def _key(self, shard: int) -> str:
+        return self.data.metadata.encode_chunk_key((shard,))  # type: ignore[union-attr,no-any-return]
+
+    def _pieces(self, key: str, index: np.ndarray, low: int, high: int) -> list[list[int]]:
+        """Bytes ``low:high`` of a shard as [offset in the shard object, or -1 for a left-out chunk; length]:
+        the inner chunks they span lie in order, so neighbours join."""
+        pieces: list[list[int]] = []
         for inner in range(low // self.chunk, -(-high // self.chunk)):
             a, b = max(low, inner * self.chunk), min(high, (inner + 1) * self.chunk)
             offset, nbytes = int(index[inner, 0]), int(index[inner, 1])
@@ -196,7 +202,68 @@ class SpanReader:
                 pieces[-1][1] += b - a
             else:
                 pieces.append([at, b - a])
-        return b"".join(await _gather([self._piece(key, at, n) for at, n in pieces]))
+        return pieces
+
+    def _checked_index(self, shard: int, key: str, raw: bytes | None) -> np.ndarray:
+        """The shard's (offset, length) of each inner chunk from its index bytes (checked against its
+        CRC32C), kept once read."""
+        inner = self.shard // self.chunk
+        if raw is None:  # a shard never written holds only the fill value, as zarr reads it
+            index = np.full((inner, 2), EMPTY, np.uint64)
+        elif google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise ValueError(f"shard {key} has a damaged index (CRC32C)")
+        else:
+            index = np.frombuffer(raw[:-4], "<u8").reshape(inner, 2)
+        self._indexes[shard] = index
+        while len(self._indexes) > CACHED_INDEXES:
+            self._indexes.popitem(last=False)
+        return index
+
+    @property
+    def _index_bytes(self) -> int:
+        return 16 * (self.shard // self.chunk) + 4
+
+    # --- a local folder: positioned reads in this thread (an event loop's round trip costs more than the read)
+    def _read_run_here(self, start: int, end: int) -> bytes:
+        assert self._folder is not None
+        parts = []
+        for shard, low, high in self._shards(start, end):
+            if high <= low:
+                continue
+            key = self._key(shard)
+            path = os.path.join(self._folder, self._prefix + key)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = -1
+            try:
+                with self._lock:
+                    index = self._indexes.get(shard)
+                    if index is None:
+                        index = self._checked_index(shard, key, _tail(fd, self._index_bytes, key))
+                for at, n in self._pieces(key, index, low, high):
+                    parts.append(bytes(n) if at < 0 else _pread(fd, at, n, key))
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        return b"".join(parts)
+
+    # --- any other store that belongs to a loop (object storage): concurrent requests on that loop
+    async def _read_run(self, start: int, end: int) -> bytes:
+        """One request per shard the range touches, each for the bytes of the range in that shard."""
+        parts = [self._read_in_shard(shard, low, high) for shard, low, high in self._shards(start, end)]
+        return b"".join(await _gather(parts))
+
+    async def _read_in_shard(self, shard: int, low: int, high: int) -> bytes:
+        """Bytes ``low:high`` of shard ``shard``, one request per run of stored inner chunks."""
+        if high <= low:
+            return b""
+        key = self._key(shard)
+        index = self._indexes.get(shard)
+        if index is None:
+            raw = await self._get(key, SuffixByteRequest(self._index_bytes), self._index_bytes)
+            index = self._checked_index(shard, key, raw)
+        return b"".join(await _gather([self._piece(key, at, n) for at, n in self._pieces(key, index, low, high)]))
 
     async def _piece(self, key: str, at: int, n: int) -> bytes:
         if at < 0:
@@ -205,21 +272,6 @@ class SpanReader:
         if raw is None:
             raise ValueError(f"{key} is missing")
         return raw
-
-    async def _index(self, shard: int, key: str) -> np.ndarray:
-        """The shard's (offset, length) of each inner chunk, checked against its CRC32C, kept once read."""
-        if shard not in self._indexes:
-            inner = self.shard // self.chunk
-            raw = await self._get(key, SuffixByteRequest(16 * inner + 4), 16 * inner + 4)
-            if raw is None:  # a shard never written holds only the fill value, as zarr reads it
-                self._indexes[shard] = np.full((inner, 2), EMPTY, np.uint64)
-            elif google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-                raise ValueError(f"shard {key} has a damaged index (CRC32C)")
-            else:
-                self._indexes[shard] = np.frombuffer(raw[:-4], "<u8").reshape(inner, 2)
-            while len(self._indexes) > CACHED_INDEXES:
-                self._indexes.popitem(last=False)
-        return self._indexes[shard]
 
     async def _get(self, key: str, request: ByteRequest, expected: int) -> bytes | None:
         """The bytes asked for, or None when there is no such object."""
@@ -230,6 +282,31 @@ class SpanReader:
         if len(raw) != expected:
             raise ValueError(f"{key} gave {len(raw)} bytes where {expected} were asked for")
         return raw
+
+
+def _local_folder(store: Store) -> str | None:
+    """The folder of a local store (seen through ``LoopNotingStore``), where positioned reads need no loop."""
+    inner = store.wrapped if isinstance(store, LoopNotingStore) else store
+    return str(inner.root) if isinstance(inner, LocalStore) and hasattr(os, "pread") else None
+
+
+def _pread(fd: int, at: int, n: int, key: str) -> bytes:
+    if fd < 0:
+        raise ValueError(f"{key} is missing")
+    raw = os.pread(fd, n, at)
+    if len(raw) != n:
+        raise ValueError(f"{key} gave {len(raw)} bytes where {n} were asked for")
+    return raw
+
+
+def _tail(fd: int, n: int, key: str) -> bytes | None:
+    """The last ``n`` bytes of an open file (None for a file that is not there)."""
+    if fd < 0:
+        return None
+    size = os.fstat(fd).st_size
+    if size < n:
+        raise ValueError(f"{key} gave {size} bytes where {n} were asked for")
+    return _pread(fd, size - n, n, key)
 
 
 async def _gather(coroutines: Sequence[Coroutine[Any, Any, bytes]]) -> list[bytes]:
