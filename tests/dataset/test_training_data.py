@@ -70,9 +70,12 @@ def test_buckets_resize_crop_and_record_the_micro_conditioning(tmp_path: Path, p
         fit = fit_bucket(h, w, 256)
         assert reader.target_size(name) == fit.target and fit.target in allowed
         assert reader.original_size(name) == (h, w) and reader.crop_top_left(name) == fit.crop_top_left
-        resized = Image.open(src / name).resize((fit.resized[1], fit.resized[0]), Image.Resampling.LANCZOS)
-        top, left = fit.crop_top_left
-        expected = np.asarray(resized)[top : top + fit.target[0], left : left + fit.target[1]]
+        (rh, rw), (top, left), (th, tw) = fit.resized, fit.crop_top_left, fit.target
+        resized = Image.open(src / name).resize((rw, rh), Image.Resampling.LANCZOS)
+        whole = np.asarray(resized)[top : top + th, left : left + tw]  # resized whole, then cropped
+        box = (left * w / rw, top * h / rh, (left + tw) * w / rw, (top + th) * h / rh)
+        expected = np.asarray(Image.open(src / name).resize((tw, th), Image.Resampling.LANCZOS, box=box))
+        assert np.abs(expected.astype(int) - whole).max() <= 1  # the crop's region alone, resampled
         assert reader.read_stream(name) == vaeflow.compress(np.ascontiguousarray(expected))
     assert reader.summary()["settings"]["buckets"] == 256
 

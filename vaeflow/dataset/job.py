@@ -244,7 +244,9 @@ def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOpti
         store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
     )
     scanned = scan(src, options.max_pixels, exclude=store)
-    return build_plan(scanned, src, store, codec, settings, decided, options.batch_size, options.buckets)
+    return build_plan(
+        scanned, src, store, codec, settings, decided, options.batch_size, options.buckets, options.max_pixels
+    )
 
 
 def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:

@@ -22,6 +22,7 @@ from vaeflow.dataset.policy import COMPLETE, StorePolicy
 from vaeflow.dataset.scan import Scan, Sidecar
 from vaeflow.foundations.display import html_list_table, html_table
 from vaeflow.foundations.errors import PipelineError
+from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
 
 BATCH_PIXEL_BUDGET = 16_000_000  # pixels per VAE run, so that big images get small batches
 
@@ -148,6 +149,14 @@ def sampled(name: str, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2.0**64
 
 
+def _over_resized(fitted: shapes.Fit, max_pixels: int) -> str:
+    (h, w), (rh, rw), (bh, bw) = fitted.source, fitted.resized, fitted.target
+    return (
+        f"resizing {w}x{h} to cover its {bw}x{bh} bucket needs {rw}x{rh} pixels, over the limit of {max_pixels} "
+        "(--max-pixels); crop the image nearer its bucket's aspect ratio, or raise --max-pixels"
+    )
+
+
 def build_plan(
     scan: Scan,
     src: Path,
@@ -157,6 +166,7 @@ def build_plan(
     policy: StorePolicy,
     batch_size: int,
     buckets: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Plan:
     if batch_size < 1:
         raise PipelineError(f"batch size must be at least 1, got {batch_size}")
@@ -178,6 +188,9 @@ def build_plan(
             continue
         if buckets is not None:
             fitted = shapes.fit_bucket(scanned.height, scanned.width, buckets)
+            if fitted.resized[0] * fitted.resized[1] > max_pixels:
+                failed.append((item, _over_resized(fitted, max_pixels)))
+                continue
             item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
                         fitted.crop_top_left)  # fmt: skip
         items.append(item)

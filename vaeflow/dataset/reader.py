@@ -10,7 +10,6 @@ without a convention of their own, such as ``default``, the two are the same.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from vaeflow.dataset.layout import (
     text_offsets,
 )
 from vaeflow.dataset.location import StoreLocation, describe, open_root
+from vaeflow.dataset.scan import json_object
 from vaeflow.dataset.spans import SpanReader
 from vaeflow.dataset.store import array, read, subgroup
 from vaeflow.foundations.display import html_list_table, html_table
@@ -251,9 +251,10 @@ class StoreReader:
         """The image's metadata (its ``NAME.json``), or an empty dict."""
         text = self._optional_text(COLUMNS.metadata, name)
         try:
-            value = json.loads(text) if text else {}
+            value = json_object(text) if text else {}
         except ValueError as exc:
-            raise VaeflowError(f"{self.path} has a damaged index: the metadata of {name!r} is not JSON") from exc
+            damaged = f"{self.path} has a damaged index: the metadata of {name!r} is not JSON ({exc})"
+            raise VaeflowError(damaged) from exc
         return value if isinstance(value, dict) else {}
 
     def original_size(self, name: str) -> tuple[int, int]:

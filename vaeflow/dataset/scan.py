@@ -24,6 +24,8 @@ from vaeflow.foundations.imageio import IMAGE_SUFFIXES, read_header
 
 SIDECAR_SUFFIXES = frozenset({".txt", ".caption", ".json"})
 MAX_SIDECAR_BYTES = 1 << 16
+MAX_JSON_DEPTH = 32  # a metadata sidecar nested deeper is a note (Python's json recurses per level)
+NOT_UTF8 = "its name is not valid UTF-8 (shown with \\x escapes); rename it to store it"
 
 _SPECIAL_FILE_TYPES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
@@ -68,7 +70,7 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
 
     def unreadable(error: OSError) -> None:
         where = Path(error.filename).relative_to(src).as_posix() if error.filename else "."
-        skipped.append((where, f"folder cannot be read: {error.strerror or error}"))
+        skipped.append((storable(where), f"folder cannot be read: {error.strerror or error}"))
 
     for root, dirs, files in os.walk(src, onerror=unreadable):
         here = Path(root)
@@ -79,9 +81,9 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             if exclude is not None and folder.absolute() == exclude.absolute():
                 continue  # the job's own store
             if folder.is_symlink():
-                skipped.append((rel, "symbolic link to a folder (not followed)"))
+                skipped.append((storable(rel), "symbolic link to a folder (not followed)"))
             elif _is_store(folder):
-                skipped.append((rel, "a vaeflow store (not scanned)"))
+                skipped.append((storable(rel), "a vaeflow store (not scanned)"))
             else:
                 kept.append(name)
         dirs[:] = kept
@@ -90,16 +92,21 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
         for name in sorted(files):
             path = here / name
             rel = path.relative_to(src).as_posix()
+            shown = storable(rel)
             reason = _not_a_file(path, root_real)
             if reason is not None:
-                skipped.append((rel, reason))
+                skipped.append((shown, reason))
                 continue
             if path.suffix.lower() in SIDECAR_SUFFIXES:
                 if path.stem not in stems:
-                    skipped.append((rel, f"{path.suffix} sidecar without an image of the name {path.stem}"))
+                    stem = storable(path.stem)
+                    skipped.append((shown, f"{path.suffix} sidecar without an image of the name {stem}"))
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append((rel, f"not an image type ({path.suffix or 'no extension'})"))
+                skipped.append((shown, f"not an image type ({storable(path.suffix) or 'no extension'})"))
+                continue
+            if shown != rel:  # stored under a name that cannot be its own: a failed row, not a crashed job
+                images.append(ScannedImage(shown, 0, 0, 0, f"image not stored: {NOT_UTF8}"))
                 continue
             sidecar = read_sidecar(here, path.stem, names)
             size = 0
@@ -112,7 +119,28 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             except OSError as exc:
                 images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}", sidecar))
     images.sort(key=lambda im: im.path)
-    return Scan(tuple(images), tuple(sorted(skipped)))
+    return Scan(_unique(images), tuple(sorted(skipped)))
+
+
+def storable(name: str) -> str:
+    """``name`` as the index stores it: itself when it is UTF-8 (what the store's text columns hold); a name
+    the file system gave as other bytes (Python's surrogate escapes) with those bytes as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _unique(images: list[ScannedImage]) -> tuple[ScannedImage, ...]:
+    """The images, a failed row whose escaped name is also a real file's left out (the real file keeps it)."""
+    seen: set[str] = set()
+    out = []
+    for image in sorted(images, key=lambda im: (im.path, im.error is not None)):
+        if image.path not in seen:
+            seen.add(image.path)
+            out.append(image)
+    return tuple(out)
 
 
 def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
@@ -124,7 +152,11 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
     notes = []
     for name in found:
         try:
-            raw = (folder / name).read_bytes() if _not_a_file(folder / name, folder.resolve()) is None else None
+            raw = (
+                _head(folder / name, MAX_SIDECAR_BYTES + 1)
+                if _not_a_file(folder / name, folder.resolve()) is None
+                else None
+            )
         except OSError as exc:
             notes.append(f"sidecar {name} cannot be read ({exc.strerror or exc}); ignored")
             continue
@@ -140,7 +172,7 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
     metadata, from_json = None, None
     if stem + ".json" in texts:
         try:
-            value = json.loads(texts[stem + ".json"])
+            value = json_object(texts[stem + ".json"])
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
             metadata = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -152,6 +184,38 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
         notes.append(f"{stem}.txt and {stem}.caption differ; the caption is {stem}.txt's")
     caption = captions[0] if captions else from_json
     return Sidecar(caption, metadata, tuple(notes))
+
+
+def json_object(text: str, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """``json.loads(text)``, refused (``ValueError``) when its arrays and objects nest deeper than ``max_depth``:
+    counted before parsing, since the parser recurses once per level."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return json.loads(text)
+    depth, deepest, in_string, escaped = 0, 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} levels")
+        elif char in "]}":
+            depth -= 1
+    return json.loads(text)
+
+
+def _head(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes from the start of a file (a huge or sparse one is never read whole)."""
+    with path.open("rb") as fh:
+        return fh.read(limit)
 
 
 def _is_store(folder: Path) -> bool:

@@ -120,11 +120,13 @@ def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState,
 
 
 def fit(pixels: np.ndarray, item: Item) -> np.ndarray:
-    """An image resized (Lanczos) to cover its bucket and centre-cropped to it, as its plan says."""
+    """An image resized (Lanczos) to cover its bucket and centre-cropped to it, as its plan says: only the crop's
+    region is resampled (PIL's ``box``), so memory stays the bucket's whatever the resized size (within one grey
+    level of resizing whole, then cropping)."""
     assert item.resized is not None and item.crop is not None
-    resized = Image.fromarray(pixels).resize((item.resized[1], item.resized[0]), Image.Resampling.LANCZOS)
-    top, left = item.crop
-    return np.asarray(resized)[top : top + item.height, left : left + item.width]
+    (h, w), (rh, rw), (top, left) = pixels.shape[:2], item.resized, item.crop
+    box = (left * w / rw, top * h / rh, (left + item.width) * w / rw, (top + item.height) * h / rh)
+    return np.asarray(Image.fromarray(pixels).resize((item.width, item.height), Image.Resampling.LANCZOS, box=box))
 
 
 def _isolated(
