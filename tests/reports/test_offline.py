@@ -5,6 +5,7 @@ eval report asks for anything beyond the file itself."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 from ..helpers import image_folder, run_cli
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+if BROWSER is None and os.environ.get("VAEFLOW_REQUIRE_BROWSER"):  # CI installs one: its absence is a failure
+    raise RuntimeError("VAEFLOW_REQUIRE_BROWSER is set but no chromium, chromium-browser or google-chrome is on PATH")
 PROBE = """<script>window.addEventListener('load', () => setTimeout(() => {
   const b = window.Bokeh;
   document.title = 'bokeh:' + (b ? b.version + ':' + b.documents.length : 'none');
