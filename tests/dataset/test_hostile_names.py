@@ -36,7 +36,7 @@ def test_a_name_that_is_not_utf8_is_a_failed_row_and_the_job_finishes(tmp_path: 
     (Path(os.fsdecode(bytes(src) + b"/notes\xfe.txt"))).write_text("a sidecar of no image")
     dry = run_cli("compress", str(src), str(tmp_path / "dry.zarr"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "unreadable: bad\\xff.png: image not stored: its name is not valid UTF-8" in dry.stdout
+    assert "unreadable: bad\\\\xff.png: image not stored: its name is not valid UTF-8" in dry.stdout
     assert not (tmp_path / "dry.zarr").exists()
     out = run_cli("compress", str(src), str(tmp_path / "s.zarr"), "--scheduler", "sync")
     assert out.returncode == 3, out.stderr  # some images failed
@@ -120,3 +120,40 @@ def test_buckets_refuse_a_resize_over_max_pixels_and_resample_only_the_crop(
     assert "over the limit of 100000000 (--max-pixels)" in reader.failures[0].reason
     assert reader.original_size("short.png") == (1, 100)
     assert peak < 2 * normal_peak, (peak, normal_peak)
+
+
+def test_decompress_writes_a_tree_with_a_file_beside_a_folder_of_its_png_name(
+    tmp_path: Path, photos: list[np.ndarray]
+) -> None:
+    """x.jpg beside a folder x.png/ (holding y.png): all three written (x.jpg as x.jpg.png); a name with a
+    backslash and a folder in the way in DST are skipped with the reason (exit 3); the rest written; --overwrite
+    never writes through a hard link to a file outside DST."""
+    src = tmp_path / "src"
+    (src / "x.png").mkdir(parents=True)
+    Image.fromarray(photos[0][:32, :48]).save(src / "x.jpg", quality=95)
+    Image.fromarray(photos[1][:32, :48]).save(src / "x.png" / "y.png")
+    Image.fromarray(photos[2][:32, :48]).save(src / "z.png")
+    Image.fromarray(photos[3][:32, :48]).save(src / "back\\slash.png")
+    store = tmp_path / "s.zarr"
+    assert run_cli("compress", str(src), str(store), "--scheduler", "sync").returncode == 0
+    reader = vaeflow.open_store(store)
+    assert sorted(reader.names) == ["back\\slash.png", "x.jpg", "x.png/y.png", "z.png"]
+    out_dir = tmp_path / "out"
+    (out_dir / "z.png").mkdir(parents=True)  # a folder where z.png should go
+    out = run_cli("decompress", str(store), str(out_dir), "--scheduler", "sync")
+    assert out.returncode == 3, out.stderr
+    assert "'back\\\\slash.png' skipped: refusing to write" in out.stderr
+    assert "'z.png' skipped: z.png cannot be written: a folder of that name is in" in out.stderr
+    assert "2 PNG files" in out.stdout
+    for name, target in (("x.jpg", "x.jpg.png"), ("x.png/y.png", "x.png/y.png")):
+        np.testing.assert_array_equal(np.asarray(Image.open(out_dir / target)), reader.read_image(name))
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not to be touched")
+    (out_dir / "x.jpg.png").unlink()
+    os.link(outside, out_dir / "x.jpg.png")  # a hard link in DST to a file outside it
+    (out_dir / "z.png").rmdir()
+    again = run_cli("decompress", str(store), str(out_dir), "--scheduler", "sync", "--overwrite")
+    assert again.returncode == 3 and "3 PNG files" in again.stdout, again.stderr  # only the backslash name left
+    assert outside.read_bytes() == b"not to be touched"
+    np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "x.jpg.png")), reader.read_image("x.jpg"))
+    assert not list(out_dir.rglob("*.tmp"))

@@ -313,6 +313,8 @@ def run_decompress(args: argparse.Namespace) -> int:
         print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
     for name, reason in report.damaged:
         error(f"vaeflow: damaged stream '{escaped(name)}' not written: {one_line(reason)}")
+    for name, reason in report.skipped:
+        error(f"vaeflow: '{escaped(name)}' skipped: {one_line(reason)}")
     return 0 if report.ok else EXIT_PARTIAL
 
 

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vaeflow.foundations.display import escaped  # noqa: F401  (the CLI's name for it)
+
 _ERRNO = re.compile(r"\[Errno \d+\]\s*")
 _WRITE_HINTS = {
     errno.ENOSPC: "no space left on the device: free some and run the same command again",
@@ -47,23 +49,6 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not type(exc).__module__.startswith("vaeflow"):
         return describe_os_error(exc)
     return one_line(str(exc)) or type(exc).__name__
-
-
-_CONTROL = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def escaped(name: str) -> str:
-    """A name safe for one tab-separated line: backslash, tab, newline and other control
-    characters written as escapes (``\\t``, ``\\n``, ``\\x1b``); ``--json`` gives names raw."""
-    out = []
-    for ch in name:
-        if ch in _CONTROL:
-            out.append(_CONTROL[ch])
-        elif ord(ch) < 32 or ord(ch) == 127 or (0x80 <= ord(ch) < 0xA0):
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _plain(value: Any) -> Any:

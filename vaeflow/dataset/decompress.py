@@ -1,14 +1,19 @@
 """Decoding a store back to PNG files, as a job over batches of names.
 
 Names come from the store's index, which may hold anything, so every target path is
-checked: no absolute paths, no ``..``, and no symbolic link in the destination may lead
-outside ``DST_DIR``. Such names are refused with an error before anything is written.
+checked: no absolute paths, no ``..``, no backslash or NUL, and no symbolic link in the
+destination may lead outside ``DST_DIR``. An image whose name fails that, or whose file
+cannot be made (a folder of its name in ``DST_DIR``, a file where its folder should be), is
+skipped with the reason; every other image is written. Each file is written beside its
+target and renamed over it, so nothing is ever written through a hard or symbolic link.
 
-Two images never go to one file. A stored name becomes a PNG path by these rules, in order:
+Two images never go to one file, and no file takes a path another image needs as a folder.
+A stored name becomes a PNG path by these rules, in order:
 
 1. its extension is replaced by ``.png`` (``a.jpg`` -> ``a.png``; no extension: ``.png`` added);
-2. if an earlier image took that path (compared without regard to case, as some file
-   systems do), the name keeps its extension: ``a.jpg`` -> ``a.jpg.png``;
+2. if an earlier image took that path, or another image's folder has that name (compared
+   without regard to case, as some file systems do), the name keeps its extension:
+   ``a.jpg`` -> ``a.jpg.png`` (so ``x.jpg`` beside ``x.png/y.png`` is written as ``x.jpg.png``);
 3. if that is taken too, ``~2``, ``~3``, ... go before ``.png``: ``a~2.png``;
 4. a path component over 255 bytes (UTF-8) is cut and ends in ``~`` and eight hex digits of
    the SHA-1 of the whole stored name, then ``.png``.
@@ -20,13 +25,15 @@ stream is named in the report and every other image is still written.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vaeflow.dataset.reader import open_store
 from vaeflow.foundations.errors import VaeflowError
-from vaeflow.foundations.imageio import write_png
+from vaeflow.foundations.imageio import png_bytes
 from vaeflow.models import RuntimeOptions
 
 MAX_COMPONENT_BYTES = 255
@@ -44,10 +51,11 @@ class DecodeTask:
 class DecompressReport:
     written: list[str] = field(default_factory=list)  # targets, relative to the destination
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why it did not decode)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (stored name, why it could not be written)
 
     @property
     def ok(self) -> bool:
-        return not self.damaged
+        return not self.damaged and not self.skipped
 
 
 def checked_name(name: str) -> PurePosixPath:
@@ -88,12 +96,20 @@ def _digest(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
-def plan_targets(names: list[str]) -> list[tuple[str, str]]:
-    """Each stored name with its own PNG path (the rules above), in order."""
-    taken: set[str] = set()
-    out = []
+def plan_targets(names: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Each stored name with its own PNG path (the rules above), in order; and the names that cannot be written
+    anywhere (unsafe), with the reason."""
+    firsts: dict[str, PurePosixPath] = {}
+    refused = []
     for name in names:
-        first = target_name(name)
+        try:
+            firsts[name] = target_name(name)
+        except VaeflowError as exc:
+            refused.append((name, str(exc)))
+    folders = {str(parent).casefold() for first in firsts.values() for parent in first.parents}
+    taken: set[str] = set(folders)  # no file where an image needs a folder
+    out = []
+    for name, first in firsts.items():
         candidates = [first, _fit(checked_name(name + ".png"), name)]
         target = next((c for c in candidates if str(c).casefold() not in taken), None)
         counter = 2
@@ -103,7 +119,7 @@ def plan_targets(names: list[str]) -> list[tuple[str, str]]:
             counter += 1
         taken.add(str(target).casefold())
         out.append((name, str(target)))
-    return out
+    return out, refused
 
 
 def safe_path(dst: Path, relative: str) -> Path:
@@ -127,12 +143,31 @@ def decode_batch(task: DecodeTask) -> DecompressReport:
         except VaeflowError as exc:
             report.damaged.append((name, str(exc)))
             continue
-        target = safe_path(dst, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        safe_path(dst, relative)  # again, now that the folders exist
-        write_png(target, image)
+        try:
+            target = safe_path(dst, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            safe_path(dst, relative)  # again, now that the folders exist
+            _replace(target, png_bytes(image))
+        except (VaeflowError, OSError) as exc:
+            report.skipped.append((name, f"{relative} cannot be written: {getattr(exc, 'strerror', None) or exc}"))
+            continue
         report.written.append(relative)
     return report
+
+
+def _replace(target: Path, data: bytes) -> None:
+    """``data`` as the file ``target``: written beside it, then renamed over it (the directory entry is
+    replaced; a file it was a hard or symbolic link to is never written)."""
+    if target.is_dir() and not target.is_symlink():
+        raise VaeflowError(f"a folder {target.name} is in the way")
+    temporary = target.with_name(f".vaeflow-{os.getpid()}-{threading.get_ident()}.tmp")  # short: any name fits
+    try:
+        with temporary.open("xb") as fh:
+            fh.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def decompress_store(
@@ -148,28 +183,39 @@ def decompress_store(
     """Write the named images (all by default) as PNGs under ``dst``.
 
     ``run`` maps the decode function over tasks (a Dask client's map, say); by default
-    tasks run in this process. Nothing is written when a name is unsafe, not stored, or
-    its file exists already (unless ``overwrite``).
+    tasks run in this process. Nothing is written when a name is not stored or a file
+    exists already (unless ``overwrite``); an image that cannot be written is skipped
+    with its reason (``report.skipped``).
     """
     reader = open_store(store)
     chosen = reader.names if names is None else names
     missing = [n for n in chosen if n not in reader]
     if missing:
         raise VaeflowError(f"not stored in {store}: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    pairs = plan_targets(chosen)
+    planned, refused = plan_targets(chosen)
     dst = Path(dst).absolute()
-    for _, relative in pairs:
-        target = safe_path(dst, relative)
+    report = DecompressReport(skipped=refused)
+    pairs = []
+    for name, relative in planned:
+        try:
+            target = safe_path(dst, relative)
+        except VaeflowError as exc:
+            report.skipped.append((name, str(exc)))
+            continue
+        if target.is_dir() and not target.is_symlink():
+            report.skipped.append((name, f"{relative} cannot be written: a folder of that name is in {dst}"))
+            continue
         if target.exists() and not overwrite:
             raise VaeflowError(f"{target} exists; pass --overwrite to replace files, or choose an empty folder")
+        pairs.append((name, relative))
     dst.mkdir(parents=True, exist_ok=True)
     tasks = [
         DecodeTask(str(store), str(dst), tuple(pairs[i : i + batch_size]), runtime or RuntimeOptions())
         for i in range(0, len(pairs), batch_size)
     ]
     mapper = run or (lambda fn, items: map(fn, items))
-    report = DecompressReport()
     for part in mapper(decode_batch, tasks):
         report.written += part.written
         report.damaged += part.damaged
+        report.skipped += part.skipped
     return report

@@ -20,7 +20,7 @@ from vaeflow.codec.codec import Codec
 from vaeflow.dataset.layout import SETTINGS
 from vaeflow.dataset.policy import COMPLETE, StorePolicy
 from vaeflow.dataset.scan import Scan, Sidecar
-from vaeflow.foundations.display import html_list_table, html_table
+from vaeflow.foundations.display import escaped, html_list_table, html_table
 from vaeflow.foundations.errors import PipelineError
 from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
 
@@ -131,7 +131,7 @@ class Plan:
         if len(self.groups) > 10:
             lines.append(f"    ... and {len(self.groups) - 10} more groups")
         for item, reason in self.failed_at_scan[:10]:
-            lines.append(f"  unreadable: {item.path}: {reason}")
+            lines.append(f"  unreadable: {escaped(item.path)}: {escaped(reason)}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

@@ -46,3 +46,20 @@ def without_remote_icon(path: Path) -> None:
     cleaned = _REMOTE_ICON.sub("", text)
     if cleaned != text:
         path.write_text(cleaned, encoding="utf-8")
+
+
+_CONTROL = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escaped(name: str) -> str:
+    """A name safe for one tab-separated line: backslash, tab, newline and other control
+    characters written as escapes (``\\t``, ``\\n``, ``\\x1b``); ``--json`` gives names raw."""
+    out = []
+    for ch in name:
+        if ch in _CONTROL:
+            out.append(_CONTROL[ch])
+        elif ord(ch) < 32 or ord(ch) == 127 or (0x80 <= ord(ch) < 0xA0):
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -11,6 +11,7 @@ Conversions are documented here and reported as notes:
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 import warnings
@@ -31,7 +32,7 @@ DEFAULT_MAX_PIXELS = 100_000_000  # per image file; larger ones need --max-pixel
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageReadError", "LoadedImage", "as_rgb", "list_images",
-           "load_image", "read_header", "read_rgb", "write_png"]  # fmt: skip
+           "load_image", "png_bytes", "read_header", "read_rgb", "write_png"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,13 @@ def as_rgb(image: object) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image is empty, shape {image.shape}; {accepted}")
     return np.ascontiguousarray(image)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An HxWx3 uint8 image as a PNG file's bytes (what ``write_png`` writes)."""
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 def write_png(path: str | Path, pixels: np.ndarray) -> None:
