@@ -165,6 +165,16 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def _first_header(reader: StoreReader, names: list[str]) -> stream_format.StreamHeader:
+    """The first readable stream's header: a damaged stream fails when its item is read, not here."""
+    for name in names[:-1]:
+        try:
+            return reader.stream_header(name)
+        except VaeflowError:
+            continue
+    return reader.stream_header(names[-1])
+
+
 def _item_shapes(
     reader: StoreReader, names: list[str], sizes: np.ndarray, kind: str, convention: str
 ) -> list[tuple[int, ...]]:
@@ -173,7 +183,7 @@ def _item_shapes(
         return []
     if kind == "image":
         return [(3, int(h), int(w)) for h, w in sizes]
-    header, _ = stream_format.unpack(reader.read_stream(names[0]))
+    header = _first_header(reader, names)
     shapes: list[tuple[int, ...]] = [header.model.latent_shape(int(h), int(w), header.latent_unit) for h, w in sizes]
     own = reader.convention if convention == "model" else None
     if own is None:

@@ -9,6 +9,7 @@ A store is one zarr v3 group (docs/format.md describes every node)::
     index/path_offsets          the text columns (path, note, caption, metadata): UTF-8 bytes back to back
     index/path_bytes            (``{column}_bytes``) with N+1 offsets (``{column}_offsets``)
     index/shape                 int32 N x 2, as are original_size and crop_top_left
+    index/check                 int64: each row's CRC32C over its stream, name, sizes, caption and metadata
     index/nbytes, bpp, status   int64, float32, uint8 (STATUS_OK, STATUS_FAILED)
     index-next/, index-previous/  the new index while it is written, the old one while it is swapped out
     skipped/path_*, reason_*    files that are not images, and why
@@ -72,6 +73,7 @@ class IndexColumns:
     status: str = "status"
     original_size: str = "original_size"  # since buckets: the size as read (else the stored shape)
     crop_top_left: str = "crop_top_left"  # since buckets: the bucket's crop in the resized image
+    check: str = "check"  # since row checks: int64, each row's ``store.row_check``; -1 for rows from before
     reason: str = "reason"  # text, in skipped/: why the file is no image
 
 

@@ -37,9 +37,9 @@ from vaeflow.dataset.layout import (
 from vaeflow.dataset.location import StoreLocation, describe, open_root
 from vaeflow.dataset.scan import json_object
 from vaeflow.dataset.spans import SpanReader
-from vaeflow.dataset.store import array, read, subgroup
+from vaeflow.dataset.store import UNCHECKED, array, read, row_check, subgroup
 from vaeflow.foundations.display import html_list_table, html_table
-from vaeflow.foundations.errors import VaeflowError
+from vaeflow.foundations.errors import CorruptStreamError, VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
 READABLE = ("image", "latent", "stream")  # what iter_batches reads: decoded images, latents or the streams
@@ -219,14 +219,52 @@ class StoreReader:
             return self._spans.read([(start, end)])[0]
 
     def read_stream(self, name: str) -> bytes:
+        """The stream of ``name``, refused (naming it) unless it is the one its row was written with."""
+        data = self._fetch(name)
+        self.check_row(name, data)
+        return data
+
+    def stream_header(self, name: str) -> stream_format.StreamHeader:
+        """The header of the stream of ``name`` (checked by its own CRC32, not against the row)."""
+        return stream_format.unpack(self._fetch(name))[0]
+
+    def _fetch(self, name: str) -> bytes:
         start, end = self.stream_range(name)
         with damage(self.path, f"stream data of {name!r}"):
             return self._spans.read([(start, end)])[0]
 
+    @cached_property
+    def _checks(self) -> np.ndarray | None:
+        """Each row's check (``store.row_check``), or None in stores written before them."""
+        if COLUMNS.check not in self._index:
+            return None
+        with damage(self.path, LAYOUT.index):
+            values = read(self._index, COLUMNS.check)[: len(self._paths)]
+        if values.shape != (len(self._paths),) or values.dtype.kind != "i":
+            raise VaeflowError(f"{self.path} has a damaged index: {COLUMNS.check} is {values.shape} {values.dtype}")
+        return values
+
+    def check_row(self, name: str, data: bytes | memoryview) -> None:
+        """Refuse ``data`` as the stream of ``name`` unless it, with the name, sizes, caption and metadata the index
+        gives, is what the row's check was computed over when the store was written."""
+        checks, row = self._checks, self._row(name)
+        if checks is None or checks[row] == UNCHECKED:
+            return
+        columns = self._columns
+        texts = [columns[c][row] if columns[c] is not None else "" for c in (COLUMNS.caption, COLUMNS.metadata)]
+        found = row_check(data, name, self.shapes[row], self.original_size(name), self.crop_top_left(name), *texts)
+        if found != int(checks[row]):
+            raise VaeflowError(
+                f"{self.path}: the stream of {name!r} does not match its row's check (the stream or its entry in the "
+                f"index is damaged, or they belong to different images); run vaeflow verify {self.path}"
+            )
+
     def checked_stream(self, name: str) -> bytes:
-        """The stream of ``name``, refused (naming it) if its header disagrees with the index."""
-        data = self.read_stream(name)
+        """The stream of ``name``, refused (naming it) if its header disagrees with the index or it is not the
+        one its row was written with."""
+        data = self._fetch(name)
         check_stream_shape(self.path, name, data, self.shapes[self._rows[name]])
+        self.check_row(name, data)
         return data
 
     def read_streams(self, names: list[str]) -> list[bytes]:
@@ -234,7 +272,10 @@ class StoreReader:
         neighbours in the data, so a batch in index order is one range read); runs are read concurrently."""
         rows = [self._row(n) for n in names]
         with damage(self.path, "stream data"):
-            return self._spans.read([(int(self._offsets[r]), int(self._offsets[r + 1])) for r in rows])
+            streams = self._spans.read([(int(self._offsets[r]), int(self._offsets[r + 1])) for r in rows])
+        for name, data in zip(names, streams, strict=True):
+            self.check_row(name, data)
+        return streams
 
     def entries(self) -> Iterator[tuple[str, tuple[int, int], int, float]]:
         """(name, (height, width), bytes, bpp) of each stored image, from the index alone."""
@@ -299,7 +340,11 @@ class StoreReader:
         return int(values[row, 0]), int(values[row, 1])
 
     def read_image(self, name: str) -> np.ndarray:
-        return decompress(self.checked_stream(name), runtime=self.runtime)
+        data = self.checked_stream(name)
+        try:
+            return decompress(data, runtime=self.runtime)
+        except CorruptStreamError as exc:
+            raise CorruptStreamError(f"{self.path}: the stream of {name!r} is damaged: {exc}") from exc
 
     @cached_property
     def model(self) -> ModelRef | None:
@@ -318,12 +363,12 @@ class StoreReader:
         ``convention="model"``: in the model's own convention, (C*p*p, h/p, w/p) for a model that
         folds p x p patches into channels; ``"normalised"``: vaeflow's unit-variance latent (C, h, w).
         """
-        return self._latent(self.checked_stream(name), convention)
+        return self._latent(name, self.checked_stream(name), convention)
 
-    def _latent(self, data: bytes, convention: str) -> np.ndarray:
+    def _latent(self, name: str, data: bytes, convention: str) -> np.ndarray:
         if convention not in LATENT_CONVENTIONS:
             raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
-        latent = decompress_latent(data)
+        latent = self._decoded([name], [data])[0]
         own = self.convention
         if convention == "normalised" or own is None:
             return latent
@@ -334,11 +379,23 @@ class StoreReader:
         fetched as by ``read_streams`` and decoded together where they share a shape."""
         if convention not in LATENT_CONVENTIONS:
             raise ValueError(f"unknown latent convention {convention!r}; choose one of {LATENT_CONVENTIONS}")
-        latents = decompress_latents(self.read_streams(names))
+        latents = self._decoded(names, self.read_streams(names))
         own = self.convention
         if convention == "normalised" or own is None:
             return latents
         return [own.to_model(latent[None])[0] for latent in latents]
+
+    def _decoded(self, names: list[str], streams: list[bytes]) -> list[np.ndarray]:
+        """``decompress_latents``, a damaged stream's error naming the store and the image."""
+        try:
+            return decompress_latents(streams)
+        except CorruptStreamError:
+            for name, data in zip(names, streams, strict=True):
+                try:
+                    decompress_latent(data)
+                except CorruptStreamError as exc:
+                    raise CorruptStreamError(f"{self.path}: the stream of {name!r} is damaged: {exc}") from exc
+            raise
 
     def info(self, name: str) -> dict[str, Any]:
         row = self._row(name)

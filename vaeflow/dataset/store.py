@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+import struct
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
@@ -100,6 +102,26 @@ class Row:
     crop_top_left: tuple[int, int] = (0, 0)  # of the bucket's crop in the resized image
 
 
+UNCHECKED = -1  # index/check of a row written before row checks
+
+
+def row_check(
+    stream: bytes | memoryview,
+    name: str,
+    shape: Sequence[int],
+    original_size: Sequence[int],
+    crop_top_left: Sequence[int],
+    caption: str,
+    metadata: str,
+) -> int:
+    """A row's CRC32C over its stream and everything the index says of it, which binds the stream to its row:
+    the six sizes as little-endian int32, then the name, caption and metadata as UTF-8, each after its length
+    (uint32 LE), then the stream."""
+    texts = [t.encode("utf-8") for t in (name, caption, metadata)]
+    head = struct.pack("<6i3I", *shape, *original_size, *crop_top_left, *(len(t) for t in texts))
+    return int(google_crc32c.extend(google_crc32c.value(head + b"".join(texts)), bytes(stream)))
+
+
 def read_meta(store: Path) -> dict[str, Any] | None:
     """The store's vaeflow attributes, or None if ``store`` holds no vaeflow store."""
     try:
@@ -128,11 +150,13 @@ class IndexRows:
     status: np.ndarray  # uint8 (N,)
     original_size: np.ndarray  # int32 (N, 2)
     crop_top_left: np.ndarray  # int32 (N, 2)
+    checks: np.ndarray  # int64 (N,): row_check, or UNCHECKED
 
     @classmethod
     def empty(cls) -> IndexRows:
         pairs = np.zeros((0, 2), np.int32)
-        return cls([], [], [], [], np.zeros(0, np.int64), pairs, np.zeros(0, np.uint8), pairs.copy(), pairs.copy())
+        return cls([], [], [], [], np.zeros(0, np.int64), pairs, np.zeros(0, np.uint8), pairs.copy(), pairs.copy(),
+                   np.zeros(0, np.int64))  # fmt: skip
 
     def columns(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -184,7 +208,7 @@ def write_index(
             compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing.paths, existing.notes, [], [], []
-    captions, metadata, original, crops = existing.captions, existing.metadata, [], []
+    captions, metadata, original, crops, checks = existing.captions, existing.metadata, [], [], []
     buffer, position = bytearray(), total
     for row in rows:
         paths.append(row.path)
@@ -193,6 +217,8 @@ def write_index(
         metadata.append(row.metadata)
         original.append(row.original_size or row.shape)
         crops.append(row.crop_top_left)
+        checks.append(row_check(row.stream, row.path, row.shape, original[-1], row.crop_top_left, row.caption,
+                                row.metadata))  # fmt: skip
         nbytes.append(len(row.stream))
         shapes.append(row.shape)
         status.append(STATUS_OK if row.ok else STATUS_FAILED)
@@ -209,6 +235,7 @@ def write_index(
     all_status = np.concatenate([existing.status, np.array(status, np.uint8)])
     all_original = np.concatenate([existing.original_size, np.array(original, np.int32).reshape(-1, 2)])
     all_crops = np.concatenate([existing.crop_top_left, np.array(crops, np.int32).reshape(-1, 2)])
+    all_checks = np.concatenate([existing.checks, np.array(checks, np.int64)])
     offsets = np.zeros(len(paths) + 1, np.uint64)
     np.cumsum(all_nbytes, out=offsets[1:])
     pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
@@ -224,6 +251,7 @@ def write_index(
     write_text_column(index, COLUMNS.metadata, metadata)
     _write_array(index, COLUMNS.original_size, all_original)
     _write_array(index, COLUMNS.crop_top_left, all_crops)
+    _write_array(index, COLUMNS.check, all_checks)
     _swap_index(store)
     _write_array(root, LAYOUT.offsets, offsets)
     skipped_group = root.require_group(LAYOUT.skipped)
@@ -280,6 +308,7 @@ def previous_index(store: Path, rows: int) -> IndexRows:
         status=read(index, COLUMNS.status),
         original_size=pairs(COLUMNS.original_size, shape.copy()),
         crop_top_left=pairs(COLUMNS.crop_top_left, np.zeros_like(shape)),
+        checks=read(index, COLUMNS.check) if COLUMNS.check in index else np.full(len(shape), UNCHECKED, np.int64),
     )
     if any(len(v) < rows for v in found.columns().values()):
         raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")

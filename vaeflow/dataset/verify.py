@@ -36,9 +36,10 @@ class VerifyReport:
 
 
 def verify_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> VerifyReport:
-    """Check magic, version, lengths and both CRC32s of every stored stream, and that its header
-    agrees with the index on the image's size, reading the data array in large windows; the
-    index itself is checked when the store is opened."""
+    """Check magic, version, lengths and both CRC32s of every stored stream, that its header
+    agrees with the index on the image's size, and that the stream and its row (name, sizes,
+    caption, metadata) are what the row's check was written over, reading the data array in
+    large windows; the index itself is checked when the store is opened."""
     start = time.perf_counter()
     store = open_store(path, storage_options=storage_options)
     report = VerifyReport(Path(path))
@@ -53,7 +54,9 @@ def verify_store(path: str | Path, storage_options: dict[str, Any] | None = None
                 window_start, window = begin, b""
                 window = store.read_span(begin, max(end, min(begin + WINDOW, store.data.shape[0])))
                 report.bytes_read += len(window)
-            check_stream_shape(store.path, name, window[begin - window_start : end - window_start], shapes[name])
+            stream = window[begin - window_start : end - window_start]
+            check_stream_shape(store.path, name, stream, shapes[name])
+            store.check_row(name, stream)
         except VaeflowError as exc:
             report.damaged.append((name, str(exc)))
     report.seconds = time.perf_counter() - start
