@@ -104,3 +104,26 @@ def test_the_cli_writes_to_s3_and_add_continues_from_the_remote_store(
     out = subprocess.run([*base, "--add"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert open_store(url, storage_options=s3.options).names == ["0.png", "1.png", "later.png"]
+
+
+def test_a_missing_bucket_is_found_before_any_image_is_coded(
+    tmp_path: Path, photos: list[np.ndarray], s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By --dry-run, and by the job before it codes anything (a probe object, written and removed)."""
+    monkeypatch.setenv("VAEFLOW_HOME", str(tmp_path / "home"))
+    src = _source(tmp_path, photos, 2)
+    options = [f"--storage-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in s3.options.items()]
+    for extra in (["--dry-run"], []):
+        out = subprocess.run(
+            [sys.executable, "-m", "vaeflow", "compress", str(src), "s3://no-such-bucket/p.zarr", "--scheduler",
+             "sync", "--no-progress", *options, *extra],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "cannot write to s3://no-such-bucket/p.zarr" in out.stderr and "bucket exists" in out.stderr
+        assert not (tmp_path / "home" / "staging").exists()  # nothing coded, nothing staged
+    import s3fs
+
+    vaeflow.compress_dataset(src, f"s3://{s3.name}/ok.zarr", scheduler="sync", storage_options=s3.options,
+                             options=JobOptions(progress=False))  # fmt: skip
+    assert not [p for p in s3fs.S3FileSystem(**s3.options).find(f"{s3.name}/ok.zarr") if "probe" in p]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from vaeflow.dataset.decompress import decompress_store
 from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
 from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions, JobOptions
-from vaeflow.dataset.upload import staging_dir
+from vaeflow.dataset.upload import check_writable, staging_dir
 from vaeflow.dataset.verify import verify_store
 from vaeflow.foundations.durable import atomic_write
 from vaeflow.foundations.errors import VaeflowError
@@ -162,6 +163,13 @@ def _check_source(path: Path, what: str = "a folder of images, or one image file
         raise VaeflowError(f"{path} does not exist; give {what}")
 
 
+def _check_writable_folder(store: Path) -> None:
+    """Refuse a local destination this process cannot write (the store, or the folder that would hold it)."""
+    existing = next(p for p in (store.absolute(), *store.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VaeflowError(f"cannot write {store}: {existing} is not writable; choose another destination")
+
+
 def run_compress(args: argparse.Namespace) -> int:
     _check_source(args.src)
     if args.src.is_file():
@@ -191,6 +199,10 @@ def run_compress(args: argparse.Namespace) -> int:
     if not args.add and not args.retry_failed:
         _check_verify(args)
     if args.dry_run:
+        if is_url(args.dst):
+            check_writable(args.dst, storage_options(args.storage_options))
+        else:
+            _check_writable_folder(Path(args.dst))
         local = args.staging or staging_dir(args.dst) if is_url(args.dst) else Path(args.dst)
         codec, preset, options = job_codec(
             Path(local), args.model, args.quality, args.pipeline, target, options, args.verify, args.verify_fraction

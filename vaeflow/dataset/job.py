@@ -34,7 +34,7 @@ from vaeflow.dataset.reader import open_store
 from vaeflow.dataset.scan import scan
 from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.dataset.tasks import TaskContext
-from vaeflow.dataset.upload import UploadReport, download, staging_dir, upload
+from vaeflow.dataset.upload import UploadReport, check_writable, download, staging_dir, upload
 from vaeflow.dataset.work import WorkStore
 from vaeflow.foundations.display import html_table
 from vaeflow.foundations.errors import StoreWriteError, VaeflowError
@@ -171,6 +171,7 @@ def compress_dataset(
     codec, preset, options = job_codec(store, model, quality, pipeline, target, options, verify, verify_fraction)
     if is_url(store):
         url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
+        check_writable(url, storage_options)  # before any image is coded
         if not (local / LAYOUT.zarr_json).exists():  # no staged copy: continue from the remote store, if any
             download(url, local, storage_options)
         report = compress_dataset(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,21 @@ def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
     except (ValueError, TypeError) as exc:
         raise VaeflowError(f"cannot write {url}: {exc}; check the URL and its storage options") from exc
     return fs, root.rstrip("/")
+
+
+def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse a destination that cannot be reached or written, before any image is coded: a probe object is
+    written under the store's prefix and removed at once (a missing bucket or a read-only credential fails here)."""
+    fs, root = _filesystem(url, storage_options or {})
+    probe = f"{root}/{LAYOUT.probe_prefix}{uuid.uuid4().hex}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:  # network and permission errors differ with every file system
+        raise VaeflowError(
+            f"cannot write to {url} ({type(exc).__name__}: {exc}); check that the bucket exists and that the "
+            "credentials may write to it (--storage-option)"
+        ) from exc
 
 
 def _files(local: Path) -> list[str]:
