@@ -157,3 +157,23 @@ def test_decompress_writes_a_tree_with_a_file_beside_a_folder_of_its_png_name(
     assert outside.read_bytes() == b"not to be touched"
     np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "x.jpg.png")), reader.read_image("x.jpg"))
     assert not list(out_dir.rglob("*.tmp"))
+
+
+def test_add_notices_a_source_replaced_since_it_was_coded(tmp_path: Path, photos: list[np.ndarray]) -> None:
+    src = _source(tmp_path, photos)
+    Image.fromarray(photos[1][:64, :96]).save(src / "kept.png")
+    store = tmp_path / "s.zarr"
+    assert run_cli("compress", str(src), str(store), "--scheduler", "sync").returncode == 0
+    before = vaeflow.open_store(store).read_stream("good.png")
+    Image.fromarray(photos[2][:64, :96]).save(src / "good.png")  # replaced: another size and time
+    Image.fromarray(photos[3][:64, :96]).save(src / "new.png")
+    dry = run_cli("compress", str(src), str(store), "--add", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "changed since they were coded: 1 stored images (good.png)" in dry.stdout
+    out = run_cli("compress", str(src), str(store), "--add", "--scheduler", "sync", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["changed"] == ["good.png"]
+    reader = vaeflow.open_store(store)
+    assert reader.names == ["good.png", "kept.png", "new.png"] and reader.read_stream("good.png") == before
+    again = run_cli("compress", str(src), str(store), "--scheduler", "sync")  # a rerun of the finished store
+    assert again.returncode == 0 and "changed since they were coded: 1 stored images (good.png)" in again.stdout

@@ -29,14 +29,24 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, BatchMarker], 
             side_notes = list(sidecar.notes) if sidecar else []
             if index in failed_at_scan:
                 item, reason = failed_at_scan[index]
-                yield store_io.Row(item.path, (item.height, item.width), False, reason, b"", caption, metadata)
+                yield store_io.Row(item.path, (item.height, item.width), False, reason, b"", caption, metadata,
+                                   source=item.source_file)  # fmt: skip
                 continue
             entry, item = entries[index], items[index]
             key, offset = entry.stream
             note = (entry.reason or "") if not entry.ok else "; ".join([*entry.notes, *side_notes])
             data = work.read_stream(key, offset, entry.nbytes)  # index order interleaves the batches
             yield store_io.Row(
-                entry.path, entry.shape, entry.ok, note, data, caption, metadata, item.source, item.crop or (0, 0)
+                entry.path,
+                entry.shape,
+                entry.ok,
+                note,
+                data,
+                caption,
+                metadata,
+                item.source,
+                item.crop or (0, 0),
+                item.source_file,
             )
 
     new_bytes = sum(entry.nbytes for entry in entries.values())

@@ -28,7 +28,7 @@ from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, BatchM
 from vaeflow.dataset.location import is_url
 from vaeflow.dataset.lock import StoreLock
 from vaeflow.dataset.options import ClusterOptions, JobOptions
-from vaeflow.dataset.plan import Batch, Plan, build_plan
+from vaeflow.dataset.plan import Batch, Plan, build_plan, changed_note
 from vaeflow.dataset.progress import progress
 from vaeflow.dataset.reader import open_store
 from vaeflow.dataset.scan import scan
@@ -75,6 +75,7 @@ class JobReport:
     spans: list[list[Any]] = field(default_factory=list, repr=False)
     upload: UploadReport | None = None  # for a store on object storage
     drops: DropSummary | None = None  # under a PSNR-drop limit: how this run's drops were kept
+    changed: tuple[str, ...] = ()  # stored images whose files changed since they were coded (kept as coded)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +101,8 @@ class JobReport:
         ]
         if self.drops is not None:
             lines.append(f"  verify: {self.drops}")
+        if self.changed:
+            lines.append(f"  {changed_note(self.changed)}")
         if self.upload is not None:
             up = self.upload
             lines.append(f"  uploaded to {up.url}: {up.uploaded} objects ({up.bytes_sent:,} bytes) sent and verified, "
@@ -350,6 +353,7 @@ def report_from_store(report: JobReport, plan: Plan) -> JobReport:
     """The summary of the finished store, with bytes in and out and bpp of this run's images
     (an ``--add`` codes only some; a rerun none)."""
     reader = open_store(plan.store)
+    report.changed = plan.changed
     summary = reader.summary()
     report.stored, report.failed, report.skipped = summary["images"], summary["failed"], summary["skipped"]
     report.images = report.stored + report.failed

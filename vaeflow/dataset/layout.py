@@ -74,6 +74,7 @@ class IndexColumns:
     original_size: str = "original_size"  # since buckets: the size as read (else the stored shape)
     crop_top_left: str = "crop_top_left"  # since buckets: the bucket's crop in the resized image
     check: str = "check"  # since row checks: int64, each row's ``store.row_check``; -1 for rows from before
+    source: str = "source"  # since then too: int64 (N, 2), the file's size and mtime (ns) when coded; -1 unknown
     reason: str = "reason"  # text, in skipped/: why the file is no image
 
 

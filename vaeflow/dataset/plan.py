@@ -37,6 +37,12 @@ class Item:
     source: tuple[int, int] | None = None  # with buckets: the size as read, resized to ``resized``,
     resized: tuple[int, int] | None = None  # then cropped at ``crop`` (top, left) to (height, width)
     crop: tuple[int, int] | None = None
+    mtime_ns: int = 0  # the file's modification time when scanned
+
+    @property
+    def source_file(self) -> tuple[int, int]:
+        """(size in bytes, modification time in ns) of the file as scanned: what the index records."""
+        return self.size_bytes, self.mtime_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,7 @@ class Plan:
     batch_size: int
     buckets: int | None = None  # the area side of aspect-ratio buckets, or None to keep sizes
     sidecars: dict[int, Sidecar] = field(default_factory=dict, repr=False)  # by index: captions, metadata
+    changed: tuple[str, ...] = ()  # stored images whose file changed since (size or modification time)
 
     @property
     def key_prefix(self) -> str:
@@ -132,6 +139,8 @@ class Plan:
             lines.append(f"    ... and {len(self.groups) - 10} more groups")
         for item, reason in self.failed_at_scan[:10]:
             lines.append(f"  unreadable: {escaped(item.path)}: {escaped(reason)}")
+        if self.changed:
+            lines.append(f"  {changed_note(self.changed)}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -147,6 +156,15 @@ def sampled(name: str, fraction: float) -> bool:
     hash), so that every run and every executor picks the same images."""
     digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little") < fraction * 2.0**64
+
+
+def changed_note(changed: tuple[str, ...]) -> str:
+    """What a run says of stored images whose files changed since they were coded."""
+    names = ", ".join(escaped(n) for n in changed[:5]) + (" ..." if len(changed) > 5 else "")
+    return (
+        f"changed since they were coded: {len(changed)} stored images ({names}) have another size or modification "
+        "time; the store keeps them as coded (write a new store, or --overwrite, to code them again)"
+    )
 
 
 def _over_resized(fitted: shapes.Fit, max_pixels: int) -> str:
@@ -180,7 +198,8 @@ def build_plan(
     verify = codec.target.verify if codec.target is not None and codec.target.max_psnr_drop is not None else None
     sidecars: dict[int, Sidecar] = {}
     for i, scanned in enumerate(images):
-        item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes)
+        item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes,
+                    mtime_ns=scanned.mtime_ns)  # fmt: skip
         if scanned.sidecar is not None:
             sidecars[item.index] = scanned.sidecar
         if scanned.error is not None:
@@ -192,7 +211,7 @@ def build_plan(
                 failed.append((item, _over_resized(fitted, max_pixels)))
                 continue
             item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
-                        fitted.crop_top_left)  # fmt: skip
+                        fitted.crop_top_left, item.mtime_ns)  # fmt: skip
         items.append(item)
         by_shape.setdefault(codec.padded_shape(item.height, item.width), []).append(item)
     fraction = codec.target.verify_fraction if codec.target is not None else 1.0
@@ -224,4 +243,7 @@ def build_plan(
         batch_size=batch_size,
         buckets=buckets,
         sidecars=sidecars,
+        changed=tuple(
+            i.path for i in scan.images if i.error is None and policy.changed(i.path, (i.size_bytes, i.mtime_ns))
+        ),
     )

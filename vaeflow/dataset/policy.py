@@ -23,6 +23,7 @@ from vaeflow.codec.api import model_quality
 from vaeflow.codec.codec import calibration_key
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import EXACT_LATENTS, LAYOUT, META, SETTINGS, STATUS_OK, STORE_FORMAT, STORE_VERSION
+from vaeflow.dataset.store import UNKNOWN_SOURCE
 from vaeflow.foundations.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Entropy, Pipeline, Wavelet
@@ -43,6 +44,13 @@ class StorePolicy:
     known: frozenset[str] = field(default=frozenset())  # paths stored before (never coded again)
     retried: frozenset[str] = field(default=frozenset())  # failed paths coded again (their old rows dropped)
     only_retried: bool = False  # code the retried paths and no new files
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # stored: (size, mtime_ns)
+
+    def changed(self, path: str, source: tuple[int, int]) -> bool:
+        """Whether a stored image's file has another size or modification time than when it was coded (rows
+        from before these were recorded never count as changed)."""
+        recorded = self.sources.get(path)
+        return recorded is not None and recorded != UNKNOWN_SOURCE and recorded != tuple(source)
 
     @property
     def first_row(self) -> int:
@@ -112,7 +120,7 @@ def decide(
         meta = {**existing, META.complete: False, META.generation: generation, META.retrying: retry_failed,
                 META.adding: add}  # fmt: skip
         return _extension(APPEND, store, meta, retry_failed, add)
-    return StorePolicy(COMPLETE, existing)
+    return StorePolicy(COMPLETE, existing, sources=_sources(store_io.previous_index(store, int(existing[META.rows]))))
 
 
 def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, adding: bool) -> StorePolicy:
@@ -120,7 +128,14 @@ def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, a
     index = store_io.previous_index(store, int(meta[META.rows]))
     failed = frozenset(p for p, s in zip(index.paths, index.status, strict=True) if s != STATUS_OK)
     retried = failed if retrying else frozenset()
-    return StorePolicy(action, meta, frozenset(index.paths) - retried, retried, retrying and not adding)
+    return StorePolicy(
+        action, meta, frozenset(index.paths) - retried, retried, retrying and not adding, _sources(index)
+    )
+
+
+def _sources(index: store_io.IndexRows) -> dict[str, tuple[int, int]]:
+    return {p: (int(a), int(b)) for p, (a, b), s in zip(index.paths, index.sources, index.status, strict=True)
+            if s == STATUS_OK}  # fmt: skip
 
 
 def apply(policy: StorePolicy, store: Path) -> None:

@@ -49,6 +49,7 @@ class ScannedImage:
     size_bytes: int
     error: str | None = None  # set when the header could not be read
     sidecar: Sidecar | None = None
+    mtime_ns: int = 0  # the file's modification time: with its size, how --add sees that it changed
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,16 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
                 images.append(ScannedImage(shown, 0, 0, 0, f"image not stored: {NOT_UTF8}"))
                 continue
             sidecar = read_sidecar(here, path.stem, names)
-            size = 0
+            size, mtime = 0, 0
             try:
-                size = path.stat().st_size
+                info = path.stat()
+                size, mtime = info.st_size, info.st_mtime_ns
                 height, width = read_header(path, max_pixels)
-                images.append(ScannedImage(rel, height, width, size, None, sidecar))
+                images.append(ScannedImage(rel, height, width, size, None, sidecar, mtime))
             except ImageReadError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, str(exc), sidecar))
+                images.append(ScannedImage(rel, 0, 0, size, str(exc), sidecar, mtime))
             except OSError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}", sidecar))
+                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}", sidecar, mtime))
     images.sort(key=lambda im: im.path)
     return Scan(_unique(images), tuple(sorted(skipped)))
 

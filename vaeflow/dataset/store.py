@@ -87,6 +87,9 @@ def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int | 
         arr[...] = values
 
 
+UNKNOWN_SOURCE = (-1, -1)  # index/source of a row written before it was recorded, or of no file
+
+
 @dataclass(frozen=True)
 class Row:
     """One image's entry in the index."""
@@ -100,6 +103,7 @@ class Row:
     metadata: str = ""  # a JSON object, or ""
     original_size: tuple[int, int] | None = None  # before resizing to an aspect-ratio bucket (else: shape)
     crop_top_left: tuple[int, int] = (0, 0)  # of the bucket's crop in the resized image
+    source: tuple[int, int] = UNKNOWN_SOURCE  # the file's (size, mtime_ns) when it was coded
 
 
 UNCHECKED = -1  # index/check of a row written before row checks
@@ -151,12 +155,13 @@ class IndexRows:
     original_size: np.ndarray  # int32 (N, 2)
     crop_top_left: np.ndarray  # int32 (N, 2)
     checks: np.ndarray  # int64 (N,): row_check, or UNCHECKED
+    sources: np.ndarray  # int64 (N, 2): the file's size and mtime_ns when coded, or UNKNOWN_SOURCE
 
     @classmethod
     def empty(cls) -> IndexRows:
         pairs = np.zeros((0, 2), np.int32)
         return cls([], [], [], [], np.zeros(0, np.int64), pairs, np.zeros(0, np.uint8), pairs.copy(), pairs.copy(),
-                   np.zeros(0, np.int64))  # fmt: skip
+                   np.zeros(0, np.int64), np.zeros((0, 2), np.int64))  # fmt: skip
 
     def columns(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -208,7 +213,7 @@ def write_index(
             compressors=None, fill_value=0, overwrite=True,
         )  # fmt: skip
     paths, notes, nbytes, shapes, status = existing.paths, existing.notes, [], [], []
-    captions, metadata, original, crops, checks = existing.captions, existing.metadata, [], [], []
+    captions, metadata, original, crops, checks, sources = existing.captions, existing.metadata, [], [], [], []
     buffer, position = bytearray(), total
     for row in rows:
         paths.append(row.path)
@@ -217,6 +222,7 @@ def write_index(
         metadata.append(row.metadata)
         original.append(row.original_size or row.shape)
         crops.append(row.crop_top_left)
+        sources.append(row.source)
         checks.append(row_check(row.stream, row.path, row.shape, original[-1], row.crop_top_left, row.caption,
                                 row.metadata))  # fmt: skip
         nbytes.append(len(row.stream))
@@ -236,6 +242,7 @@ def write_index(
     all_original = np.concatenate([existing.original_size, np.array(original, np.int32).reshape(-1, 2)])
     all_crops = np.concatenate([existing.crop_top_left, np.array(crops, np.int32).reshape(-1, 2)])
     all_checks = np.concatenate([existing.checks, np.array(checks, np.int64)])
+    all_sources = np.concatenate([existing.sources, np.array(sources, np.int64).reshape(-1, 2)])
     offsets = np.zeros(len(paths) + 1, np.uint64)
     np.cumsum(all_nbytes, out=offsets[1:])
     pixels = all_shapes[:, 0].astype(np.float64) * all_shapes[:, 1]
@@ -252,6 +259,7 @@ def write_index(
     _write_array(index, COLUMNS.original_size, all_original)
     _write_array(index, COLUMNS.crop_top_left, all_crops)
     _write_array(index, COLUMNS.check, all_checks)
+    _write_array(index, COLUMNS.source, all_sources)
     _swap_index(store)
     _write_array(root, LAYOUT.offsets, offsets)
     skipped_group = root.require_group(LAYOUT.skipped)
@@ -309,6 +317,7 @@ def previous_index(store: Path, rows: int) -> IndexRows:
         original_size=pairs(COLUMNS.original_size, shape.copy()),
         crop_top_left=pairs(COLUMNS.crop_top_left, np.zeros_like(shape)),
         checks=read(index, COLUMNS.check) if COLUMNS.check in index else np.full(len(shape), UNCHECKED, np.int64),
+        sources=read(index, COLUMNS.source) if COLUMNS.source in index else np.full((len(shape), 2), -1, np.int64),
     )
     if any(len(v) < rows for v in found.columns().values()):
         raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")
