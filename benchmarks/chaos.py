@@ -11,6 +11,7 @@
 - The fuzz targets of ``vaeflow.bench.fuzz`` for ``decompress`` and ``open_store``:
   executions, crashes (expected 0) and hangs.
 - ``verify`` over a store of about ``verify_mb`` MB of real streams: seconds per GB.
+- Hostile and careless inputs through the command line (``benchmarks.hostile``): what each did.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from distributed import Client
 from PIL import Image
 
 import vaeflow
+from benchmarks import hostile
 from benchmarks.cluster import ProcessCluster
 from benchmarks.fuzz import fuzz_decompress, fuzz_store
 from vaeflow.dataset import store as store_io
@@ -128,8 +130,13 @@ def verify_speed(seed_store: Path, target_mb: int, tmp: Path) -> dict[str, float
             "seconds_per_gb": report.seconds / gigabytes, "damaged": len(report.damaged)}  # fmt: skip
 
 
+def run_hostile(folder: Path) -> list[dict[str, Any]]:
+    return hostile.run([read_rgb(p) for p in list_images(folder)[:4]])
+
+
 def run(folder: Path, images: int = 60, decompress_runs: int = 200_000, store_runs: int = 20_000,
         verify_mb: int = 256, scheduler_kills: int = 3) -> dict[str, Any]:  # fmt: skip
+    attacks = run_hostile(folder)
     tmp = Path(tempfile.mkdtemp())
     try:
         src = tmp / "src"
@@ -164,6 +171,7 @@ def run(folder: Path, images: int = 60, decompress_runs: int = 200_000, store_ru
             for f in fuzz
         ],
         "verify": verify,
+        "hostile": attacks,
     }
 
 
@@ -192,4 +200,5 @@ def report(result: dict[str, Any]) -> str:
         f"verify: {v['streams']:,} streams, {v['gigabytes']:.2f} GB in {v['seconds']:.2f} s = "
         f"{v['seconds_per_gb']:.2f} s per GB ({v['damaged']} damaged)"
     )
+    lines.append(hostile.report(result["hostile"]))
     return "\n".join(lines)

@@ -51,6 +51,7 @@ def register(commands: Any) -> None:
     p.add_argument("--store-runs", type=positive_int, default=20_000, help="damaged stores to open and verify")
     p.add_argument("--verify-mb", type=positive_int, default=256, help="megabytes of streams to verify")
     p.add_argument("--scheduler-kills", type=positive_int, default=3, help="times the scheduler is killed mid-job")
+    p.add_argument("--only-hostile", action="store_true", help="only the hostile inputs (a few minutes)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     p.set_defaults(run=run_chaos)
 
@@ -121,6 +122,11 @@ def run_rd(args: argparse.Namespace) -> int:
 
 def run_chaos(args: argparse.Namespace) -> int:
     chaos = load("benchmarks.chaos", "dev")
+    if args.only_hostile:
+        attacks = chaos.run_hostile(args.images)
+        print(chaos.hostile.report(attacks))
+        _write_json(args.json, {"hostile": attacks})
+        return 0
     result = chaos.run(
         args.images, args.count, args.decompress_runs, args.store_runs, args.verify_mb, args.scheduler_kills
     )

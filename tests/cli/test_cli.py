@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..helpers import image_folder
+from ..helpers import S3Bucket, image_folder
 
 USAGE, ERROR, PARTIAL = 2, 1, 3
 
@@ -118,11 +118,13 @@ def test_paths_that_do_not_fit_are_refused_with_a_hint(source: Path, tmp_path: P
     assert no_output.returncode == USAGE and no_output.stderr.startswith("usage: vaeflow compress")
 
 
-def test_a_store_url_after_the_options_stays_a_url(source: Path, tmp_path: Path) -> None:
+def test_a_store_url_after_the_options_stays_a_url(source: Path, tmp_path: Path, s3: S3Bucket) -> None:
     """``compress SRC --opt s3://...``: the late output path is parsed as its argument is (a string),
     so the plan writes the URL's local staging copy, never a folder named ``s3:``."""
-    late = vaeflow("compress", str(source), "--quality", "5", "s3://bucket/x.zarr", "--dry-run", cwd=tmp_path)
-    early = vaeflow("compress", str(source), "s3://bucket/x.zarr", "--quality", "5", "--dry-run", cwd=tmp_path)
+    url = f"s3://{s3.name}/x.zarr"
+    flags = [f"--storage-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in s3.options.items()]
+    late = vaeflow("compress", str(source), "--quality", "5", url, "--dry-run", *flags, cwd=tmp_path)
+    early = vaeflow("compress", str(source), url, "--quality", "5", "--dry-run", *flags, cwd=tmp_path)
     assert late.returncode == 0, late.stderr
     assert late.stdout.splitlines()[0] == early.stdout.splitlines()[0]
     assert "staging" in late.stdout.splitlines()[0] and not (tmp_path / "s3:").exists()
