@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,3 +128,61 @@ def test_a_missing_bucket_is_found_before_any_image_is_coded(
     vaeflow.compress_dataset(src, f"s3://{s3.name}/ok.zarr", scheduler="sync", storage_options=s3.options,
                              options=JobOptions(progress=False))  # fmt: skip
     assert not [p for p in s3fs.S3FileSystem(**s3.options).find(f"{s3.name}/ok.zarr") if "probe" in p]
+
+
+def test_an_add_on_s3_is_published_in_one_step(
+    tmp_path: Path, photos: list[np.ndarray], s3: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader opened after every object an --add uploads sees the old store or the new one, whole; an upload
+    killed half-way leaves the old store readable, and the same command then finishes it; each upload keeps the
+    generation before it for its readers and removes the one before that."""
+    import s3fs
+
+    from vaeflow.dataset import upload as upload_module
+
+    monkeypatch.setenv("VAEFLOW_HOME", str(tmp_path / "home"))
+    src = _source(tmp_path, photos, 3)
+    url = f"s3://{s3.name}/atomic.zarr"
+    options = JobOptions(progress=False)
+    vaeflow.compress_dataset(src, url, scheduler="sync", storage_options=s3.options, options=options)
+    generations = [["0.png", "1.png", "2.png"]]
+    put = upload_module._put
+    seen: list[list[str]] = []
+
+    def put_then_read(fs: Any, local: Any, remote: str) -> None:
+        put(fs, local, remote)
+        reader = open_store(url, storage_options=s3.options)
+        assert len(reader.read_latents(reader.names)) == len(reader.names)  # whole: every row reads
+        assert reader.caption("0.png") == "a caption"
+        seen.append(reader.names)
+
+    monkeypatch.setattr(upload_module, "_put", put_then_read)
+    add = JobOptions(progress=False, add=True)
+    for i in (3, 4):
+        Image.fromarray(photos[i % 4][:48, :64]).save(src / f"{i}.png")
+        seen.clear()
+        vaeflow.compress_dataset(src, url, scheduler="sync", storage_options=s3.options, options=add)
+        generations.append([*generations[-1], f"{i}.png"])
+        assert seen[0] == generations[-2] and seen[-1] == generations[-1]
+        assert all(names in generations[-2:] for names in seen), seen
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3.options)
+    keys = {k.split("/", 2)[2].split("/")[0] for k in fs.find(f"{s3.name}/atomic.zarr")}
+    assert {"index-g2", "index-g1"} <= keys and "index" not in keys  # generation 0's removed by the second add
+
+    calls = []
+
+    def killed(fs: Any, local: Any, remote: str) -> None:
+        calls.append(remote)
+        if len(calls) > 3:
+            raise ConnectionError("killed")
+        put(fs, local, remote)
+
+    monkeypatch.setattr(upload_module, "_put", killed)
+    Image.fromarray(photos[1][:48, :64]).save(src / "5.png")
+    with pytest.raises(VaeflowError, match="uploading to"):
+        vaeflow.compress_dataset(src, url, scheduler="sync", storage_options=s3.options, options=add)
+    assert open_store(url, storage_options=s3.options).names == generations[-1]  # the old store, readable
+    monkeypatch.setattr(upload_module, "_put", put)
+    vaeflow.compress_dataset(src, url, scheduler="sync", storage_options=s3.options, options=add)
+    reader = open_store(url, storage_options=s3.options)
+    assert reader.names == [*generations[-1], "5.png"] and verify_store(url, s3.options).ok

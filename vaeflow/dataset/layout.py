@@ -12,6 +12,7 @@ A store is one zarr v3 group (docs/format.md describes every node)::
     index/check                 int64: each row's CRC32C over its stream, name, sizes, caption and metadata
     index/nbytes, bpp, status   int64, float32, uint8 (STATUS_OK, STATUS_FAILED)
     index-next/, index-previous/  the new index while it is written, the old one while it is swapped out
+    index-g{n}/, streams/offsets-g{n}, skipped-g{n}/  on object storage: generation n's (``generation_nodes``)
     skipped/path_*, reason_*    files that are not images, and why
     .vaeflow.lock               the job writing the store (vaeflow.dataset.lock)
     _work/                      the work store while a job runs (vaeflow.dataset.work):
@@ -93,6 +94,7 @@ class MetaKeys:
     retrying: str = "retrying"  # while a --retry-failed generation runs
     adding: str = "adding"  # while an --add generation runs
     verification: str = "verification"  # under a PSNR-drop limit: how the drops were kept (DropSummary)
+    nodes: str = "nodes"  # on object storage: where this generation's index, offsets and skipped list are
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,15 @@ META: Final = MetaKeys()
 SETTINGS: Final = SettingsKeys()
 WORK: Final = WorkLayout()
 TEXT_COLUMNS: Final = (COLUMNS.path, COLUMNS.note, COLUMNS.caption, COLUMNS.metadata, COLUMNS.reason)
+
+
+def generation_nodes(generation: int) -> dict[str, str]:
+    """Where a store on object storage keeps generation ``generation``'s index, offsets and skipped list (the
+    nodes an ``--add`` rewrites): generation 0 at their own names, each later one beside the one before, so
+    that a reader of the previous root metadata never sees them change (``META.nodes`` names them)."""
+    if generation <= 0:
+        return {}
+    return {node: f"{node}-g{generation}" for node in (LAYOUT.index, LAYOUT.offsets, LAYOUT.skipped)}
 
 
 def text_offsets(column: str) -> str:

@@ -31,6 +31,7 @@ from vaeflow.dataset.layout import (
     STATUS_OK,
     STORE_FORMAT,
     STORE_VERSION,
+    generation_nodes,
     text_bytes,
     text_offsets,
 )
@@ -90,15 +91,17 @@ class StoreReader:
         if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= MAX_ROWS:
             raise VaeflowError(f"{self.path} has a damaged index: row count {rows!r}")
         exact = self.meta.get(META.complete) is True  # mid --add: the index may already hold more rows
+        self._nodes = _nodes(self.meta, self.path)
+        index_node = self._nodes.get(LAYOUT.index, LAYOUT.index)
         with damage(self.path, LAYOUT.index):
-            self._index = index = subgroup(self._root, LAYOUT.index if LAYOUT.index in self._root else LAYOUT.old_index)
+            self._index = index = subgroup(self._root, index_node if index_node in self._root else LAYOUT.old_index)
             self._check_sizes(index, rows, exact)
             self._paths = _text_column(index, COLUMNS.path, rows, self.path)
             self._notes = _text_column(index, COLUMNS.note, rows, self.path)
             self._status = read(index, COLUMNS.status)[:rows]
             self.shapes = read(index, COLUMNS.shape)[:rows]
             self._bpp = read(index, COLUMNS.bpp)[:rows]
-            offsets = read(self._root, LAYOUT.offsets)[: rows + 1]
+            offsets = read(self._root, self._offsets_node)[: rows + 1]
             self._data = array(self._root, LAYOUT.data)
             self._spans = SpanReader(self._data)
         self._offsets = _checked_offsets(offsets, self._data.shape[0], "stream offsets", self.path)
@@ -135,6 +138,10 @@ class StoreReader:
         return dict(meta)
 
     @property
+    def _offsets_node(self) -> str:
+        return self._nodes.get(LAYOUT.offsets, LAYOUT.offsets)
+
+    @property
     def complete(self) -> bool:
         """False while an ``--add`` is writing the store: readers then see the rows before it."""
         return self.meta.get(META.complete) is True
@@ -143,8 +150,8 @@ class StoreReader:
         """Array shapes come from the file too: check them against the row count before reading."""
         expected = {COLUMNS.status: (rows,), COLUMNS.shape: (rows, 2), COLUMNS.bpp: (rows,), COLUMNS.nbytes: (rows,),
                     text_offsets(COLUMNS.path): (rows + 1,), text_offsets(COLUMNS.note): (rows + 1,)}  # fmt: skip
-        for name, shape in {**expected, LAYOUT.offsets: (rows + 1,)}.items():
-            found = array(self._root if name == LAYOUT.offsets else index, name).shape
+        for name, shape in {**expected, self._offsets_node: (rows + 1,)}.items():
+            found = array(self._root if name == self._offsets_node else index, name).shape
             if found != shape and (exact or len(found) != len(shape) or found[0] < shape[0] or found[1:] != shape[1:]):
                 raise VaeflowError(f"{self.path} has a damaged index: {name} is {found}, not {shape}")
         for name in (text_bytes(COLUMNS.path), text_bytes(COLUMNS.note)):
@@ -189,7 +196,7 @@ class StoreReader:
     @property
     def skipped(self) -> list[tuple[str, str]]:
         with damage(self.path, "list of skipped files"):
-            group = subgroup(self._root, LAYOUT.skipped)
+            group = subgroup(self._root, self._nodes.get(LAYOUT.skipped, LAYOUT.skipped))
             rows = array(group, text_offsets(COLUMNS.path)).shape[0] - 1
             if not 0 <= rows <= MAX_ROWS or array(group, text_offsets(COLUMNS.reason)).shape != (rows + 1,):
                 raise VaeflowError(f"{self.path} has a damaged list of skipped files: {rows + 1} offsets")
@@ -464,6 +471,18 @@ class StoreReader:
         entries = ((n, f"{w}x{h}", b, f"{bpp:.4f}") for n, (h, w), b, bpp in self.entries())
         listing = html_list_table(["name", "size", "bytes", "bpp"], entries)
         return html_table(f"vaeflow store: {self.path}", rows) + listing
+
+
+def _nodes(meta: dict[str, Any], path: Path | str) -> dict[str, str]:
+    """Where the meta says this generation's index, offsets and skipped list are (a store on object storage),
+    refused unless it is where its generation's are (``generation_nodes``)."""
+    nodes = meta.get(META.nodes)
+    if nodes is None:
+        return {}
+    generation = meta.get(META.generation)
+    if not isinstance(generation, int) or isinstance(generation, bool) or nodes != generation_nodes(generation):
+        raise VaeflowError(f"{path} has a damaged index: its nodes {nodes!r} are not generation {generation!r}'s")
+    return dict(nodes)
 
 
 def _earlier_generation(meta: dict[str, Any]) -> bool:

@@ -7,18 +7,27 @@ else by reading it back); an object already there and verified is not sent again
 interrupted upload resumes where it stopped. The root ``zarr.json``, which says the store is
 complete, goes last, and objects the local store no longer has are removed after it, so that
 readers of the remote store only ever see a finished store.
+
+An ``--add`` (any generation after the first) publishes in one step: its index, offsets and
+skipped list go to new names beside the old ones (``layout.generation_nodes``), which the root
+metadata, uploaded last, points to (``META.nodes``); until then readers see the previous
+generation whole, and a kill at any point leaves it readable. The previous generation's nodes
+are kept (readers that opened it go on reading) and removed by the next upload. Streams are
+only appended: the objects of ``streams/data`` keep every earlier byte where it was.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaeflow.dataset.layout import LAYOUT
+from vaeflow.dataset import store as store_io
+from vaeflow.dataset.layout import LAYOUT, META, generation_nodes
 from vaeflow.foundations.errors import VaeflowError
 from vaeflow.models.registry import home_dir
 
@@ -79,26 +88,66 @@ def _files(local: Path) -> list[str]:
     return [f for f in found if f != ROOT] + ([ROOT] if ROOT in found else [])
 
 
-def _md5(path: Path) -> str:
+def _md5(data: bytes | Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
+    if isinstance(data, bytes):
+        digest.update(data)
+        return digest.hexdigest()
+    with data.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _verified(fs: Any, remote: str, local: Path) -> bool:
-    """Whether the object at ``remote`` holds exactly the bytes of ``local``."""
+def _size(data: bytes | Path) -> int:
+    return len(data) if isinstance(data, bytes) else data.stat().st_size
+
+
+def _verified(fs: Any, remote: str, local: bytes | Path) -> bool:
+    """Whether the object at ``remote`` holds exactly the bytes of ``local`` (a file, or the bytes themselves)."""
     try:
         info = fs.info(remote)
     except FileNotFoundError:
         return False
-    if int(info.get("size", -1)) != local.stat().st_size:
+    if int(info.get("size", -1)) != _size(local):
         return False
     etag = str(info.get("ETag", info.get("etag", ""))).strip('"')
     if etag and "-" not in etag and len(etag) == 32:  # a single-part upload's ETag is its MD5
         return etag == _md5(local)
-    return bool(fs.cat_file(remote) == local.read_bytes())
+    return bool(fs.cat_file(remote) == (local if isinstance(local, bytes) else local.read_bytes()))
+
+
+def _put(fs: Any, local: bytes | Path, remote: str) -> None:
+    if isinstance(local, bytes):
+        fs.pipe_file(remote, local)
+    else:
+        fs.put_file(str(local), remote)
+
+
+def remote_key(rel: str, nodes: dict[str, str]) -> str:
+    """Where the file ``rel`` of the local store goes on object storage (its node renamed by ``nodes``)."""
+    for node, renamed in nodes.items():
+        if rel == node or rel.startswith(node + "/"):
+            return renamed + rel[len(node) :]
+    return rel
+
+
+def _published_root(local: Path, nodes: dict[str, str]) -> bytes:
+    """The root metadata as published: its consolidated metadata and meta naming the generation's nodes."""
+    document = json.loads((local / ROOT).read_bytes())
+    document["attributes"][LAYOUT.attribute][META.nodes] = nodes
+    consolidated = document.get(LAYOUT.consolidated)
+    if isinstance(consolidated, dict) and isinstance(consolidated.get("metadata"), dict):
+        consolidated["metadata"] = {remote_key(k, nodes): v for k, v in consolidated["metadata"].items()}
+    return json.dumps(document, indent=2).encode()
+
+
+def _previous_nodes(generation: int) -> tuple[str, ...]:
+    """The nodes of the generation before ``generation``, which an upload keeps for its readers."""
+    if generation <= 0:
+        return ()
+    earlier = generation_nodes(generation - 1)
+    return tuple(earlier.values()) if earlier else tuple(generation_nodes(1))
 
 
 def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None) -> UploadReport:
@@ -106,19 +155,25 @@ def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None)
     fs, root = _filesystem(url, storage_options or {})
     report = UploadReport(url)
     files = _files(local)
+    meta = store_io.read_meta(local) or {}
+    generation = int(meta.get(META.generation) or 0)
+    nodes = generation_nodes(generation)
+    previous = _previous_nodes(generation)
     try:
         for rel in files:
-            remote = f"{root}/{rel}"
-            if _verified(fs, remote, local / rel):
+            remote = f"{root}/{remote_key(rel, nodes)}"
+            source: bytes | Path = _published_root(local, nodes) if rel == ROOT and nodes else local / rel
+            if _verified(fs, remote, source):
                 report.kept += 1
                 continue
-            fs.put_file(str(local / rel), remote)
-            if not _verified(fs, remote, local / rel):
+            _put(fs, source, remote)
+            if not _verified(fs, remote, source):
                 raise VaeflowError(f"{url}/{rel} does not hold what was uploaded; run the same command again")
             report.uploaded += 1
-            report.bytes_sent += (local / rel).stat().st_size
-        wanted = {f"{root}/{rel}" for rel in files}
-        stale = [p for p in fs.find(root) if p.rstrip("/") not in wanted]
+            report.bytes_sent += _size(source)
+        wanted = {f"{root}/{remote_key(rel, nodes)}" for rel in files}
+        kept = tuple(f"{root}/{node}/" for node in previous)  # readers of the previous generation go on
+        stale = [p for p in fs.find(root) if p.rstrip("/") not in wanted and not p.startswith(kept)]
         for path in stale:
             fs.rm_file(path)
         report.removed = len(stale)
@@ -143,4 +198,25 @@ def download(url: str, local: Path, storage_options: dict[str, Any] | None = Non
         fs.get(root, str(local), recursive=True)
     except Exception as exc:
         raise VaeflowError(f"cannot fetch {url} ({type(exc).__name__}: {exc}); check its storage options") from exc
+    _as_local(local)
     return True
+
+
+def _as_local(local: Path) -> None:
+    """A fetched store in the local layout: its generation's nodes at their own names, the previous
+    generation's (kept for readers) dropped, and the meta and consolidated metadata to match."""
+    meta = store_io.read_meta(local)
+    if meta is None or META.nodes not in meta:
+        return
+    nodes = meta.pop(META.nodes)
+    generation = meta.get(META.generation)
+    if not isinstance(generation, int) or nodes != generation_nodes(generation):
+        raise VaeflowError(f"{local} was fetched with a damaged index: its nodes {nodes!r}")
+    for node, renamed in nodes.items():
+        shutil.rmtree(local / node, ignore_errors=True)
+        (local / renamed).rename(local / node)
+    for older in range(1, generation):
+        for renamed in generation_nodes(older).values():
+            shutil.rmtree(local / renamed, ignore_errors=True)
+    store_io.write_meta(local, meta)
+    store_io.consolidate(local)
