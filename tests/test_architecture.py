@@ -21,10 +21,12 @@ LAYERS = (
 )  # fmt: skip
 TOOLS = ("benchmarks", "training", "tests")
 # Imported at function level, each with a comment saying why: optional extras, heavy runtimes loaded
-# only when used, and Dask (the CLI and the job load it only for work that runs on a cluster).
+# only when used, Dask (the CLI and the job load it only for work that runs on a cluster), and the parts of
+# scipy and scikit-image that would add more than a second to every command's and DataLoader worker's start.
 OPTIONAL = {"torch", "matplotlib", "jsonschema", "distributed", "dask", "onnx", "safetensors", "diffusers",
             "pillow_avif", "s3fs", "fsspec", "onnxruntime", "vaeflow.dataset.distributed",
-            "vaeflow.convert", "ipywidgets", "imagecodecs", "tqdm.notebook"}  # fmt: skip
+            "vaeflow.convert", "ipywidgets", "imagecodecs", "tqdm.notebook", "skimage.metrics",
+            "skimage.filters", "scipy.ndimage", "scipy.interpolate"}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

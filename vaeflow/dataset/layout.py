@@ -44,6 +44,7 @@ class StoreLayout:
     zarr_json: str = "zarr.json"  # zarr's metadata document of every node
     node_type: str = "node_type"  # in zarr.json: "group" or "array"
     consolidated: str = "consolidated_metadata"  # in the root's zarr.json once the store is consolidated
+    consolidated_nodes: str = "metadata"  # in ``consolidated``: each node's metadata by its path
     attribute: str = "vaeflow"  # the root group's attribute that holds the store's meta
     streams: str = "streams"  # the group of data and offsets
     data: str = "streams/data"

@@ -137,8 +137,9 @@ def _published_root(local: Path, nodes: dict[str, str]) -> bytes:
     document = json.loads((local / ROOT).read_bytes())
     document["attributes"][LAYOUT.attribute][META.nodes] = nodes
     consolidated = document.get(LAYOUT.consolidated)
-    if isinstance(consolidated, dict) and isinstance(consolidated.get("metadata"), dict):
-        consolidated["metadata"] = {remote_key(k, nodes): v for k, v in consolidated["metadata"].items()}
+    key = LAYOUT.consolidated_nodes
+    if isinstance(consolidated, dict) and isinstance(consolidated.get(key), dict):
+        consolidated[key] = {remote_key(k, nodes): v for k, v in consolidated[key].items()}
     return json.dumps(document, indent=2).encode()
 
 

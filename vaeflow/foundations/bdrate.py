@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 
 def _curve(rates: Sequence[float], qualities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +35,8 @@ def bd_rate(
     test_quality: Sequence[float],
 ) -> float:
     """BD-rate of ``test`` against ``anchor`` in percent; NaN when the curves do not overlap."""
+    from scipy.interpolate import PchipInterpolator  # imported here: it slows every command's start
+
     qa, ra = _curve(anchor_rates, anchor_quality)
     qt, rt = _curve(test_rates, test_quality)
     low, high = max(qa[0], qt[0]), min(qa[-1], qt[-1])
@@ -79,6 +80,8 @@ def bd_rate_detail(
 
 def rate_at(rates: Sequence[float], qualities: Sequence[float], quality: float) -> float:
     """Rate a curve needs for ``quality`` (PCHIP in log rate); NaN outside its range."""
+    from scipy.interpolate import PchipInterpolator  # imported when used: slow to import
+
     q, log_r = _curve(rates, qualities)
     if not q[0] <= quality <= q[-1]:
         return math.nan

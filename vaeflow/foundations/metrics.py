@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
-from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+# scikit-image's metrics and scipy.ndimage are imported where they are used: importing them takes about a
+# second (scipy.stats), which every command and every DataLoader worker would otherwise pay at start.
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -27,11 +28,15 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import mean_squared_error  # imported when used: slow to import
+
     _check_pair(a, b)
     return float(mean_squared_error(a.astype(np.float64), b.astype(np.float64)))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio  # imported when used: slow to import
+
     _check_pair(a, b)
     if np.array_equal(a, b):
         return math.inf
@@ -39,6 +44,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity  # imported when used: slow to import
+
     _check_pair(a, b)
     return float(
         structural_similarity(
@@ -49,6 +56,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def _ssim_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean SSIM and mean contrast-structure term at one scale (11-tap Gaussian, sigma 1.5)."""
+    from scipy.ndimage import gaussian_filter  # imported when used: slow to import
 
     def blur(x: np.ndarray) -> np.ndarray:
         return gaussian_filter(x, sigma=(1.5, 1.5, 0), truncate=3.5, mode="reflect")

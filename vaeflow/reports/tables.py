@@ -7,7 +7,6 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from vaeflow.foundations.bdrate import bd_rate_detail
 
@@ -72,6 +71,8 @@ def _common_range(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def _curve(bpp: list[float], quality: list[float]) -> Any:
+    from scipy.interpolate import PchipInterpolator  # imported here: it slows every command's start
+
     order = np.argsort(bpp)
     x, y = np.asarray(bpp)[order], np.asarray(quality)[order]
     keep = np.concatenate([[True], np.diff(x) > 0])

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from skimage.filters import gaussian
 
 from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.base import Stage
@@ -45,6 +44,8 @@ class PostFilter(Stage):
             return images
         out = np.empty_like(images)
         for i, image in enumerate(images):
+            from skimage.filters import gaussian  # imported here: half a second at every start otherwise
+
             blurred = gaussian(image.astype(np.float32), sigma=self.sigma, channel_axis=-1, preserve_range=True)
             out[i] = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
         return out
