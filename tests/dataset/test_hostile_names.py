@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import vaeflow
-from vaeflow.dataset.scan import MAX_JSON_DEPTH, MAX_SIDECAR_BYTES, json_object, scan
+from vaeflow.dataset.scan import MAX_JSON_DEPTH, MAX_SIDECAR_BYTES, NAME_NOTE, json_object, original_name, scan
 from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
 
 from ..helpers import run_cli
@@ -30,29 +30,26 @@ def _source(tmp_path: Path, photos: list[np.ndarray]) -> Path:
     return src
 
 
-def test_a_name_that_is_not_utf8_is_a_failed_row_and_the_job_finishes(tmp_path: Path, photos: list[np.ndarray]) -> None:
+def test_a_name_that_is_not_utf8_is_stored_under_its_escaped_name(tmp_path: Path, photos: list[np.ndarray]) -> None:
+    """Losslessly: each byte that is not UTF-8 as \\xNN and each backslash doubled, a note on the row saying so."""
     src = _source(tmp_path, photos)
-    Image.fromarray(photos[1][:64, :96]).save(os.fsdecode(bytes(src) + b"/bad\xff.png"))
+    raw = b"bad\xff\\x.png"  # a byte that is no UTF-8, and a backslash
+    Image.fromarray(photos[1][:64, :96]).save(os.fsdecode(bytes(src) + b"/" + raw))
     (Path(os.fsdecode(bytes(src) + b"/notes\xfe.txt"))).write_text("a sidecar of no image")
     dry = run_cli("compress", str(src), str(tmp_path / "dry.zarr"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "unreadable: bad\\\\xff.png: image not stored: its name is not valid UTF-8" in dry.stdout
+    assert "file names not UTF-8: 1 images stored under escaped names (bad\\\\xff\\\\\\\\x.png)" in dry.stdout
     assert not (tmp_path / "dry.zarr").exists()
     out = run_cli("compress", str(src), str(tmp_path / "s.zarr"), "--scheduler", "sync")
-    assert out.returncode == 3, out.stderr  # some images failed
-    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    assert out.returncode == 0 and "internal error" not in out.stderr, out.stderr
     reader = vaeflow.open_store(tmp_path / "s.zarr")
-    assert reader.names == ["good.png"]
-    assert [(f.path, f.reason) for f in reader.failures] == [
-        (
-            "bad\\xff.png",
-            "image not stored: its name is not valid UTF-8 (shown with \\x escapes); rename it to store it",
-        )
-    ]
+    stored = "bad\\xff\\\\x.png"
+    assert reader.names == [stored, "good.png"] and original_name(stored) == raw
+    assert NAME_NOTE in reader.info(stored)["notes"]
+    np.testing.assert_array_equal(reader.read_image(stored).shape, (64, 96, 3))
     assert ("notes\\xfe.txt", ".txt sidecar without an image of the name notes\\xfe") in reader.skipped
-    assert sorted(p.name for p in (tmp_path / "s.zarr").iterdir()) == ["index", "skipped", "streams", "zarr.json"]
-    again = run_cli("compress", str(src), str(tmp_path / "s.zarr"), "--scheduler", "sync")  # a rerun finishes too
-    assert again.returncode in (0, 3), again.stderr and "internal error" not in again.stderr
+    again = run_cli("compress", str(src), str(tmp_path / "s.zarr"), "--add", "--scheduler", "sync", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["images"] == 2, again.stderr  # nothing coded again
 
 
 def test_deep_and_huge_sidecars_are_notes(tmp_path: Path, photos: list[np.ndarray]) -> None:

@@ -11,7 +11,7 @@ nothing on disk; ``str(plan)`` prints it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from vaeflow.codec import shapes
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.layout import SETTINGS
 from vaeflow.dataset.policy import COMPLETE, StorePolicy
-from vaeflow.dataset.scan import Scan, Sidecar
+from vaeflow.dataset.scan import NAME_NOTE, Scan, Sidecar
 from vaeflow.foundations.display import escaped, html_list_table, html_table
 from vaeflow.foundations.errors import PipelineError
 from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
@@ -38,6 +38,7 @@ class Item:
     resized: tuple[int, int] | None = None  # then cropped at ``crop`` (top, left) to (height, width)
     crop: tuple[int, int] | None = None
     mtime_ns: int = 0  # the file's modification time when scanned
+    file: str | None = None  # the file's relative path where ``path`` (its name in the store) differs
 
     @property
     def source_file(self) -> tuple[int, int]:
@@ -79,6 +80,7 @@ class Plan:
     buckets: int | None = None  # the area side of aspect-ratio buckets, or None to keep sizes
     sidecars: dict[int, Sidecar] = field(default_factory=dict, repr=False)  # by index: captions, metadata
     changed: tuple[str, ...] = ()  # stored images whose file changed since (size or modification time)
+    renamed: tuple[str, ...] = ()  # images whose file names are not UTF-8, by their escaped names
 
     @property
     def key_prefix(self) -> str:
@@ -141,6 +143,9 @@ class Plan:
             lines.append(f"  unreadable: {escaped(item.path)}: {escaped(reason)}")
         if self.changed:
             lines.append(f"  {changed_note(self.changed)}")
+        if self.renamed:
+            names = ", ".join(escaped(n) for n in self.renamed[:5]) + (" ..." if len(self.renamed) > 5 else "")
+            lines.append(f"  file names not UTF-8: {len(self.renamed)} images stored under escaped names ({names})")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -199,9 +204,12 @@ def build_plan(
     sidecars: dict[int, Sidecar] = {}
     for i, scanned in enumerate(images):
         item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes,
-                    mtime_ns=scanned.mtime_ns)  # fmt: skip
+                    mtime_ns=scanned.mtime_ns, file=scanned.file)  # fmt: skip
         if scanned.sidecar is not None:
             sidecars[item.index] = scanned.sidecar
+        if scanned.file is not None:  # the row says how its name was escaped
+            sidecar = sidecars.get(item.index, Sidecar())
+            sidecars[item.index] = replace(sidecar, notes=(*sidecar.notes, NAME_NOTE))
         if scanned.error is not None:
             failed.append((item, scanned.error))
             continue
@@ -211,7 +219,7 @@ def build_plan(
                 failed.append((item, _over_resized(fitted, max_pixels)))
                 continue
             item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
-                        fitted.crop_top_left, item.mtime_ns)  # fmt: skip
+                        fitted.crop_top_left, item.mtime_ns, item.file)  # fmt: skip
         items.append(item)
         by_shape.setdefault(codec.padded_shape(item.height, item.width), []).append(item)
     fraction = codec.target.verify_fraction if codec.target is not None else 1.0
@@ -243,6 +251,7 @@ def build_plan(
         batch_size=batch_size,
         buckets=buckets,
         sidecars=sidecars,
+        renamed=tuple(i.path for i in images if i.file is not None),
         changed=tuple(
             i.path for i in scan.images if i.error is None and policy.changed(i.path, (i.size_bytes, i.mtime_ns))
         ),

@@ -25,7 +25,7 @@ from vaeflow.foundations.imageio import IMAGE_SUFFIXES, read_header
 SIDECAR_SUFFIXES = frozenset({".txt", ".caption", ".json"})
 MAX_SIDECAR_BYTES = 1 << 16
 MAX_JSON_DEPTH = 32  # a metadata sidecar nested deeper is a note (Python's json recurses per level)
-NOT_UTF8 = "its name is not valid UTF-8 (shown with \\x escapes); rename it to store it"
+NAME_NOTE = "its file name is not UTF-8: stored with each other byte as \\xNN and each backslash doubled"
 
 _SPECIAL_FILE_TYPES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
@@ -50,6 +50,7 @@ class ScannedImage:
     error: str | None = None  # set when the header could not be read
     sidecar: Sidecar | None = None
     mtime_ns: int = 0  # the file's modification time: with its size, how --add sees that it changed
+    file: str | None = None  # the file's own relative path, where ``path`` (its name in the store) differs
 
 
 @dataclass(frozen=True)
@@ -106,43 +107,61 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((shown, f"not an image type ({storable(path.suffix) or 'no extension'})"))
                 continue
-            if shown != rel:  # stored under a name that cannot be its own: a failed row, not a crashed job
-                images.append(ScannedImage(shown, 0, 0, 0, f"image not stored: {NOT_UTF8}"))
-                continue
+            file = rel if shown != rel else None  # a name that is not UTF-8: stored under its escaped name
             sidecar = read_sidecar(here, path.stem, names)
             size, mtime = 0, 0
             try:
                 info = path.stat()
                 size, mtime = info.st_size, info.st_mtime_ns
                 height, width = read_header(path, max_pixels)
-                images.append(ScannedImage(rel, height, width, size, None, sidecar, mtime))
+                images.append(ScannedImage(shown, height, width, size, None, sidecar, mtime, file))
             except ImageReadError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, str(exc), sidecar, mtime))
+                images.append(ScannedImage(shown, 0, 0, size, str(exc), sidecar, mtime, file))
             except OSError as exc:
-                images.append(ScannedImage(rel, 0, 0, size, f"cannot read file: {exc.strerror or exc}", sidecar, mtime))
-    images.sort(key=lambda im: im.path)
-    return Scan(_unique(images), tuple(sorted(skipped)))
+                reason = f"cannot read file: {exc.strerror or exc}"
+                images.append(ScannedImage(shown, 0, 0, size, reason, sidecar, mtime, file))
+    unique = _unique(images, skipped)
+    return Scan(unique, tuple(sorted(skipped)))
 
 
 def storable(name: str) -> str:
     """``name`` as the index stores it: itself when it is UTF-8 (what the store's text columns hold); a name
-    the file system gave as other bytes (Python's surrogate escapes) with those bytes as ``\\xNN``."""
+    the file system gave as other bytes (Python's surrogate escapes) losslessly, each backslash doubled and
+    each byte that is not UTF-8 as ``\\xNN`` (``original_name`` reverses it)."""
     try:
         name.encode("utf-8")
         return name
     except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raw = name.encode("utf-8", "surrogateescape").replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
 
 
-def _unique(images: list[ScannedImage]) -> tuple[ScannedImage, ...]:
-    """The images, a failed row whose escaped name is also a real file's left out (the real file keeps it)."""
-    seen: set[str] = set()
-    out = []
-    for image in sorted(images, key=lambda im: (im.path, im.error is not None)):
-        if image.path not in seen:
-            seen.add(image.path)
-            out.append(image)
-    return tuple(out)
+def original_name(stored: str) -> bytes:
+    """The file name's bytes of a name ``storable`` escaped (one whose row notes ``NAME_NOTE``)."""
+    out, i = bytearray(), 0
+    while i < len(stored):
+        if stored.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif stored.startswith("\\x", i):
+            out.append(int(stored[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += stored[i].encode("utf-8")
+            i += 1
+    return bytes(out)
+
+
+def _unique(images: list[ScannedImage], skipped: list[tuple[str, str]]) -> tuple[ScannedImage, ...]:
+    """The images, one per stored name: a file whose escaped name is also another file's own name is skipped
+    with the reason (the file of that very name keeps the row)."""
+    by_name: dict[str, ScannedImage] = {}
+    for image in sorted(images, key=lambda im: (im.path, im.file is not None)):
+        if image.path not in by_name:
+            by_name[image.path] = image
+        else:
+            skipped.append((image.path, "its file name is not UTF-8 and, escaped, is another file's name; rename it"))
+    return tuple(by_name.values())
 
 
 def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:

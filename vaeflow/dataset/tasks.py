@@ -103,7 +103,7 @@ def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState,
     notes = list(state.notes)
     for pos, item in enumerate(batch.items):
         try:
-            loaded = load_image(os.path.join(ctx.src, item.path), ctx.max_pixels)
+            loaded = load_image(os.path.join(ctx.src, item.file or item.path), ctx.max_pixels)
         except ImageReadError as exc:
             state = state.fail(pos, str(exc))
             continue
