@@ -7,6 +7,7 @@ or wrote outside its destination. The counts of those four are the figures; ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -229,6 +230,56 @@ def missing_bucket(tmp: Path, images: list[np.ndarray]) -> Outcome:
                    crashed=_crashed(done))  # fmt: skip
 
 
+def s3_add(tmp: Path, images: list[np.ndarray]) -> Outcome:
+    """Readers open the store on S3 after every object an --add uploads; then an --add killed after 8 uploads."""
+    from benchmarks.store_reads import moto_bucket
+    from vaeflow.dataset import upload
+
+    src = tmp / "src"
+    src.mkdir()
+    for i in range(4):
+        _photo(images, i).save(src / f"{i}.png")
+    server, options = moto_bucket("adds")
+    put, url, opened, failed = upload._put, "s3://adds/p.zarr", [0], [0]
+    os.environ["VAEFLOW_HOME"] = str(tmp / "home")
+
+    def put_then_read(fs: Any, local: Any, remote: str) -> None:
+        put(fs, local, remote)
+        opened[0] += 1
+        try:
+            reader = vaeflow.open_store(url, storage_options=options)
+            reader.read_latents(reader.names)
+        except vaeflow.VaeflowError:
+            failed[0] += 1
+
+    def killed(fs: Any, local: Any, remote: str) -> None:
+        opened[0] += 1
+        if opened[0] > 8:
+            raise ConnectionError("killed after 8 uploads")
+        put(fs, local, remote)
+
+    job = {"scheduler": "sync", "storage_options": options}
+    try:
+        vaeflow.compress_dataset(src, url, options=vaeflow.JobOptions(progress=False), **job)  # type: ignore[arg-type]
+        add = vaeflow.JobOptions(progress=False, add=True)
+        _photo(images, 4).save(src / "4.png")
+        upload._put = put_then_read
+        vaeflow.compress_dataset(src, url, options=add, **job)  # type: ignore[arg-type]
+        reads = opened[0]
+        _photo(images, 5).save(src / "5.png")
+        upload._put, opened[0] = killed, 0
+        with contextlib.suppress(vaeflow.VaeflowError):  # the upload, killed
+            vaeflow.compress_dataset(src, url, options=add, **job)  # type: ignore[arg-type]
+        after_kill = len(vaeflow.open_store(url, storage_options=options).names)
+    finally:
+        upload._put = put
+        os.environ.pop("VAEFLOW_HOME", None)
+        server.stop()
+    return Outcome("--add to a store on S3, readers opening it after every uploaded object, then killed after 8",
+                   f"{failed[0]} of {reads} readers failed; after the kill the store opens with {after_kill} images "
+                   "(the previous generation)", crashed=failed[0] > 0)  # fmt: skip
+
+
 def run(images: list[np.ndarray]) -> list[dict[str, Any]]:
     attacks: list[tuple[str, Callable[[Path], Outcome]]] = [
         ("name", lambda t: name_not_utf8(t, images)),
@@ -239,6 +290,7 @@ def run(images: list[np.ndarray]) -> list[dict[str, Any]]:
         *[(kind, lambda t, k=kind: row_damage(t, images, k)) for kind in ROW_DAMAGE],  # type: ignore[misc]
         ("changed", lambda t: changed_source(t, images)),
         ("bucket-missing", lambda t: missing_bucket(t, images)),
+        ("s3-add", lambda t: s3_add(t, images)),
     ]
     outcomes = []
     for name, attack in attacks:
