@@ -36,6 +36,9 @@ def test_a_name_that_is_not_utf8_is_stored_under_its_escaped_name(tmp_path: Path
     raw = b"bad\xff\\x.png"  # a byte that is no UTF-8, and a backslash
     Image.fromarray(photos[1][:64, :96]).save(os.fsdecode(bytes(src) + b"/" + raw))
     (Path(os.fsdecode(bytes(src) + b"/notes\xfe.txt"))).write_text("a sidecar of no image")
+    Path(os.fsdecode(bytes(src) + b"/bad\xff\\x.json")).write_text("not JSON")  # a note naming that file
+    Image.fromarray(photos[2][:64, :96]).save(src / "lone.png")
+    (src / "lone.json").write_text('{"caption": "\\udcff"}')  # valid JSON, but no text the index can hold
     dry = run_cli("compress", str(src), str(tmp_path / "dry.zarr"), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "file names not UTF-8: 1 images stored under escaped names (bad\\\\xff\\\\\\\\x.png)" in dry.stdout
@@ -44,12 +47,16 @@ def test_a_name_that_is_not_utf8_is_stored_under_its_escaped_name(tmp_path: Path
     assert out.returncode == 0 and "internal error" not in out.stderr, out.stderr
     reader = vaeflow.open_store(tmp_path / "s.zarr")
     stored = "bad\\xff\\\\x.png"
-    assert reader.names == [stored, "good.png"] and original_name(stored) == raw
-    assert NAME_NOTE in reader.info(stored)["notes"]
+    assert reader.names == [stored, "good.png", "lone.png"] and original_name(stored) == raw
+    assert (
+        NAME_NOTE in reader.info(stored)["notes"]
+        and "sidecar bad\\xff\\\\x.json is not" in reader.info(stored)["notes"]
+    )
+    assert "lone surrogate" in reader.info("lone.png")["notes"] and reader.caption("lone.png") is None
     np.testing.assert_array_equal(reader.read_image(stored).shape, (64, 96, 3))
     assert ("notes\\xfe.txt", ".txt sidecar without an image of the name notes\\xfe") in reader.skipped
     again = run_cli("compress", str(src), str(tmp_path / "s.zarr"), "--add", "--scheduler", "sync", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["images"] == 2, again.stderr  # nothing coded again
+    assert again.returncode == 0 and json.loads(again.stdout)["images"] == 3, again.stderr  # nothing coded again
 
 
 def test_deep_and_huge_sidecars_are_notes(tmp_path: Path, photos: list[np.ndarray]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import LAYOUT, META, BatchMarker
 from vaeflow.dataset.plan import Plan
+from vaeflow.dataset.scan import NAME_NOTE
 from vaeflow.dataset.work import WorkStore
 from vaeflow.foundations.durable import fsync, sync_tree
 
@@ -29,12 +30,14 @@ def assemble(plan: Plan, meta: dict[str, Any], markers: dict[str, BatchMarker], 
             side_notes = list(sidecar.notes) if sidecar else []
             if index in failed_at_scan:
                 item, reason = failed_at_scan[index]
+                reason = f"{reason}; {NAME_NOTE}" if item.file is not None else reason
                 yield store_io.Row(item.path, (item.height, item.width), False, reason, b"", caption, metadata,
                                    source=item.source_file)  # fmt: skip
                 continue
             entry, item = entries[index], items[index]
             key, offset = entry.stream
             note = (entry.reason or "") if not entry.ok else "; ".join([*entry.notes, *side_notes])
+            note = f"{note}; {NAME_NOTE}" if not entry.ok and item.file is not None else note
             data = work.read_stream(key, offset, entry.nbytes)  # index order interleaves the batches
             yield store_io.Row(
                 entry.path,

@@ -43,6 +43,7 @@ from vaeflow.foundations.display import html_list_table, html_table
 from vaeflow.foundations.errors import CorruptStreamError, VaeflowError
 from vaeflow.models import LatentConvention, ModelRef, RuntimeOptions
 
+MAX_STORED_JSON_DEPTH = 256  # metadata of stores from before the sidecar limit: deeper would recurse in json
 READABLE = ("image", "latent", "stream")  # what iter_batches reads: decoded images, latents or the streams
 LATENT_CONVENTIONS = ("model", "normalised")  # the model's own latent, or vaeflow's unit-variance one
 MAX_ROWS = 2**31  # images in one store
@@ -101,6 +102,7 @@ class StoreReader:
             self._status = read(index, COLUMNS.status)[:rows]
             self.shapes = read(index, COLUMNS.shape)[:rows]
             self._bpp = read(index, COLUMNS.bpp)[:rows]
+            self._checks = self._read_checks(index, rows)  # with the offsets: a later swap cannot mix them
             offsets = read(self._root, self._offsets_node)[: rows + 1]
             self._data = array(self._root, LAYOUT.data)
             self._spans = SpanReader(self._data)
@@ -240,14 +242,12 @@ class StoreReader:
         with damage(self.path, f"stream data of {name!r}"):
             return self._spans.read([(start, end)])[0]
 
-    @cached_property
-    def _checks(self) -> np.ndarray | None:
+    def _read_checks(self, index: zarr.Group, rows: int) -> np.ndarray | None:
         """Each row's check (``store.row_check``), or None in stores written before them."""
-        if COLUMNS.check not in self._index:
+        if COLUMNS.check not in index:
             return None
-        with damage(self.path, LAYOUT.index):
-            values = read(self._index, COLUMNS.check)[: len(self._paths)]
-        if values.shape != (len(self._paths),) or values.dtype.kind != "i":
+        values = read(index, COLUMNS.check)[:rows]
+        if values.shape != (rows,) or values.dtype.kind != "i":
             raise VaeflowError(f"{self.path} has a damaged index: {COLUMNS.check} is {values.shape} {values.dtype}")
         return values
 
@@ -299,7 +299,7 @@ class StoreReader:
         """The image's metadata (its ``NAME.json``), or an empty dict."""
         text = self._optional_text(COLUMNS.metadata, name)
         try:
-            value = json_object(text) if text else {}
+            value = json_object(text, MAX_STORED_JSON_DEPTH) if text else {}
         except ValueError as exc:
             damaged = f"{self.path} has a damaged index: the metadata of {name!r} is not JSON ({exc})"
             raise VaeflowError(damaged) from exc

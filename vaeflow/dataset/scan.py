@@ -197,14 +197,18 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
             metadata = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            metadata.encode("utf-8")  # a lone surrogate escape ("\\udcff") is no text the index can hold
             from_json = value.get("caption") if isinstance(value.get("caption"), str) else None
+        except UnicodeEncodeError:
+            metadata = None
+            notes.append(f"sidecar {stem}.json holds a lone surrogate escape, which is not UTF-8; ignored")
         except ValueError as exc:
             notes.append(f"sidecar {stem}.json is not a JSON object ({exc}); ignored")
     captions = [texts[n].strip() for n in (stem + ".txt", stem + ".caption") if n in texts]
     if len(captions) == 2 and captions[0] != captions[1]:
         notes.append(f"{stem}.txt and {stem}.caption differ; the caption is {stem}.txt's")
     caption = captions[0] if captions else from_json
-    return Sidecar(caption, metadata, tuple(notes))
+    return Sidecar(caption, metadata, tuple(storable(n) for n in notes))  # a file name in a note may be no UTF-8
 
 
 def json_object(text: str, max_depth: int = MAX_JSON_DEPTH) -> object:

@@ -157,6 +157,13 @@ class SpanReader:
         self._indexes: OrderedDict[int, np.ndarray] = OrderedDict()  # used only on the loop that reads
         self._lock = threading.Lock()  # the local path's index cache, shared by threads
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_lock": None, "_indexes": OrderedDict()}  # a lock does not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each range; ranges close together are fetched as one."""
         for start, end in ranges:

@@ -11,8 +11,8 @@ readers of the remote store only ever see a finished store.
 An ``--add`` (any generation after the first) publishes in one step: its index, offsets and
 skipped list go to new names beside the old ones (``layout.generation_nodes``), which the root
 metadata, uploaded last, points to (``META.nodes``); until then readers see the previous
-generation whole, and a kill at any point leaves it readable. The previous generation's nodes
-are kept (readers that opened it go on reading) and removed by the next upload. Streams are
+generation whole, and a kill at any point leaves it readable. The nodes the remote root pointed
+to before are kept (readers that opened them go on reading); the next upload removes them. Streams are
 only appended: the objects of ``streams/data`` keep every earlier byte where it was.
 """
 
@@ -143,12 +143,20 @@ def _published_root(local: Path, nodes: dict[str, str]) -> bytes:
     return json.dumps(document, indent=2).encode()
 
 
-def _previous_nodes(generation: int) -> tuple[str, ...]:
-    """The nodes of the generation before ``generation``, which an upload keeps for its readers."""
-    if generation <= 0:
+def _published_nodes(fs: Any, root: str) -> tuple[str, ...]:
+    """The nodes the remote root now points to (its readers' generation, which an upload keeps): those its
+    meta names, the plain ones where it names none, none where there is no store yet."""
+    try:
+        document = json.loads(fs.cat_file(f"{root}/{ROOT}"))
+    except FileNotFoundError:
         return ()
-    earlier = generation_nodes(generation - 1)
-    return tuple(earlier.values()) if earlier else tuple(generation_nodes(1))
+    except ValueError:
+        return ()  # a damaged root: nothing readable to keep
+    meta = document.get("attributes", {}).get(LAYOUT.attribute, {}) if isinstance(document, dict) else {}
+    nodes = meta.get(META.nodes) if isinstance(meta, dict) else None
+    if isinstance(nodes, dict) and all(isinstance(v, str) for v in nodes.values()):
+        return tuple(nodes.values())
+    return tuple(generation_nodes(1))
 
 
 def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None) -> UploadReport:
@@ -159,8 +167,8 @@ def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None)
     meta = store_io.read_meta(local) or {}
     generation = int(meta.get(META.generation) or 0)
     nodes = generation_nodes(generation)
-    previous = _previous_nodes(generation)
     try:
+        previous = _published_nodes(fs, root)  # before the new root replaces it
         for rel in files:
             remote = f"{root}/{remote_key(rel, nodes)}"
             source: bytes | Path = _published_root(local, nodes) if rel == ROOT and nodes else local / rel
@@ -216,8 +224,9 @@ def _as_local(local: Path) -> None:
     for node, renamed in nodes.items():
         shutil.rmtree(local / node, ignore_errors=True)
         (local / renamed).rename(local / node)
-    for older in range(1, generation):
-        for renamed in generation_nodes(older).values():
-            shutil.rmtree(local / renamed, ignore_errors=True)
+    for node in generation_nodes(1):  # every other generation's (kept for readers, or left by a killed upload)
+        parent, name = (local / node).parent, (local / node).name
+        for other in parent.glob(f"{name}-g*"):
+            shutil.rmtree(other, ignore_errors=True)
     store_io.write_meta(local, meta)
     store_io.consolidate(local)
