@@ -145,7 +145,8 @@ def _captioned_store(tmp: Path, images: list[np.ndarray]) -> Path:
     return tmp / "s.zarr"
 
 
-def _swap(store: Path) -> None:
+def swap_streams(store: Path) -> None:
+    """The first two streams' bytes trade places, the offsets with them: each row points at the other's stream."""
     data: Any = zarr.open_array(store / "streams" / "data", mode="a")
     offsets = np.asarray(zarr.open_array(store / "streams" / "offsets", mode="r")[:])
     first, second = bytes(data[offsets[0] : offsets[1]]), bytes(data[offsets[1] : offsets[2]])
@@ -153,32 +154,43 @@ def _swap(store: Path) -> None:
     root: Any = zarr.open_group(store, mode="a")
     store_io._write_array(root["streams"], "offsets",
                           np.array([0, len(second), len(first) + len(second)], np.uint64))  # fmt: skip
+    store_io.consolidate(store)
 
 
-def _edit(column: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+def edit_index(column: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    """Damage that rewrites an index column with ``edit`` of its values."""
+
     def damage(store: Path) -> None:
         group: Any = zarr.open_group(store, mode="a")["index"]
         store_io._write_array(group, column, edit(np.asarray(group[column][:]).copy()))
+        store_io.consolidate(store)
 
     return damage
 
 
-def _caption(values: np.ndarray) -> np.ndarray:
+def flip_caption(values: np.ndarray) -> np.ndarray:
+    """The caption bytes with "bird" made "bhrd" (the same length)."""
     text = bytearray(values.tobytes())
     text[text.index(b"bird") + 1] = ord("h")
     return np.frombuffer(bytes(text), np.uint8)
 
 
-def _size(values: np.ndarray) -> np.ndarray:
+def first_size(values: np.ndarray) -> np.ndarray:
+    """The first row's pair made (9999, 7)."""
     values[0] = (9999, 7)
     return values
 
 
+def first_shape(values: np.ndarray) -> np.ndarray:
+    """The first row's shape made 40x40."""
+    return np.array([(40, 40), *values[1:]], values.dtype)
+
+
 ROW_DAMAGE = {
-    "two streams swapped in the shard": _swap,
-    "a caption byte flipped in the index": _edit("caption_bytes", _caption),
-    "an original size edited in the index": _edit("original_size", _size),
-    "a shape edited in the index": _edit("shape", lambda v: np.array([(40, 40), *v[1:]], v.dtype)),
+    "two streams swapped in the shard": swap_streams,
+    "a caption byte flipped in the index": edit_index("caption_bytes", flip_caption),
+    "an original size edited in the index": edit_index("original_size", first_size),
+    "a shape edited in the index": edit_index("shape", first_shape),
 }
 
 
@@ -188,7 +200,6 @@ def row_damage(tmp: Path, images: list[np.ndarray], kind: str) -> Outcome:
     store = _captioned_store(tmp, images)
     expected = vaeflow.open_store(store).read_latent("bird.png")
     ROW_DAMAGE[kind](store)
-    store_io.consolidate(store)
     verify = vaeflow_cli("verify", str(store))
     try:
         dataset = LatentDataset(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ class S3Bucket:
 
     name: str
     options: dict[str, Any]
+
+    @property
+    def cli_options(self) -> list[str]:
+        """The storage options as ``--storage-option KEY=VALUE`` flags of the command line."""
+        return [f"--storage-option={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.options.items()]
 
     def put(self, local: Path, key: str) -> str:
         """Upload the folder ``local`` as ``key``; returns its s3:// URL."""

@@ -122,7 +122,7 @@ def test_a_store_url_after_the_options_stays_a_url(source: Path, tmp_path: Path,
     """``compress SRC --opt s3://...``: the late output path is parsed as its argument is (a string),
     so the plan writes the URL's local staging copy, never a folder named ``s3:``."""
     url = f"s3://{s3.name}/x.zarr"
-    flags = [f"--storage-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in s3.options.items()]
+    flags = s3.cli_options
     late = vaeflow("compress", str(source), "--quality", "5", url, "--dry-run", *flags, cwd=tmp_path)
     early = vaeflow("compress", str(source), url, "--quality", "5", "--dry-run", *flags, cwd=tmp_path)
     assert late.returncode == 0, late.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import zarr
 from PIL import Image
 
 import vaeflow
-from vaeflow.dataset import store as store_io
+from benchmarks.hostile import edit_index, first_shape, first_size, flip_caption, swap_streams
 from vaeflow.dataset.store import UNCHECKED, row_check
 from vaeflow.foundations.errors import VaeflowError
 
@@ -48,42 +47,11 @@ def _copy(store: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def _swap_streams(store: Path) -> None:
-    """The two streams' bytes trade places, the offsets with them: each row now points at the other's stream."""
-    data = zarr.open_array(store / "streams" / "data", mode="a")
-    offsets = np.asarray(zarr.open_array(store / "streams" / "offsets", mode="r")[:])
-    first, second = bytes(data[offsets[0] : offsets[1]]), bytes(data[offsets[1] : offsets[2]])
-    data[offsets[0] : offsets[2]] = np.frombuffer(second + first, np.uint8)
-    store_io._write_array(zarr.open_group(store, mode="a")["streams"], "offsets",
-                          np.array([0, len(second), len(first) + len(second)], np.uint64))  # fmt: skip
-    store_io.consolidate(store)
-
-
-def _edit_index(column: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
-    def damage(store: Path) -> None:
-        group = zarr.open_group(store, mode="a")["index"]
-        store_io._write_array(group, column, edit(np.asarray(group[column][:]).copy()))  # type: ignore[arg-type]
-        store_io.consolidate(store)
-
-    return damage
-
-
-def _flip_caption(values: np.ndarray) -> np.ndarray:
-    text = bytearray(values.tobytes())
-    text[text.index(b"bird") + 1] = ord("h")  # "bird" -> "bhrd", same length
-    return np.frombuffer(bytes(text), np.uint8)
-
-
-def _size(values: np.ndarray) -> np.ndarray:
-    values[0] = (9999, 7)
-    return values
-
-
 DAMAGE = {
-    "streams swapped": (_swap_streams, "does not match its row's check"),
-    "caption byte flipped": (_edit_index("caption_bytes", _flip_caption), "does not match its row's check"),
-    "original size edited": (_edit_index("original_size", _size), "does not match its row's check"),
-    "shape edited": (_edit_index("shape", lambda v: np.array([(40, 40), *v[1:]], v.dtype)), "is 40x40 in the index"),
+    "streams swapped": (swap_streams, "does not match its row's check"),
+    "caption byte flipped": (edit_index("caption_bytes", flip_caption), "does not match its row's check"),
+    "original size edited": (edit_index("original_size", first_size), "does not match its row's check"),
+    "shape edited": (edit_index("shape", first_shape), "is 40x40 in the index"),
 }
 
 
@@ -113,7 +81,7 @@ def test_a_damaged_stream_is_named_with_its_store(captioned: Path, tmp_path: Pat
     """A flipped payload byte, in a store whose rows carry no checks (as before them): the stream's own CRC finds
     it, and the loader's error names the image and the store."""
     store = _copy(captioned, tmp_path)
-    _edit_index("check", lambda v: np.full_like(v, UNCHECKED))(store)
+    edit_index("check", lambda v: np.full_like(v, UNCHECKED))(store)
     data = zarr.open_array(store / "streams" / "data", mode="a")
     offsets = np.asarray(zarr.open_array(store / "streams" / "offsets", mode="r")[:])
     at = int(offsets[1]) - 10

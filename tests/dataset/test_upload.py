@@ -3,7 +3,6 @@ an interrupted upload resumed; against a real S3 API on loopback (moto's server,
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +84,7 @@ def test_the_cli_writes_to_s3_and_add_continues_from_the_remote_store(
 ) -> None:
     src = _source(tmp_path, photos, 2)
     url = f"s3://{s3.name}/cli/store.zarr"
-    options = [f"--storage-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in s3.options.items()]
+    options = s3.cli_options
     base = [
         sys.executable,
         "-m",
@@ -113,7 +112,7 @@ def test_a_missing_bucket_is_found_before_any_image_is_coded(
     """By --dry-run, and by the job before it codes anything (a probe object, written and removed)."""
     monkeypatch.setenv("VAEFLOW_HOME", str(tmp_path / "home"))
     src = _source(tmp_path, photos, 2)
-    options = [f"--storage-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in s3.options.items()]
+    options = s3.cli_options
     for extra in (["--dry-run"], []):
         out = subprocess.run(
             [sys.executable, "-m", "vaeflow", "compress", str(src), "s3://no-such-bucket/p.zarr", "--scheduler",

@@ -25,13 +25,12 @@ stream is named in the report and every other image is still written.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vaeflow.dataset.reader import open_store
+from vaeflow.foundations.durable import atomic_write
 from vaeflow.foundations.errors import VaeflowError
 from vaeflow.foundations.imageio import png_bytes
 from vaeflow.models import RuntimeOptions
@@ -147,27 +146,12 @@ def decode_batch(task: DecodeTask) -> DecompressReport:
             target = safe_path(dst, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             safe_path(dst, relative)  # again, now that the folders exist
-            _replace(target, png_bytes(image))
+            atomic_write(target, png_bytes(image), sync=False)  # never through a link
         except (VaeflowError, OSError) as exc:
             report.skipped.append((name, f"{relative} cannot be written: {getattr(exc, 'strerror', None) or exc}"))
             continue
         report.written.append(relative)
     return report
-
-
-def _replace(target: Path, data: bytes) -> None:
-    """``data`` as the file ``target``: written beside it, then renamed over it (the directory entry is
-    replaced; a file it was a hard or symbolic link to is never written)."""
-    if target.is_dir() and not target.is_symlink():
-        raise VaeflowError(f"a folder {target.name} is in the way")
-    temporary = target.with_name(f".vaeflow-{os.getpid()}-{threading.get_ident()}.tmp")  # short: any name fits
-    try:
-        with temporary.open("xb") as fh:
-            fh.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def decompress_store(

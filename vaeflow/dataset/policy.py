@@ -120,7 +120,7 @@ def decide(
         meta = {**existing, META.complete: False, META.generation: generation, META.retrying: retry_failed,
                 META.adding: add}  # fmt: skip
         return _extension(APPEND, store, meta, retry_failed, add)
-    return StorePolicy(COMPLETE, existing, sources=_sources(store_io.previous_index(store, int(existing[META.rows]))))
+    return StorePolicy(COMPLETE, existing, sources=store_io.recorded_sources(store, int(existing[META.rows])))
 
 
 def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, adding: bool) -> StorePolicy:
@@ -129,13 +129,13 @@ def _extension(action: str, store: Path, meta: dict[str, Any], retrying: bool, a
     failed = frozenset(p for p, s in zip(index.paths, index.status, strict=True) if s != STATUS_OK)
     retried = failed if retrying else frozenset()
     return StorePolicy(
-        action, meta, frozenset(index.paths) - retried, retried, retrying and not adding, _sources(index)
+        action,
+        meta,
+        frozenset(index.paths) - retried,
+        retried,
+        retrying and not adding,
+        store_io.stored_sources(index.paths, index.sources, index.status),
     )
-
-
-def _sources(index: store_io.IndexRows) -> dict[str, tuple[int, int]]:
-    return {p: (int(a), int(b)) for p, (a, b), s in zip(index.paths, index.sources, index.status, strict=True)
-            if s == STATUS_OK}  # fmt: skip
 
 
 def apply(policy: StorePolicy, store: Path) -> None:

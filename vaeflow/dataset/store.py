@@ -294,10 +294,7 @@ def previous_index(store: Path, rows: int) -> IndexRows:
     """
     if not rows:
         return IndexRows.empty()
-    root = zarr.open_group(store, mode="r", use_consolidated=False)
-    if LAYOUT.index not in root and LAYOUT.old_index not in root:
-        raise VaeflowError(f"{store} records {rows} rows but has no index: the store is damaged")
-    index = subgroup(root, LAYOUT.index if LAYOUT.index in root else LAYOUT.old_index)
+    index = _current_index(store, rows)
     shape = read(index, COLUMNS.shape)
 
     def text(column: str) -> list[str]:
@@ -317,11 +314,37 @@ def previous_index(store: Path, rows: int) -> IndexRows:
         original_size=pairs(COLUMNS.original_size, shape.copy()),
         crop_top_left=pairs(COLUMNS.crop_top_left, np.zeros_like(shape)),
         checks=read(index, COLUMNS.check) if COLUMNS.check in index else np.full(len(shape), UNCHECKED, np.int64),
-        sources=read(index, COLUMNS.source) if COLUMNS.source in index else np.full((len(shape), 2), -1, np.int64),
+        sources=_sources_column(index, len(shape)),
     )
     if any(len(v) < rows for v in found.columns().values()):
         raise ValueError(f"{store}'s index holds fewer than the {rows} rows its attributes record")
     return found.head(rows)
+
+
+def _current_index(store: Path, rows: int) -> zarr.Group:
+    """The store's index group (the old one if a swap was cut short)."""
+    root = zarr.open_group(store, mode="r", use_consolidated=False)
+    if LAYOUT.index not in root and LAYOUT.old_index not in root:
+        raise VaeflowError(f"{store} records {rows} rows but has no index: the store is damaged")
+    return subgroup(root, LAYOUT.index if LAYOUT.index in root else LAYOUT.old_index)
+
+
+def _sources_column(index: zarr.Group, rows: int) -> np.ndarray:
+    return read(index, COLUMNS.source) if COLUMNS.source in index else np.full((rows, 2), UNKNOWN_SOURCE, np.int64)
+
+
+def stored_sources(paths: Sequence[str], sources: np.ndarray, status: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Each stored image's file (size, mtime_ns) as recorded when it was coded."""
+    return {p: (int(a), int(b)) for p, (a, b), s in zip(paths, sources, status, strict=True) if s == STATUS_OK}
+
+
+def recorded_sources(store: Path, rows: int) -> dict[str, tuple[int, int]]:
+    """``stored_sources`` of the first ``rows`` rows, reading only the paths, status and source columns."""
+    if not rows:
+        return {}
+    index = _current_index(store, rows)
+    paths = read_text_column(index, COLUMNS.path)[:rows]
+    return stored_sources(paths, _sources_column(index, rows)[:rows], read(index, COLUMNS.status)[:rows])
 
 
 def consolidate(store: Path) -> None:

@@ -34,22 +34,25 @@ def sync_tree(root: Path) -> None:
         fsync(path)
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, synced, then renamed
-    over it; the rename is synced too."""
+def atomic_write(path: Path, data: bytes | str, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, synced (with ``sync``), then
+    renamed over it, the rename synced too. The directory entry is replaced: a file ``path`` was a hard or
+    symbolic link to is never written. The temporary name is short, so any name that fits can be written."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    tmp = path.with_name(f".vaeflow-{os.getpid()}-{threading.get_ident()}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with tmp.open("wb") as fh:
             fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync(path.parent)
+    if sync:
+        fsync(path.parent)
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
