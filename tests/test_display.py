@@ -27,7 +27,7 @@ def test_the_job_report_plan_and_store_display_as_tables(photos: list[np.ndarray
     page = report._repr_html_()
     assert "<table" in page and "2 of 3" in page and "ls " in page
     page = vaeflow.open_store(store)._repr_html_()
-    assert "<table" in page and "0.png" in page and "f8c4-v1" in page
+    assert "<table" in page and "0.png" in page and "f8c12-v2" in page
     assert "<odd>" not in page  # names are escaped
 
 

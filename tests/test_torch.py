@@ -57,7 +57,7 @@ def test_items_hold_the_latent_and_the_micro_conditioning(
         name = item["name"]
         assert torch.equal(item["latent"], torch.from_numpy(latents[name]).to(torch.float16))
         h, w = dataset.sizes[i]
-        assert dataset.shapes[i] == (4, -(-h // 8), -(-w // 8)) == tuple(item["latent"].shape)
+        assert dataset.shapes[i] == (12, -(-h // 8), -(-w // 8)) == tuple(item["latent"].shape)
         assert item["target_size"].tolist() == item["original_size"].tolist() == [h, w]
         assert item["crop_top_left"].tolist() == [0, 0]
         assert item["caption"] == ""  # the store holds no captions

@@ -10,28 +10,33 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.f8c4 import DOWNSAMPLE, LATENT_CHANNELS, Decoder, Encoder
+from training import f8c4, f8c12
 from vaeflow.convert.onnx_export import export
 from vaeflow.foundations.durable import atomic_write
 from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.models.onnx_vae import OnnxVAE
 from vaeflow.models.quality import reconstruction
-from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, register
+from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, read_registry_file, register
+
+ARCHITECTURES: dict[str, ModuleType] = {"f8c4": f8c4, "f8c12": f8c12}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data_dir: str
+    data_dir: str  # one folder, or several joined by os.pathsep
     workdir: str
+    model: str = "f8c4"
     steps: int = 20000
     minutes: float = 9.0
     batch: int = 16
@@ -44,10 +49,24 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every: int = 250
     init: str | None = None  # weights to start a new phase from (e.g. the shipped weights.pt)
+    # Rate (f8c12): loss = MSE + rate_weight x bits per pixel, the bits of the latent under a learned
+    # factorized density at a quantization step drawn per image, log-uniform in [step_low, step_high]
+    # (a quarter of each batch unquantized); rate_weight = 4 / (lambda x 255^2), lambda as CompressAI's.
+    rate_lambda: float = 0.0
+    step_low: float = 0.5
+    step_high: float = 3.0
+    rate_ramp: int = 1000
+    widen: str | None = None  # f8c12: start from these f8c4-v1 weights.pt, widened (models/f8c4-v1)
 
 
 def load_photos(data_dir: str) -> list[np.ndarray]:
-    return [read_rgb(p) for p in list_images(data_dir)]
+    return [read_rgb(p) for folder in data_dir.split(os.pathsep) for p in list_images(folder)]
+
+
+def architecture(name: str) -> ModuleType:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
 
 
 def sample_batch(photos: list[np.ndarray], cfg: TrainConfig, step: int) -> np.ndarray:
@@ -80,15 +99,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = workdir / "checkpoint.pt"
-    enc, dec = Encoder(), Decoder()
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
+    arch = architecture(cfg.model)
+    enc, dec = arch.Encoder().eval(), arch.Decoder().eval()  # no layer differs in training
+    density = arch.FactorizedDensity(arch.LATENT_CHANNELS) if cfg.rate_lambda > 0 else None
+    parts = {"encoder": enc, "decoder": dec, **({"density": density} if density is not None else {})}
+    opt = torch.optim.Adam([p for m in parts.values() for p in m.parameters()], lr=cfg.lr)
     step = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
-        enc.load_state_dict(state["encoder"])
-        dec.load_state_dict(state["decoder"])
+        for part, module in parts.items():
+            module.load_state_dict(state[part])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+    elif cfg.widen:
+        arch.widen_from_v1(enc, dec, torch.load(cfg.widen, weights_only=True), latent_std_of(cfg.widen))
     elif cfg.init:  # a new phase from earlier weights: fresh optimizer and schedule
         state = torch.load(cfg.init, weights_only=True)
         enc.load_state_dict({k: v.float() for k, v in state["encoder"].items()})
@@ -97,46 +121,83 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def save() -> None:
-        state = {"encoder": enc.state_dict(), "decoder": dec.state_dict()}
+        state = {part: module.state_dict() for part, module in parts.items()}
         buffer = io.BytesIO()
         torch.save({**state, "optimizer": opt.state_dict(), "step": step}, buffer)
         atomic_write(ckpt_path, buffer.getvalue())
 
     deadline = time.monotonic() + 60 * cfg.minutes
     log = (workdir / "log.tsv").open("a")
-    mse_sum, count = 0.0, 0
+    mse_sum, bits_sum, clean_sum, count = 0.0, 0.0, 0.0, 0
     while step < cfg.steps and time.monotonic() < deadline:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         x = torch.from_numpy(sample_batch(photos, cfg, step))
         z = enc(x)
-        # Relative uniform noise on half the batch teaches the decoder to tolerate
-        # quantization; scaling it by the detached per-channel std stops the encoder
-        # from escaping it by growing its latents.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        std = z.detach().std(dim=(0, 2, 3), keepdim=True)
-        strength = torch.rand(z.shape[0], 1, 1, 1, generator=gen) * cfg.noise_max
-        strength[: z.shape[0] // 2] = 0.0
-        noise = (torch.rand(z.shape, generator=gen) - 0.5) * strength * std
-        loss = F.mse_loss(dec(z + noise), x)
+        if density is None:
+            # Relative uniform noise on half the batch teaches the decoder to tolerate
+            # quantization; scaling it by the detached per-channel std stops the encoder
+            # from escaping it by growing its latents.
+            std = z.detach().std(dim=(0, 2, 3), keepdim=True)
+            strength = torch.rand(z.shape[0], 1, 1, 1, generator=gen) * cfg.noise_max
+            strength[: z.shape[0] // 2] = 0.0
+            noise = (torch.rand(z.shape, generator=gen) - 0.5) * strength * std
+            mse = F.mse_loss(dec(z + noise), x)
+            loss, bpp = mse, 0.0
+        else:
+            mse, clean, bpp_tensor = rate_distortion(enc, dec, density, x, z, cfg, gen)
+            weight = 4.0 / (cfg.rate_lambda * 255.0**2) * min(1.0, step / max(1, cfg.rate_ramp))
+            loss, bpp = mse + weight * bpp_tensor, float(bpp_tensor.detach())
+            clean_sum += float(clean)
         opt.zero_grad()
         loss.backward()
         params = [p for group in opt.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         if torch.isfinite(loss) and torch.isfinite(grad_norm):
             opt.step()
-            mse_sum, count = mse_sum + loss.item(), count + 1
+            mse_sum, bits_sum, count = mse_sum + float(mse.detach()), bits_sum + bpp, count + 1
         step += 1
         if step % 50 == 0 and count:
             psnr = 10 * math.log10(4.0 / (mse_sum / count))
-            log.write(f"{step}\t{learning_rate(cfg, step):.2e}\t{psnr:.3f}\t{time.time():.0f}\n")
+            clean_psnr = 10 * math.log10(4.0 / (clean_sum / count)) if clean_sum else 0.0
+            rate = f"\t{bits_sum / count:.4f}\t{clean_psnr:.3f}" if density is not None else ""
+            log.write(f"{step}\t{learning_rate(cfg, step):.2e}\t{psnr:.3f}\t{time.time():.0f}{rate}\n")
             log.flush()
-            mse_sum, count = 0.0, 0
+            mse_sum, bits_sum, clean_sum, count = 0.0, 0.0, 0.0, 0
         if step % cfg.checkpoint_every == 0:
             save()
     save()
     log.close()
     return {"step": step, "done": step >= cfg.steps, "checkpoint": str(ckpt_path)}
+
+
+def latent_std_of(weights: str) -> tuple[float, ...]:
+    """The latent std per channel of the model whose ``weights.pt`` this is (its registry beside it)."""
+    folder = Path(weights).resolve().parent
+    table = read_registry_file(folder.parent / REGISTRY_FILE)["models"][folder.name]
+    return tuple(1.0 / s for s in table["latent_scale"])
+
+
+def rate_distortion(
+    enc: Any, dec: Any, density: Any, x: torch.Tensor, z: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's MSE, the unquantized quarter's MSE and the quantized images' bits per pixel.
+
+    Each quantized image draws one step, log-uniform over [step_low, step_high], so one model learns
+    every step of the quality scale; uniform noise of the step's width stands for rounding.
+    """
+    n = z.shape[0]
+    low, high = math.log(cfg.step_low), math.log(cfg.step_high)
+    step = torch.exp(low + (high - low) * torch.rand(n, 1, 1, 1, generator=gen))
+    step[: n // 4] = 0.0
+    noisy = z + (torch.rand(z.shape, generator=gen) - 0.5) * step
+    errors = ((dec(noisy) - x) ** 2).mean(dim=(1, 2, 3))
+    mse, clean = errors.mean(), errors[: n // 4].detach().mean()
+    quantized = slice(n // 4, n)
+    bits = density.bits(noisy[quantized], step[quantized])
+    bpp = bits.sum() / ((n - n // 4) * x.shape[2] * x.shape[3])
+    return mse, clean, bpp
 
 
 def latent_statistics(encode: Any, photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +216,9 @@ def latent_statistics(encode: Any, photos: list[np.ndarray]) -> tuple[np.ndarray
 
 
 def _earlier_phases(workdir: Path) -> tuple[int, list[str]]:
-    """Steps trained before this phase (from the ``--init`` weights) and their log lines."""
-    config = workdir / "config.json"
-    init = json.loads(config.read_text()).get("init") if config.exists() else None
+    """Steps trained before this phase (from the ``--init`` or ``--widen`` weights) and their log lines."""
+    config = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").exists() else {}
+    init = config.get("init") or config.get("widen")
     if not init or not Path(init).exists():
         return 0, []
     prior = int(torch.load(init, weights_only=True).get("steps_trained", 0))
@@ -173,12 +234,15 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
     records the reconstruction PSNR and MS-SSIM measured there.
     """
     state = torch.load(Path(workdir) / "checkpoint.pt", weights_only=True)
-    enc, dec = Encoder(), Decoder()
+    config = json.loads((Path(workdir) / "config.json").read_text())
+    model = config.get("model", "f8c4")
+    arch = architecture(model)
+    enc, dec = arch.Encoder(), arch.Decoder()
     enc.load_state_dict(state["encoder"])
     dec.load_state_dict(state["decoder"])
     target = Path(out_dir) / name
     export(enc, target / "encoder.onnx", 3, "image", "latent")
-    export(dec, target / "decoder.onnx", LATENT_CHANNELS, "latent", "image")
+    export(dec, target / "decoder.onnx", arch.LATENT_CHANNELS, "latent", "image")
     # fp16 weights (no optimizer state) let a later session start a new phase with --init
     half = {part: {k: v.half() for k, v in m.state_dict().items()} for part, m in (("encoder", enc), ("decoder", dec))}
     prior, history = _earlier_phases(Path(workdir))
@@ -189,19 +253,21 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
         lines = [line.split("\t") for line in log.read_text().splitlines() if line]
         history += [f"{int(row[0]) + prior}\t" + "\t".join(row[1:]) for row in lines]
         (target / "train-log.tsv").write_text("\n".join(history) + "\n")
+    photos = load_photos(data_dir)
     with torch.no_grad():
-        mean, std = latent_statistics(lambda x: enc(torch.from_numpy(x)).numpy(), load_photos(data_dir))
+        mean, std = latent_statistics(lambda x: enc(torch.from_numpy(x)).numpy(), photos)
     entry = ModelEntry(
         name=name,
         encoder=(target / "encoder.onnx").resolve(),
         decoder=(target / "decoder.onnx").resolve(),
-        latent_channels=LATENT_CHANNELS,
-        downsample=DOWNSAMPLE,
+        latent_channels=arch.LATENT_CHANNELS,
+        downsample=arch.DOWNSAMPLE,
         input_range=(-1.0, 1.0),
         latent_scale=tuple(round(float(1 / s), 6) for s in std),
         latent_shift=tuple(round(float(m), 6) for m in mean),
         license="MIT",
-        description=f"vaeflow's own f8c4 autoencoder, {steps} steps on 30 photos",
+        description=f"vaeflow's own {model} autoencoder, {steps} steps on {len(photos)} photos"
+        + (", trained for rate" if config.get("rate_lambda") else ""),
     )
     registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))
     if eval_dir is not None:

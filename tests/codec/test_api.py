@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import VAE, Entropy, Hadamard, Quantize, Wavelet, metrics
+from vaeflow import VAE, ChannelTransform, Entropy, Hadamard, Quantize, Wavelet, metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.codec.codec import Codec
 from vaeflow.foundations.errors import ModelError, PipelineError
@@ -50,7 +50,7 @@ def test_real_images_reach_useful_quality(rd_points: dict[int, tuple[float, floa
     assert rd_points[90][1] > ceiling - 1.2
     for a, b in itertools.pairwise(QUALITIES):  # every 10 quality points buy at least 0.1 dB
         assert rd_points[b][1] - rd_points[a][1] >= 0.1 * (b - a) / 10, (a, b, rd_points)
-    assert rd_points[10][0] < 0.05 and rd_points[100][0] < 0.4
+    assert rd_points[10][0] < 0.08 and rd_points[100][0] < 0.8
 
 
 def test_photos_round_trip_at_useful_quality(photos: list[np.ndarray]) -> None:
@@ -126,9 +126,13 @@ def test_info_describes_the_stream(photo: np.ndarray) -> None:
 
 
 def test_composed_pipelines_match_the_presets(photo: np.ndarray) -> None:
-    plain = VAE("default") | Hadamard() | Wavelet("cdf97", 3) | Quantize() | Entropy()
+    plain = VAE("f8c4-v1") | Hadamard() | Wavelet("cdf97", 3) | Quantize() | Entropy()
+    assert vaeflow.compress(photo, pipeline=plain, quality=50) == vaeflow.compress(
+        photo, pipeline="plain", quality=50, model="f8c4-v1"
+    )  # plain's auto transform is Hadamard for a four-channel model, identity for the default's twelve
+    plain = VAE("default") | ChannelTransform("identity") | Wavelet("cdf97", 3) | Quantize() | Entropy()
     assert vaeflow.compress(photo, pipeline=plain, quality=50) == vaeflow.compress(photo, pipeline="plain", quality=50)
-    best = VAE() | Hadamard() | Wavelet("cdf97", 3) | Quantize(allocation="decoder") | Entropy()
+    best = VAE() | ChannelTransform("identity") | Wavelet("cdf97", 3) | Quantize(allocation="decoder") | Entropy()
     assert vaeflow.compress(photo, pipeline=best, quality=90) == vaeflow.compress(photo)
 
 
@@ -138,7 +142,7 @@ def test_intermediates_are_inspectable(photo: np.ndarray) -> None:
     latent = codec.run(image, until="vae")
     coeffs = codec.run(image, until="wavelet")
     symbols = codec.run(image, until="quantize")
-    assert latent.shape == coeffs.shape == symbols.shape == (1, 4, 8, 12)
+    assert latent.shape == coeffs.shape == symbols.shape == (1, 12, 8, 12)
     assert symbols.dtype == np.int32
     np.testing.assert_array_equal(codec.run(image[0], until="quantize"), symbols[0])  # one image, one result
     assert codec.run(image[0]) == codec.run(image)[0] == vaeflow.compress(image[0])
@@ -179,7 +183,7 @@ def test_a_codec_resolves_its_model_once_and_records_it(photo: np.ndarray) -> No
     codec = vaeflow.resolve_codec(pipeline="default")
     entry = Registry.load().resolve("default")
     assert codec.model == entry.ref() and codec.vae.model == entry.name  # the alias resolved
-    assert vaeflow.resolve_codec("f8c4-v1", 50) == vaeflow.resolve_codec(None, 50)
+    assert vaeflow.resolve_codec(entry.name, 50) == vaeflow.resolve_codec(None, 50)
     with pytest.raises(ModelError, match="unknown model 'nosuch'"):
         vaeflow.resolve_codec("nosuch")
     with pytest.raises(PipelineError, match="not both"):
@@ -209,7 +213,7 @@ def test_latent_store_takes_the_largest_step_within_its_psnr_drop(
     assert codec.target is not None and codec.target.verify == "all"
     limit, bound = codec.target.max_psnr_drop, codec.target.max_latent_error
     assert limit is not None and bound is not None
-    drops, broken, counts = [], 0, []
+    drops, broken, counts, binding = [], 0, [], []
     for image in kodak[:4]:
         exact = vaeflow.encode_latent(image)
         reference = metrics.psnr(image, vaeflow.decode_latent(exact))
@@ -222,14 +226,16 @@ def test_latent_store_takes_the_largest_step_within_its_psnr_drop(
         assert drop <= limit + 1e-3 and record["psnr_drop"] == pytest.approx(drop, abs=1e-3)  # float round trip
         assert record["max_psnr_drop"] == pytest.approx(limit) and record["verified"]
         assert 0 < record["predicted_psnr_drop"] < 4 * limit  # what the calibration predicted without decoding
-        assert np.abs(vaeflow.decompress_latent(data) - exact).max() <= bound + 1e-6
+        error = np.abs(vaeflow.decompress_latent(data) - exact).max()
+        assert error <= bound + 1e-6
         drops.append(drop)
+        binding.append(drop >= 0.7 * limit or error >= 0.7 * bound)  # one of the bounds nearly reached
         step = vaeflow.info(data)["pipeline"]["quantize"]["step"]
         coarser = vaeflow.compress(image, pipeline=codec.with_step(step * 1.25))
         coarser_drop = reference - metrics.psnr(image, vaeflow.decompress(coarser))
         broken += coarser_drop > limit or np.abs(vaeflow.decompress_latent(coarser) - exact).max() > bound
     assert max(counts) <= 3 and sum(counts) <= 9, counts  # the reference and one check; a second is rare
-    assert broken >= 3 and np.mean(drops) >= 0.7 * limit, (broken, drops)  # the search did not stop short
+    assert broken >= 3 and all(binding), (broken, drops)  # the search did not stop short
 
 
 def test_latent_store_predicts_without_decoding_under_verify_none(
@@ -264,7 +270,7 @@ def test_predicting_drops_needs_a_drop_model() -> None:
     codec = replace(resolve_codec(None, None, "latent-store"), drop_model=None)
     assert resolve_codec(pipeline=codec, verify="all").target.verify == "all"  # type: ignore[union-attr]
     for verify in ("sample", "none"):
-        with pytest.raises(PipelineError, match=r"needs the drop model of 'f8c4-v1'.*--drops-only"):
+        with pytest.raises(PipelineError, match=r"needs the drop model of 'f8c12-v2'.*--drops-only"):
             resolve_codec(pipeline=codec, verify=verify)
     with pytest.raises(PipelineError, match=r"verify_fraction=0\.2 goes with verify='sample'"):
         resolve_codec(None, None, "latent-store", verify_fraction=0.2)
@@ -274,8 +280,10 @@ def test_a_verified_image_over_the_limit_is_coded_again(
     kodak: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A drop model that predicts a quarter of the real drop: the check fails, the step is chosen again with
-    the image's own measured correction and checked again, and the stream keeps the limit."""
-    codec = resolve_codec(None, None, "latent-store")
+    the image's own measured correction and checked again, and the stream keeps the limit. (On
+    f8c4-v1, whose latent-store steps its PSNR-drop limit sets; the default model's latent bound
+    binds first on this image.)"""
+    codec = resolve_codec("f8c4-v1", None, "latent-store")
     assert codec.drop_model is not None
     model = codec.drop_model
     misled = replace(model, measured=(model.measured[0] - math.log(4), *model.measured[1:]))
@@ -283,14 +291,15 @@ def test_a_verified_image_over_the_limit_is_coded_again(
     with monkeypatch.context() as patch:
         decodes = count_decodes(patch)
         data = vaeflow.compress(image, pipeline=replace(codec, drop_model=misled))
-    exact = vaeflow.encode_latent(image)
-    drop = metrics.psnr(image, vaeflow.decode_latent(exact)) - metrics.psnr(image, vaeflow.decompress(data))
+    exact = vaeflow.encode_latent(image, model="f8c4-v1")
+    reference = vaeflow.decode_latent(exact, model="f8c4-v1")
+    drop = metrics.psnr(image, reference) - metrics.psnr(image, vaeflow.decompress(data))
     assert decodes[0] >= 3 and drop <= 0.1 + 1e-3 and vaeflow.info(data)["target"]["verified"]
 
 
 def test_a_psnr_drop_limit_needs_the_models_calibration() -> None:
     codec = resolve_codec(None, None, "latent-store")
-    with pytest.raises(PipelineError, match="no calibration for 'hadamard-haar-2', which a PSNR-drop limit needs"):
+    with pytest.raises(PipelineError, match="no calibration for 'identity-haar-2', which a PSNR-drop limit needs"):
         codec.replaced(vaeflow.Wavelet("haar", 2))
 
 
@@ -338,7 +347,7 @@ def test_latents_of_different_steps_decode_together_exactly_as_alone(
     for a, b in zip(alone, together, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     calls.clear()
-    monkeypatch.setattr(api, "BATCH_COEFFICIENTS", 2 * 4 * 12 * 16)  # two of these latents per run
+    monkeypatch.setattr(api, "BATCH_COEFFICIENTS", 2 * alone[0].size)  # two of these latents per run
     for a, b in zip(alone, api.decompress_latents(streams), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert calls == [2, 2]

@@ -117,7 +117,7 @@ def test_format_4_damage_in_its_new_fields_is_caught(stream: bytes) -> None:
         with pytest.raises(CorruptStreamError, match=f"latent unit {unit}"):
             vaeflow.decompress(forged)
     wide = stream_format.pack(replace(header, latent_unit=2), bytes(payload))  # a patch model's stream
-    assert stream_format.unpack(wide)[0].latent_shape == (4, 12, 18)  # 96 x 136 pixels padded to 16
+    assert stream_format.unpack(wide)[0].latent_shape == (12, 12, 18)  # 96 x 136 pixels padded to 16
     with pytest.raises(ValueError, match=r"latent unit 17 is outside 1\.\.16"):
         stream_format.pack(replace(header, latent_unit=17), bytes(payload))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vaeflow
-from vaeflow import VAE, Entropy, Hadamard, Quantize, Wavelet, metrics
+from vaeflow import VAE, ChannelTransform, Entropy, Quantize, Wavelet, metrics
 from vaeflow.codec.api import resolve_codec
 from vaeflow.codec.calibrate import CEILING_MARGIN_DB, measure_quality_scale
 from vaeflow.foundations.errors import ModelError
@@ -35,14 +35,18 @@ def test_the_shipped_model_has_a_scale_and_streams_record_its_step(photo: np.nda
     assert codec.quantize.quality is None and codec.quantize.step == scaled_step(90, codec.quality_scale)
     data = vaeflow.compress(photo, quality=90)
     info = vaeflow.info(data)
-    assert (info["quality"], info["quality_scale"]) == (90, "f8c4-v1")
+    assert (info["quality"], info["quality_scale"]) == (90, "f8c12-v2")
     assert info["step"] == pytest.approx(scaled_step(90, codec.quality_scale), rel=1e-6)
     assert vaeflow.compress(photo) == data  # the default preset is quality 90 on the model's scale
 
 
 def test_a_pipeline_object_keeps_the_global_scale(photo: np.ndarray) -> None:
     pipeline = (
-        VAE("default") | Hadamard() | Wavelet("cdf97", 3) | Quantize(quality=50, allocation="decoder") | Entropy()
+        VAE("default")
+        | ChannelTransform("identity")
+        | Wavelet("cdf97", 3)
+        | Quantize(quality=50, allocation="decoder")
+        | Entropy()
     )
     info = vaeflow.info(vaeflow.compress(photo, pipeline=pipeline))
     assert (info["quality"], info["quality_scale"]) == (50, "global")
@@ -77,9 +81,9 @@ def test_scales_survive_the_registry_and_bad_ones_are_refused(tmp_path: Path) ->
     entry = Registry.load().resolve("default")
     registry = tmp_path / "models.toml"
     register(entry, registry)
-    assert '[models."f8c4-v1".quality_scale]' in registry.read_text()
-    table = read_registry_file(registry)["models"]["f8c4-v1"]
-    again = ModelEntry.from_toml("f8c4-v1", table, tmp_path)
+    assert '[models."f8c12-v2".quality_scale]' in registry.read_text()
+    table = read_registry_file(registry)["models"]["f8c12-v2"]
+    again = ModelEntry.from_toml("f8c12-v2", table, tmp_path)
     assert again.quality_scale == entry.quality_scale
     key = next(iter(entry.quality_scale))
     flat = (tuple(1.0 for _ in SCALE_QUALITIES), entry.quality_scale[key][1])

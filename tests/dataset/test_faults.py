@@ -298,7 +298,7 @@ def test_a_worker_whose_registry_holds_another_model_stops_the_job_naming_both(
         ) as cluster,
         Client(cluster) as client,
         pytest.raises(
-            ModelError, match=rf"needs model 'f8c4-v1' \(fingerprint {entry.ref().fingerprint}.*is 'f8c4-v1'"
+            ModelError, match=rf"needs model '{entry.name}' \(fingerprint {entry.ref().fingerprint}.*is '{entry.name}'"
         ),
     ):
         compress_dataset(src, store, client=client, options=JobOptions(progress=False))

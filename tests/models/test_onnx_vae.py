@@ -21,12 +21,12 @@ def test_encode_decode_shapes_and_stride_padding(photo: np.ndarray) -> None:
     model = vaeflow.load_model("default")
     image = photo[:37, :50]
     latent = model.encode(image[None])
-    assert latent.shape == (1, 4, 5, 7) and latent.dtype == np.float32
+    assert latent.shape == (1, 12, 5, 7) and latent.dtype == np.float32
     assert model.decode(latent).shape == (1, 40, 56, 3)
     assert model.decode(latent, (37, 50)).shape == (1, 37, 50, 3)
     with pytest.raises(ValueError, match="uint8 images of shape"):
         model.encode(image.astype(np.float32)[None])
-    with pytest.raises(ValueError, match=r"latents of shape \(N, 4, h, w\)"):
+    with pytest.raises(ValueError, match=r"latents of shape \(N, 12, h, w\)"):
         model.decode(np.zeros((1, 3, 2, 2), np.float32))
 
 

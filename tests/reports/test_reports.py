@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vaeflow.foundations.bdrate import bd_rate, rate_at
+from vaeflow.models import load_model
 from vaeflow.reports import results
 from vaeflow.reports.evaluation import evaluate
 from vaeflow.reports.tables import bd_table, crossover_bpp
@@ -109,3 +110,17 @@ def test_eval_cli_writes_results_plots_and_a_self_contained_report(photo_folder:
     (tmp_path / "rd.png").unlink()
     again = run_cli(*args, "--reuse")
     assert again.returncode == 0 and (tmp_path / "rd.png").exists()
+
+
+def test_eval_compares_several_models_in_one_run(photo_folder: Path, tmp_path: Path) -> None:
+    args = ["eval", str(photo_folder), "--limit", "1", "--qualities", "30,90", "--baselines", "", "--model",
+            "f8c4-v1,default", "--out", str(tmp_path), "--scheduler", "sync"]  # fmt: skip
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    doc = results.load(tmp_path / "results.json")
+    entries = [e for e in doc["codecs"] if e["codec"] == "vaeflow"]
+    default = load_model("default").name
+    assert [e["name"] for e in entries] == ["vaeflow (f8c4-v1)", f"vaeflow ({default})"]
+    assert [e["description"].split(",")[1] for e in entries] == [" model f8c4-v1", f" model {default}"]
+    assert entries[0]["results"]["bpp"] != entries[1]["results"]["bpp"]  # each through its own model
+    assert f"vaeflow (f8c4-v1)        vaeflow ({default})" in (tmp_path / "bd_rate.txt").read_text()

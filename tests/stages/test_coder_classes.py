@@ -25,17 +25,18 @@ CODERS = pytest.mark.parametrize("coder", [classcoder, bandcoder], ids=["classes
 
 @pytest.fixture(scope="module")
 def photo_symbols() -> dict[int, list[tuple[np.ndarray, tuple[Subband, ...]]]]:
-    """Symbols of scikit-image's coffee, astronaut and chelsea through the default codec, by quality
-    (latents 4x50x75, 4x64x64 and 4x38x57: odd sizes included)."""
+    """Symbols of scikit-image's coffee, astronaut and chelsea through f8c4-v1's default codec, by
+    quality (latents 4x50x75, 4x64x64 and 4x38x57: odd sizes included), which the bounds below were
+    set on."""
     skimage_data = pytest.importorskip("skimage.data")
     from vaeflow.codec.api import resolve_codec
 
     images = [skimage_data.coffee(), skimage_data.astronaut(), skimage_data.chelsea()]
-    base = resolve_codec(None, 50, "default")
+    base = resolve_codec("f8c4-v1", 50, "default")
     coeffs = [base.transform(base.encode_latents(image[None])) for image in images]
     out = {}
     for quality in QUALITIES:
-        codec = resolve_codec(None, quality, "default")
+        codec = resolve_codec("f8c4-v1", quality, "default")
         out[quality] = [(s[0], codec.bands(s.shape)) for s in (codec.quantize_coefficients(c) for c in coeffs)]
     return out
 

@@ -9,8 +9,9 @@ from typing import Any
 from vaeflow.cli.messages import note
 from vaeflow.cli.parsing import UsageError, positive_int, quality_list, scheduler
 from vaeflow.dataset.job import ClusterOptions
+from vaeflow.models import load_model
 from vaeflow.reports import codecs, results
-from vaeflow.reports.evaluation import evaluate
+from vaeflow.reports.evaluation import Variant, evaluate
 from vaeflow.reports.html import write_report
 from vaeflow.reports.plots import save_rd_plot
 from vaeflow.reports.tables import bd_table, crossover_bpp, format_bd_table
@@ -26,7 +27,8 @@ def register(commands: Any) -> None:
         "OUT/rd.png and rd.svg, OUT/bd_rate.txt and a self-contained OUT/report.html.",
     )
     p.add_argument("src", type=Path, metavar="SRC", help="folder of images")
-    p.add_argument("--model", default="default", help="registered model")
+    p.add_argument("--model", default="default",
+                   help="registered model, or several comma-separated (a curve each, BD-rates between)")  # fmt: skip
     p.add_argument("--pipeline", default=None, help="preset name or TOML file (default: 'default')")
     p.add_argument("--qualities", type=quality_list, default=quality_list(QUALITIES), help="vaeflow's qualities")
     p.add_argument("--baselines", default=",".join(codecs.DEFAULT_BASELINES),
@@ -61,8 +63,12 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} is a file; give a folder")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.reuse:
-        kwargs = dict(model=args.model, pipeline=args.pipeline, baseline_qualities=args.baseline_qualities,
-                      limit=args.limit, progress=not args.quiet)  # fmt: skip
+        models = [m for m in args.model.split(",") if m]
+        if not models:
+            raise UsageError("--model needs a registered model name (`vaeflow models list`)")
+        variants = [Variant(f"vaeflow ({load_model(m).name})", args.pipeline, m) for m in models]
+        kwargs = dict(model=models[0], pipeline=args.pipeline, baseline_qualities=args.baseline_qualities,
+                      limit=args.limit, progress=not args.quiet, variants=variants)  # fmt: skip
         if args.scheduler == "sync":
             doc = evaluate(args.src, args.qualities, baselines, **kwargs)  # type: ignore[arg-type]
         else:
@@ -73,16 +79,16 @@ def run_eval(args: argparse.Namespace) -> int:
         results.save(doc, results_path)
     plots = save_rd_plot(doc, args.out)
     text = format_bd_table(bd_table(doc))
-    vf = next(e for e in doc["codecs"] if e["codec"] == "vaeflow")
-    for anchor in doc["codecs"]:
-        if anchor is not vf:
-            cross = crossover_bpp(vf, anchor)
-            where = f"from {cross:.3f} bpp" if cross is not None else "nowhere in the common bpp range"
-            text += f"\nvaeflow's MS-SSIM is at least {anchor['name']}'s {where}"
+    for vf in (e for e in doc["codecs"] if e["codec"] == "vaeflow"):
+        for anchor in doc["codecs"]:
+            if anchor["codec"] != "vaeflow":
+                cross = crossover_bpp(vf, anchor)
+                where = f"from {cross:.3f} bpp" if cross is not None else "nowhere in the common bpp range"
+                text += f"\n{vf['name']}'s MS-SSIM is at least {anchor['name']}'s {where}"
     (args.out / "bd_rate.txt").write_text(text + "\n")
     if not args.quiet:
         note("report: matching each codec's bpp for the crops")
-    report = write_report(doc, args.out / "report.html", args.model, args.crop_image, args.pipeline)
+    report = write_report(doc, args.out / "report.html", args.model.split(",")[0], args.crop_image, args.pipeline)
     if not args.quiet:
         print(text)
         print(f"results: {results_path}; plots: {', '.join(str(p) for p in plots)}; report: {report}")

@@ -23,10 +23,11 @@ Mapper = Callable[[Callable[[codecs.RunSpec], dict[str, list[float]]], list[code
 
 @dataclass(frozen=True)
 class Variant:
-    """One vaeflow configuration to evaluate: a label and a preset name or codec."""
+    """One vaeflow configuration to evaluate: a label, a preset name or codec, and a model (else ``model``'s)."""
 
     label: str
     pipeline: str | Codec | None = None
+    model: str | None = None
 
 
 def evaluate(
@@ -42,7 +43,7 @@ def evaluate(
     variants: list[Variant] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Every image through each vaeflow variant (by default the one ``pipeline``) and each baseline.
+    """Every image through each vaeflow variant (by default ``pipeline`` on ``model``) and each baseline.
 
     ``baselines`` are names from ``codecs.BASELINES`` (jpeg, webp, avif, jxl, jp2), each at its
     default settings (qualities 5 to 90; JPEG 2000 at compression ratios 400:1 to 12:1), or at
@@ -51,14 +52,13 @@ def evaluate(
     """
     codecs.check_baselines(baselines)
     paths = list_images(folder, limit)
-    model_name = load_model(model).name
-    variants = variants or [Variant(f"vaeflow ({model_name})", pipeline)]
+    variants = variants or [Variant(f"vaeflow ({load_model(model).name})", pipeline)]
     plan: list[tuple[str, tuple[int, ...], Variant | None]] = [("vaeflow", tuple(qualities), v) for v in variants]
     for b in baselines:
         own = codecs.BASELINES[b].settings
         plan.append((b, own if b in codecs.RATIO_SETTINGS else tuple(baseline_qualities or own), None))
     specs = [
-        codecs.RunSpec(str(p), codec, settings, model, variant.pipeline if variant else None)
+        codecs.RunSpec(str(p), codec, settings, _model_of(variant, model), variant.pipeline if variant else None)
         for codec, settings, variant in plan
         for p in paths
     ]
@@ -73,6 +73,7 @@ def evaluate(
                 bar.update()
             if variant is not None:
                 shown = variant.pipeline if isinstance(variant.pipeline, str) or variant.pipeline is None else "custom"
+                model_name = load_model(variant.model or model).name
                 name, description = variant.label, f"vaeflow, model {model_name}, pipeline {shown or 'default'}"
             else:
                 baseline = codecs.BASELINES[codec]
@@ -82,6 +83,10 @@ def evaluate(
                 )
             entries.append(codec_entry(name, description, codec, list(settings), per_image))
     return document(str(folder), [p.name for p in paths], entries)
+
+
+def _model_of(variant: Variant | None, model: str) -> str:
+    return (variant.model if variant else None) or model
 
 
 def _local(fn: Callable[[codecs.RunSpec], Any], items: list[codecs.RunSpec]) -> Iterator[Any]:

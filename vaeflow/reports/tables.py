@@ -117,7 +117,7 @@ def format_bd_table(rows: list[dict[str, Any]]) -> str:
         )
     lines.append("Integrated over the quality both curves reach (the bpp each curve spans there):")
     for r in rows:
-        short = r["test"].split(" (")[0]
+        short = r["test"]
         for key, name in (("psnr", "PSNR"), ("ms_ssim", "MS-SSIM")):
             lines.append(f"  {r['anchor']:<10} {name:<8} {integrated(r[key], short, r['anchor'])}")
     lines.append(

@@ -1,0 +1,82 @@
+"""The f8c12 architecture: widened exactly from v1, its density a distribution, its rate runs resumable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaeflow.foundations.imageio import read_rgb
+from vaeflow.foundations.resources import shipped_models_dir
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+
+from training import f8c4, f8c12  # noqa: E402
+from training.train import TrainConfig, export_model, latent_std_of, train  # noqa: E402
+
+V1_WEIGHTS = shipped_models_dir() / "f8c4-v1" / "weights.pt"
+
+
+@pytest.fixture(scope="module")
+def training_photos(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for i, image in enumerate(photos[:2]):
+        Image.fromarray(image[:256, :256]).save(folder / f"{i}.png")
+    return folder
+
+
+def test_widening_v1_keeps_its_function(photos: list[np.ndarray]) -> None:
+    weights = torch.load(V1_WEIGHTS, weights_only=True)
+    v1_enc, v1_dec = f8c4.Encoder(), f8c4.Decoder()
+    v1_enc.load_state_dict({k: v.float() for k, v in weights["encoder"].items()})
+    v1_dec.load_state_dict({k: v.float() for k, v in weights["decoder"].items()})
+    enc, dec = f8c12.Encoder(), f8c12.Decoder()
+    f8c12.widen_from_v1(enc, dec, weights, latent_std_of(str(V1_WEIGHTS)), target_std=4.0)
+    x = torch.from_numpy(photos[0][:128, :192].transpose(2, 0, 1)[None] / 127.5 - 1.0).float()
+    with torch.no_grad():
+        z = enc(x)
+        np.testing.assert_allclose(dec(z).numpy(), v1_dec(v1_enc(x)).numpy(), atol=2e-4)
+    assert z.shape == (1, 12, 16, 24)
+    std = z[0, :4].std(dim=(1, 2)).numpy()
+    assert np.all((std > 1.0) & (std < 12.0)), std  # v1's channels at about the target std
+    assert float(z[0, 4:].abs().max()) < float(z[0, :4].abs().max())
+
+
+def test_the_density_is_a_distribution_over_bins() -> None:
+    torch.manual_seed(0)
+    density = f8c12.FactorizedDensity(3)
+    for step in (0.5, 1.0, 2.0):
+        centres = torch.arange(-200.0, 200.0, step).reshape(1, 1, 1, -1).expand(1, 3, 1, -1).contiguous()
+        mass = torch.exp2(-density.bits(centres, torch.tensor(step))).sum(dim=-1)
+        np.testing.assert_allclose(mass.detach().numpy(), 1.0, atol=1e-3)
+
+
+def test_a_rate_run_is_resumable_and_exports_twelve_channels(training_photos: Path, tmp_path: Path) -> None:
+    base = TrainConfig(
+        str(training_photos), "", model="f8c12", steps=4, batch=4, crop=64, threads=1, checkpoint_every=2,
+        rate_lambda=0.01, rate_ramp=2, widen=str(V1_WEIGHTS),
+    )  # fmt: skip
+    assert train(replace(base, workdir=str(tmp_path / "whole")))["done"]
+    split = replace(base, workdir=str(tmp_path / "split"), minutes=0.0002)
+    while not train(split)["done"]:
+        pass
+    states = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split")]
+    for part in ("encoder", "decoder", "density"):
+        for key, value in states[0][part].items():
+            np.testing.assert_array_equal(value.numpy(), states[1][part][key].numpy(), err_msg=f"{part}.{key}")
+    log = (tmp_path / "whole" / "log.tsv").read_text()
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["model"] == "f8c12"
+    written = export_model(str(tmp_path / "whole"), str(training_photos), str(tmp_path / "models"), "tiny-v2")
+    from vaeflow.models.onnx_vae import OnnxVAE
+    from vaeflow.models.registry import ModelEntry, read_registry_file
+
+    table = read_registry_file(written)["models"]["tiny-v2"]
+    assert table["latent_channels"] == 12 and "trained for rate" in table["description"]
+    model = OnnxVAE(ModelEntry.from_toml("tiny-v2", table, written.parent))
+    image = read_rgb(next(training_photos.iterdir()))[:40, :56]
+    assert model.encode(image[None]).shape == (1, 12, 5, 7)
+    assert log == "" or all(len(line.split("\t")) == 6 for line in log.splitlines())
