@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
     p.add_argument("--workdir", required=True, help="the training run's checkpoint folder")
     p.add_argument("--data", required=True, action="append", help="photos for the latent statistics, repeatable")
     p.add_argument("--out", default="models", help="the repository's models/ folder")
-    p.add_argument("--name", default="f8c4-v1", help="the name to register the exported model under")
+    p.add_argument("--name", required=True, help="the name to register the exported model under (e.g. f8c12-v2)")
     p.add_argument("--eval", default=None, help="evaluation images for the recorded reconstruction figures")
     p.set_defaults(run=run_export)
 

@@ -1,8 +1,8 @@
 """f8c12-v2: 12 latent channels at 1/8, a deeper decoder, and a learned density for the rate term.
 
 The trunk is f8c4-v1's (pixel-unshuffle, residual 3x3 convolutions at 1/4 and 1/8), with three
-times the latent channels and one more residual block at 1/8 in the decoder (about 1.2x v1's
-decoding time). ``widen_from_v1`` starts it as the same function as v1: the new blocks
+times the latent channels and one more residual block at 1/8 in the decoder (1.1x v1's decoding
+time on Kodak). ``widen_from_v1`` starts it as the same function as v1: the new blocks
 are identities, the new latent channels start small and the decoder's weights for them at zero.
 """
 

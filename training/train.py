@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 250
+    log_every: int = 50
     init: str | None = None  # weights to start a new phase from (e.g. the shipped weights.pt)
     # Rate (f8c12): loss = MSE + rate_weight x bits per pixel, the bits of the latent under a learned
     # factorized density at a quantization step drawn per image, log-uniform in [step_low, step_high]
@@ -100,6 +101,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = workdir / "checkpoint.pt"
     arch = architecture(cfg.model)
+    if (cfg.rate_lambda > 0 or cfg.widen) and not hasattr(arch, "FactorizedDensity"):
+        raise ValueError(f"--rate-lambda and --widen train the f8c12 architecture; {cfg.model!r} takes neither")
+    if cfg.rate_lambda > 0 and cfg.batch < 4:
+        raise ValueError(f"training for rate needs batches of at least 4 (a quarter unquantized); got {cfg.batch}")
+    if cfg.widen and cfg.init:
+        raise ValueError("give --widen (start from v1's weights) or --init (a new phase), not both")
     enc, dec = arch.Encoder().eval(), arch.Decoder().eval()  # no layer differs in training
     density = arch.FactorizedDensity(arch.LATENT_CHANNELS) if cfg.rate_lambda > 0 else None
     parts = {"encoder": enc, "decoder": dec, **({"density": density} if density is not None else {})}
@@ -118,7 +125,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         enc.load_state_dict({k: v.float() for k, v in state["encoder"].items()})
         dec.load_state_dict({k: v.float() for k, v in state["decoder"].items()})
     photos = load_photos(cfg.data_dir)
-    (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if step == 0:  # a fresh start records its settings; a resumed run keeps them (export reads them)
+        (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def save() -> None:
         state = {part: module.state_dict() for part, module in parts.items()}
@@ -144,12 +152,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             strength[: z.shape[0] // 2] = 0.0
             noise = (torch.rand(z.shape, generator=gen) - 0.5) * strength * std
             mse = F.mse_loss(dec(z + noise), x)
-            loss, bpp = mse, 0.0
+            loss, bpp, clean = mse, 0.0, mse.detach()
         else:
             mse, clean, bpp_tensor = rate_distortion(enc, dec, density, x, z, cfg, gen)
             weight = 4.0 / (cfg.rate_lambda * 255.0**2) * min(1.0, step / max(1, cfg.rate_ramp))
             loss, bpp = mse + weight * bpp_tensor, float(bpp_tensor.detach())
-            clean_sum += float(clean)
+
         opt.zero_grad()
         loss.backward()
         params = [p for group in opt.param_groups for p in group["params"]]
@@ -157,8 +165,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if torch.isfinite(loss) and torch.isfinite(grad_norm):
             opt.step()
             mse_sum, bits_sum, count = mse_sum + float(mse.detach()), bits_sum + bpp, count + 1
+            clean_sum += float(clean)
         step += 1
-        if step % 50 == 0 and count:
+        if step % cfg.log_every == 0 and count:
             psnr = 10 * math.log10(4.0 / (mse_sum / count))
             clean_psnr = 10 * math.log10(4.0 / (clean_sum / count)) if clean_sum else 0.0
             rate = f"\t{bits_sum / count:.4f}\t{clean_psnr:.3f}" if density is not None else ""
@@ -184,8 +193,9 @@ def rate_distortion(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The batch's MSE, the unquantized quarter's MSE and the quantized images' bits per pixel.
 
-    Each quantized image draws one step, log-uniform over [step_low, step_high], so one model learns
-    every step of the quality scale; uniform noise of the step's width stands for rounding.
+    Each quantized image draws one step, log-uniform over [step_low, step_high] (raw latent units),
+    so one model learns a range of steps rather than one; uniform noise of the step's width stands
+    for rounding.
     """
     n = z.shape[0]
     low, high = math.log(cfg.step_low), math.log(cfg.step_high)
@@ -254,6 +264,7 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
         history += [f"{int(row[0]) + prior}\t" + "\t".join(row[1:]) for row in lines]
         (target / "train-log.tsv").write_text("\n".join(history) + "\n")
     photos = load_photos(data_dir)
+    trained_on = sum(len(list_images(folder)) for folder in config.get("data_dir", data_dir).split(os.pathsep))
     with torch.no_grad():
         mean, std = latent_statistics(lambda x: enc(torch.from_numpy(x)).numpy(), photos)
     entry = ModelEntry(
@@ -266,7 +277,7 @@ def export_model(workdir: str, data_dir: str, out_dir: str, name: str, eval_dir:
         latent_scale=tuple(round(float(1 / s), 6) for s in std),
         latent_shift=tuple(round(float(m), 6) for m in mean),
         license="MIT",
-        description=f"vaeflow's own {model} autoencoder, {steps} steps on {len(photos)} photos"
+        description=f"vaeflow's own {model} autoencoder, {steps} steps on {trained_on} photos"
         + (", trained for rate" if config.get("rate_lambda") else ""),
     )
     registry = register(entry, Path(out_dir).resolve() / REGISTRY_FILE, aliases=("default",))

@@ -12,6 +12,7 @@ from vaeflow.foundations.bdrate import bd_rate, rate_at
 from vaeflow.models import load_model
 from vaeflow.reports import results
 from vaeflow.reports.evaluation import evaluate
+from vaeflow.reports.html import _model_of
 from vaeflow.reports.tables import bd_table, crossover_bpp
 
 from ..helpers import image_folder, run_cli
@@ -124,3 +125,7 @@ def test_eval_compares_several_models_in_one_run(photo_folder: Path, tmp_path: P
     assert [e["description"].split(",")[1] for e in entries] == [" model f8c4-v1", f" model {default}"]
     assert entries[0]["results"]["bpp"] != entries[1]["results"]["bpp"]  # each through its own model
     assert f"vaeflow (f8c4-v1)        vaeflow ({default})" in (tmp_path / "bd_rate.txt").read_text()
+
+    for entry in entries:  # the report's crops run each entry through its own model
+        assert _model_of(entry, "default") == entry["name"][len("vaeflow (") : -1]
+    assert _model_of({"codec": "jpeg", "description": "JPEG (Pillow), quality per point"}, "x") == "x"

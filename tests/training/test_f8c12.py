@@ -58,12 +58,14 @@ def test_the_density_is_a_distribution_over_bins() -> None:
 def test_a_rate_run_is_resumable_and_exports_twelve_channels(training_photos: Path, tmp_path: Path) -> None:
     base = TrainConfig(
         str(training_photos), "", model="f8c12", steps=4, batch=4, crop=64, threads=1, checkpoint_every=2,
-        rate_lambda=0.01, rate_ramp=2, widen=str(V1_WEIGHTS),
+        rate_lambda=0.01, rate_ramp=2, widen=str(V1_WEIGHTS), log_every=1,
     )  # fmt: skip
     assert train(replace(base, workdir=str(tmp_path / "whole")))["done"]
     split = replace(base, workdir=str(tmp_path / "split"), minutes=0.0002)
+    calls = 1
     while not train(split)["done"]:
-        pass
+        calls += 1
+        assert calls < 200
     states = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split")]
     for part in ("encoder", "decoder", "density"):
         for key, value in states[0][part].items():
@@ -79,4 +81,8 @@ def test_a_rate_run_is_resumable_and_exports_twelve_channels(training_photos: Pa
     model = OnnxVAE(ModelEntry.from_toml("tiny-v2", table, written.parent))
     image = read_rgb(next(training_photos.iterdir()))[:40, :56]
     assert model.encode(image[None]).shape == (1, 12, 5, 7)
-    assert log == "" or all(len(line.split("\t")) == 6 for line in log.splitlines())
+    rows = [line.split("\t") for line in log.splitlines()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4] and all(len(r) == 6 for r in rows)  # step .. bpp, clean PSNR
+    assert all(float(r[4]) > 0 for r in rows)  # the rate term's bits per pixel
+    with pytest.raises(ValueError, match="f8c12"):
+        train(replace(base, model="f8c4", workdir=str(tmp_path / "wrong")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ def _setting_name(entry: dict[str, Any], setting: int) -> str:
     return f"ratio {setting}:1" if entry["codec"] in codecs.RATIO_SETTINGS else f"q{setting}"
 
 
+def _model_of(entry: dict[str, Any], model: str) -> str:
+    """The model a vaeflow entry ran (its description names it: "vaeflow, model NAME, ..."), else ``model``."""
+    found = re.match(r"vaeflow, model (\S+), ", entry["description"]) if entry["codec"] == "vaeflow" else None
+    return found.group(1) if found else model
+
+
 def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: str | None = None) -> str:
     """Original and every codec at the setting nearest one target bpp (vaeflow's middle setting),
     each searched over its whole setting range on this image, with the bpp each reached."""
@@ -51,7 +58,7 @@ def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: st
     cells = [("original", image[window], "")]
     residual = b""
     for entry in doc["codecs"]:
-        found = matched.at_bpp(image, entry["codec"], target_bpp, model, pipeline)
+        found = matched.at_bpp(image, entry["codec"], target_bpp, _model_of(entry, model), pipeline)
         caption = f"{found.bpp:.3f} bpp, {metrics.psnr(image, found.decoded):.2f} dB"
         cells.append((f"{entry['name']} {_setting_name(entry, found.setting)}", found.decoded[window], caption))
         if entry is vf:
@@ -92,7 +99,7 @@ def per_image_table(doc: dict[str, Any]) -> str:
 def bd_section(doc: dict[str, Any]) -> str:
     rows = []
     for r in bd_table(doc):
-        short = r["test"].split(" (")[0]
+        short = r["test"]
         rows.append(
             f"<tr><td>{html.escape(r['test'])}</td><td>{html.escape(r['anchor'])}</td>"
             f"<td>{percent(r['bd_rate_psnr'])}</td><td>{html.escape(integrated(r['psnr'], short, r['anchor']))}</td>"
