@@ -14,48 +14,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.f8c4 import ResBlock
+from training import f8c4
 
 LATENT_CHANNELS = 12
 DOWNSAMPLE = 8
 
 
-class Encoder(nn.Module):
-    """[-1, 1] images (N, 3, H, W), H and W multiples of 8 -> latents (N, 12, H/8, W/8)."""
+class Encoder(f8c4.Encoder):
+    """[-1, 1] images (N, 3, H, W), H and W multiples of 8 -> latents (N, 12, H/8, W/8): v1's, wider."""
 
-    def __init__(self, width4: int = 64, width8: int = 128, blocks4: int = 1, blocks8: int = 2):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.PixelUnshuffle(4),
-            nn.Conv2d(48, width4, 3, padding=1),
-            *[ResBlock(width4) for _ in range(blocks4)],
-            nn.PixelUnshuffle(2),
-            nn.Conv2d(4 * width4, width8, 1),
-            *[ResBlock(width8) for _ in range(blocks8)],
-            nn.Conv2d(width8, LATENT_CHANNELS, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def __init__(self) -> None:
+        super().__init__(latent=LATENT_CHANNELS)
 
 
-class Decoder(nn.Module):
-    """Latents (N, 12, h, w) -> [-1, 1] images (N, 3, 8h, 8w) (not clamped)."""
+class Decoder(f8c4.Decoder):
+    """Latents (N, 12, h, w) -> [-1, 1] images (N, 3, 8h, 8w) (not clamped): v1's, one block deeper."""
 
-    def __init__(self, width4: int = 64, width8: int = 160, blocks4: int = 2, blocks8: int = 5):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(LATENT_CHANNELS, width8, 3, padding=1),
-            *[ResBlock(width8) for _ in range(blocks8)],
-            nn.Conv2d(width8, 4 * width4, 1),
-            nn.PixelShuffle(2),
-            *[ResBlock(width4) for _ in range(blocks4)],
-            nn.Conv2d(width4, 48, 3, padding=1),
-            nn.PixelShuffle(4),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def __init__(self) -> None:
+        super().__init__(blocks8=5, latent=LATENT_CHANNELS)
 
 
 class FactorizedDensity(nn.Module):

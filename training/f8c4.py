@@ -31,7 +31,9 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     """[-1, 1] images (N, 3, H, W), H and W multiples of 8 -> latents (N, 4, H/8, W/8)."""
 
-    def __init__(self, width4: int = 64, width8: int = 128, blocks4: int = 1, blocks8: int = 2):
+    def __init__(
+        self, width4: int = 64, width8: int = 128, blocks4: int = 1, blocks8: int = 2, latent: int = LATENT_CHANNELS
+    ):
         super().__init__()
         self.net = nn.Sequential(
             nn.PixelUnshuffle(4),
@@ -40,7 +42,7 @@ class Encoder(nn.Module):
             nn.PixelUnshuffle(2),
             nn.Conv2d(4 * width4, width8, 1),
             *[ResBlock(width8) for _ in range(blocks8)],
-            nn.Conv2d(width8, LATENT_CHANNELS, 3, padding=1),
+            nn.Conv2d(width8, latent, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +52,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latents (N, 4, h, w) -> [-1, 1] images (N, 3, 8h, 8w) (not clamped)."""
 
-    def __init__(self, width4: int = 64, width8: int = 160, blocks4: int = 2, blocks8: int = 4):
+    def __init__(
+        self, width4: int = 64, width8: int = 160, blocks4: int = 2, blocks8: int = 4, latent: int = LATENT_CHANNELS
+    ):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(LATENT_CHANNELS, width8, 3, padding=1),
+            nn.Conv2d(latent, width8, 3, padding=1),
             *[ResBlock(width8) for _ in range(blocks8)],
             nn.Conv2d(width8, 4 * width4, 1),
             nn.PixelShuffle(2),

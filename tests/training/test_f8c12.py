@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vaeflow.foundations.imageio import read_rgb
 from vaeflow.foundations.resources import shipped_models_dir
@@ -19,14 +18,6 @@ from training import f8c4, f8c12  # noqa: E402
 from training.train import TrainConfig, export_model, latent_std_of, train  # noqa: E402
 
 V1_WEIGHTS = shipped_models_dir() / "f8c4-v1" / "weights.pt"
-
-
-@pytest.fixture(scope="module")
-def training_photos(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for i, image in enumerate(photos[:2]):
-        Image.fromarray(image[:256, :256]).save(folder / f"{i}.png")
-    return folder
 
 
 def test_widening_v1_keeps_its_function(photos: list[np.ndarray]) -> None:
