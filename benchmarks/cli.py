@@ -67,10 +67,11 @@ def register(commands: Any) -> None:
         ("scale", "mixed sizes, batch fill, fused stages, a million planned images, GPU workers"),
         ("latents", "latent-store read speed against fp16+zstd zarr and .npy, bytes, encode time, bounds"),
         ("store-write", "the latent-store job under each --verify policy against a trainer's fp16 cache loop"),
+        ("training", "a small latent denoiser trained on exact, fp16, stored and coarse latents, evaluated on exact"),
     ):
         p = sub.add_parser(name, help=what, add_help=False)
-        p.add_argument("args", nargs="*", help=f"see `vaeflow bench {name} --help`")
-        p.set_defaults(run=run_forwarded, bench=name.replace("-", "_"), takes_extra=True)
+        p.add_argument("args", nargs=argparse.REMAINDER, help=f"see `vaeflow bench {name} --help`")
+        p.set_defaults(run=run_forwarded, bench=name.replace("-", "_"), takes_extra=True, forwards=name)
 
     p = sub.add_parser("dataset", help="dataset job throughput with 1 and 2 workers, overhead, memory")
     p.add_argument("images", type=Path, help="folder of images, e.g. ../shared/data/photos")
@@ -145,5 +146,5 @@ def run_diffusers(args: argparse.Namespace) -> int:
 
 def run_forwarded(args: argparse.Namespace) -> int:
     """Benchmarks with options of their own (``benchmarks/<name>.py``): their arguments go to them as they are."""
-    load(f"benchmarks.{args.bench}", "dev,bench").main(args.args)
+    load(f"benchmarks.{args.bench}", "dev,bench,train").main(args.args)
     return 0

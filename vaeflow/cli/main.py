@@ -23,6 +23,7 @@ from vaeflow.cli.parsing import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
+    VERBOSITY,
     Parser,
     UsageError,
     add_verbosity,
@@ -77,8 +78,12 @@ def parse(parser: Parser, argv: list[str] | None) -> Any:
         convert = next((a.type for a in command_parser._actions if a.dest == slot), None)
         setattr(args, slot, convert(token) if callable(convert) else token)  # a URL stays a string
         extra.remove(token)
-    if extra and getattr(args, "takes_extra", False):
-        args.args = [*args.args, *extra]  # a command that forwards its arguments (a benchmark with options of its own)
+    forwards = getattr(args, "forwards", None) if getattr(args, "takes_extra", False) else None
+    if forwards is not None:  # a command that passes what follows its name on (a benchmark with its own options)
+        tokens = list(sys.argv[1:] if argv is None else argv)
+        at = tokens.index(forwards)  # no option before the name takes a value, so this is the name
+        parser.parse_args(tokens[: at + 1])  # an unknown option before it is an error
+        args.args = [token for token in tokens[at + 1 :] if token not in VERBOSITY]  # -v and -q stay vaeflow's
     elif extra:
         command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args

@@ -62,6 +62,9 @@ def subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPar
                 yield from subparsers(sub)
 
 
+VERBOSITY = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})  # as add_verbosity spells them
+
+
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """-v/-q on ``parser`` without defaults, so that one given before the subcommand is kept."""
     group = parser.add_argument_group("output")

@@ -88,7 +88,7 @@ def add(commands: Any, name: str, entry: EntryPoint | None, help: str, missing: 
 def _unavailable(commands: Any, name: str, help: str, error: VaeflowError, cause: BaseException | None = None) -> None:
     parser = commands.add_parser(name, help=f"{help} (not installed)", description=str(error), add_help=False)
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.set_defaults(run=functools.partial(_fail, error, cause), takes_extra=True)
+    parser.set_defaults(run=functools.partial(_fail, error, cause), takes_extra=True, forwards=name)
 
 
 def _fail(error: VaeflowError, cause: BaseException | None, args: argparse.Namespace) -> NoReturn:
