@@ -68,6 +68,7 @@ def register(commands: Any) -> None:
         ("latents", "latent-store read speed against fp16+zstd zarr and .npy, bytes, encode time, bounds"),
         ("store-write", "the latent-store job under each --verify policy against a trainer's fp16 cache loop"),
         ("training", "a small latent denoiser trained on exact, fp16, stored and coarse latents, evaluated on exact"),
+        ("sources", "the same images from a folder, webdataset shards and parquet: streams, job time, planning"),
     ):
         p = sub.add_parser(name, help=what, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER, help=f"see `vaeflow bench {name} --help`")

@@ -24,7 +24,7 @@ TOOLS = ("benchmarks", "training", "tests")
 # only when used, Dask (the CLI and the job load it only for work that runs on a cluster), and the parts of
 # scipy and scikit-image that would add more than a second to every command's and DataLoader worker's start.
 OPTIONAL = {"torch", "matplotlib", "jsonschema", "distributed", "dask", "onnx", "safetensors", "diffusers",
-            "pillow_avif", "s3fs", "fsspec", "onnxruntime", "vaeflow.dataset.distributed",
+            "pillow_avif", "s3fs", "fsspec", "pyarrow", "onnxruntime", "vaeflow.dataset.distributed",
             "vaeflow.convert", "ipywidgets", "imagecodecs", "tqdm.notebook", "skimage.metrics",
             "skimage.filters", "scipy.ndimage", "scipy.interpolate"}  # fmt: skip
 
@@ -237,7 +237,8 @@ NOT_STORE_NAMES = {
     ("vaeflow.dataset.reader", "StoreReader.info"): {"path"},  # the image's name
     ("vaeflow.dataset.reader", "StoreReader._repr_html_"): {"skipped", "bpp"},  # summary()'s count, a heading
     ("vaeflow.dataset.job", "report_from_store"): {"skipped"},  # summary()'s count
-    ("vaeflow.dataset.scan", "read_sidecar"): {"caption"},  # a key of a sidecar JSON file
+    ("vaeflow.dataset.scan", "parse_sidecar"): {"caption"},  # a key of a sidecar JSON file
+    ("vaeflow.dataset.sources", ""): {"caption"},  # a sidecar's extension in a shard, a parquet column's name
 }
 
 

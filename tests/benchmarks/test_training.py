@@ -182,3 +182,6 @@ def test_bad_options_are_usage_errors(folders: tuple[Path, Path], capsys: pytest
     with pytest.raises(SystemExit) as stopped:
         main(["bench", "--bogus", "training", "--train", str(train)])
     assert stopped.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # -q keeps the command's notes, not its usage error
+        main(["-q", "bench", "training", "--train", str(train), "--eval", str(held), "--seeds", "x"])
+    assert stopped.value.code == 2 and "argument --seeds: must be an integer, got 'x'" in capsys.readouterr().err

@@ -24,9 +24,10 @@ from vaeflow.cli.parsing import (
 )
 from vaeflow.codec.api import rate_target, resolve_codec
 from vaeflow.dataset.decompress import decompress_store
-from vaeflow.dataset.job import compress_dataset, job_codec, plan_job
-from vaeflow.dataset.location import is_url
-from vaeflow.dataset.options import ClusterOptions, JobOptions
+from vaeflow.dataset.job import compress_dataset, job_codec, job_source, plan_job
+from vaeflow.dataset.location import is_url, read_url
+from vaeflow.dataset.options import ClusterOptions, JobOptions, SourceOptions
+from vaeflow.dataset.sources import IMAGE_COLUMNS, SOURCE_FORMATS, split_glob
 from vaeflow.dataset.upload import check_writable, staging_dir
 from vaeflow.dataset.verify import verify_store
 from vaeflow.foundations.durable import atomic_write
@@ -48,17 +49,12 @@ def register(commands: Any) -> None:
         "file SRC into the stream file DST (.vfl; default: SRC with .vfl). Rerunning a finished store does "
         "nothing; an interrupted one resumes.",
     )
-    p.add_argument("src", type=Path, metavar="SRC", help="folder of images (searched recursively), or one image file")
+    p.add_argument("src", type=location, metavar="SRC", help="folder of images (searched recursively), of webdataset "
+                   ".tar shards or of .parquet files, or such a prefix on object storage (s3://bucket/shards/); or "
+                   "one image file")  # fmt: skip
     p.add_argument("dst", nargs="?", metavar="DST",
                    help="output store (OUT.zarr, s3://bucket/OUT.zarr); a .vfl file for one image")  # fmt: skip
-    p.add_argument(
-        "--storage-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="storage_options",
-        help="for a store on object storage: an fsspec option (endpoint_url=..., anon=true); repeatable",
-    )
+    add_storage_option(p)
     p.add_argument("--staging", type=Path, default=None,
                    help="for a store on object storage: the local folder written before the upload")  # fmt: skip
     add_codec_options(p)
@@ -88,6 +84,18 @@ def register(commands: Any) -> None:
     job.add_argument("--fuse-stages", action=argparse.BooleanOptionalAction, default=True,
                      help="run each batch's stages in one task, in memory (the default); --no-fuse-stages runs "
                      "one task per stage through the zarr work store (the same bytes)")  # fmt: skip
+    job.add_argument("--source-format", choices=SOURCE_FORMATS, default=None,
+                     help="how SRC holds its images: image files, webdataset .tar shards or .parquet files (default: "
+                     "found from its files)")  # fmt: skip
+    job.add_argument(
+        "--image-column",
+        default=None,
+        metavar="NAME",
+        help=f"parquet: the column of encoded images (default: the first of {', '.join(IMAGE_COLUMNS)})",
+    )
+    job.add_argument("--caption-column", default=None, metavar="NAME",
+                     help="parquet: the caption column (default: caption, else text); other columns without binary "
+                     "data are the metadata")  # fmt: skip
     job.add_argument("--retry-failed", action="store_true", help="code again the images the store records as failed")
     job.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
     job.add_argument("--keep-intermediates", action="store_true", help="keep the work store (_work) for inspection")
@@ -111,24 +119,28 @@ def register(commands: Any) -> None:
     p.set_defaults(run=run_compress)
 
     p = commands.add_parser("decompress", help="decode a store into PNG files (or a .vfl stream into a PNG)")
-    p.add_argument("src", type=Path, metavar="SRC", help="store or .vfl file")
+    p.add_argument("src", type=location, metavar="SRC", help="store (a folder or a URL such as s3://bucket/OUT.zarr) "
+                   "or .vfl file")  # fmt: skip
     p.add_argument("dst", type=Path, nargs="?", metavar="DST",
                    help="destination folder (store); a PNG file or folder (stream; default SRC with .png)")  # fmt: skip
     p.add_argument("--names", nargs="+", default=None, metavar="NAME", help="only these stored names (default: all)")
     p.add_argument("--scheduler", type=scheduler, default="sync",
                    help="'sync' to decode in-process, or tcp://host:port to decode on a cluster")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace PNG files that exist in the destination")
+    add_storage_option(p)
     add_runtime_options(p)
     p.set_defaults(run=run_decompress)
 
     p = commands.add_parser("info", help="summarise a store, or describe a .vfl stream")
-    p.add_argument("src", type=Path, metavar="SRC", help="store or .vfl file")
+    p.add_argument("src", type=location, metavar="SRC", help="store (a folder or a URL) or .vfl file")
     p.add_argument("--json", action="store_true", help="print it as JSON")
+    add_storage_option(p)
     p.set_defaults(run=run_info)
 
     p = commands.add_parser("verify", help="check every stream's checksums in a store, without decoding")
-    p.add_argument("store", type=Path, metavar="STORE", help="the store to check")
+    p.add_argument("store", type=location, metavar="STORE", help="the store to check (a folder or a URL)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_storage_option(p)
     p.set_defaults(run=run_verify)
 
     p = commands.add_parser(
@@ -138,10 +150,36 @@ def register(commands: Any) -> None:
         "newlines, backslashes and other control characters in names are escaped (\\t, \\n, \\\\, \\xNN); "
         "--json gives names as they are.",
     )
-    p.add_argument("store", type=Path, metavar="STORE", help="the store to list")
+    p.add_argument("store", type=location, metavar="STORE", help="the store to list (a folder or a URL)")
+    add_storage_option(p)
     p.add_argument("--failed", action="store_true", help="list the failed images with their reasons instead")
     p.add_argument("--json", action="store_true", help="print a JSON array (names unescaped)")
     p.set_defaults(run=run_ls)
+
+
+def location(text: str) -> str | Path:
+    """A store's place as given on the command line: a URL as it is (``s3://...``), anything else a local path."""
+    return text if is_url(text) else Path(text)
+
+
+def add_storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="storage_options",
+        help="for a store (or a source) on object storage: an fsspec option (endpoint_url=..., anon=true); repeatable",
+    )
+
+
+def _is_stream(src: str | Path) -> bool:
+    """Whether SRC names one stream (a .vfl file, local or at a URL) rather than a store."""
+    return src.is_file() if isinstance(src, Path) else str(src).rstrip("/").endswith(STREAM_SUFFIX)
+
+
+def _stream_bytes(src: str | Path, options: dict[str, Any]) -> bytes:
+    return src.read_bytes() if isinstance(src, Path) else read_url(src, options)
 
 
 def storage_options(pairs: list[str]) -> dict[str, Any]:
@@ -171,8 +209,9 @@ def _check_writable_folder(store: Path) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    _check_source(args.src)
-    if args.src.is_file():
+    if isinstance(args.src, Path) and split_glob(args.src)[1] is None:
+        _check_source(args.src)
+    if isinstance(args.src, Path) and args.src.is_file() and args.src.suffix.lower() not in (".tar", ".parquet"):
         args.dst = Path(args.dst) if args.dst is not None else None
         return _compress_file(args)
     if args.dst is None:
@@ -190,6 +229,7 @@ def run_compress(args: argparse.Namespace) -> int:
         buckets=args.buckets, fuse_stages=args.fuse_stages,
         keep_intermediates=args.keep_intermediates, max_pixels=args.max_pixels,
         progress=not (args.no_progress or args.quiet), runtime=runtime_from(args),
+        source=SourceOptions(args.source_format, args.image_column, args.caption_column),
     )  # fmt: skip
     cluster = ClusterOptions(
         scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
@@ -207,7 +247,8 @@ def run_compress(args: argparse.Namespace) -> int:
         codec, preset, options = job_codec(
             Path(local), args.model, args.quality, args.pipeline, target, options, args.verify, args.verify_fraction
         )
-        print(plan_job(args.src, Path(local), codec, preset, options, not args.no_resume))
+        src, options = job_source(args.src, options, storage_options(args.storage_options))
+        print(plan_job(src, Path(local), codec, preset, options, not args.no_resume))
         return 0
     report = compress_dataset(
         args.src, store, model=args.model, quality=args.quality, pipeline=args.pipeline, target=target,
@@ -296,31 +337,33 @@ def _compress_file(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
-    if args.src.is_file():
-        return _decompress_file(args)
+    options = storage_options(args.storage_options)
+    if isinstance(args.src, Path):
+        _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
+    if _is_stream(args.src):
+        return _decompress_file(args, options)
     if args.dst is None:
         raise UsageError("decompressing a store needs a destination folder, e.g. vaeflow decompress OUT.zarr DST_DIR")
     if args.dst.exists() and not args.dst.is_dir():
         raise VaeflowError(f"{args.dst} is a file; give a folder to write the PNG files into")
-    vaeflow.open_store(args.src)  # a clear error before anything is made
-    store, dst = args.src.absolute(), args.dst.absolute()  # workers elsewhere see the same absolute paths
-    total = len(args.names) if args.names else len(vaeflow.open_store(store).names)
+    reader = vaeflow.open_store(args.src, storage_options=options)  # a clear error before anything is made
+    # workers elsewhere see the same absolute paths (and the same URL)
+    store, dst = args.src.absolute() if isinstance(args.src, Path) else args.src, args.dst.absolute()
+    total = len(args.names) if args.names else len(reader.names)
     with progress_bar(enabled=not args.quiet, total=total, desc="decompress", unit="img") as bar:
         if args.scheduler == "sync":
-            report = decompress_store(
-                store, dst, args.names, runtime_from(args), run=_counted(bar, map), overwrite=args.overwrite
-            )
+            report = decompress_store(store, dst, args.names, runtime_from(args), run=_counted(bar, map),
+                                      overwrite=args.overwrite, storage_options=options)  # fmt: skip
         else:
             # Dask only when decoding on a cluster
             from vaeflow.dataset.distributed import check_shared_paths, client_mapper, cluster_client
 
             with cluster_client(None, ClusterOptions(scheduler=args.scheduler)) as (client, _, _):
                 dst.mkdir(parents=True, exist_ok=True)
-                check_shared_paths(client, [store, dst], dst)
+                check_shared_paths(client, [store, dst] if isinstance(store, Path) else [dst], dst)
                 mapper = _counted(bar, client_mapper(client, "decode"))
                 report = decompress_store(store, dst, args.names, runtime_from(args), run=mapper,
-                                          overwrite=args.overwrite)  # fmt: skip
+                                          overwrite=args.overwrite, storage_options=options)  # fmt: skip
     if not args.quiet:
         print(f"{args.src} -> {args.dst}: {len(report.written)} PNG files")
     for name, reason in report.damaged:
@@ -341,15 +384,16 @@ def _counted(bar: Any, mapper: Callable[..., Iterable[Any]]) -> Callable[..., It
     return run
 
 
-def _decompress_file(args: argparse.Namespace) -> int:
-    dst = args.dst or args.src.with_suffix(".png")
+def _decompress_file(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    png_name = Path(str(args.src).rstrip("/").rsplit("/", 1)[-1]).with_suffix(".png")
+    dst = args.dst or (args.src.with_suffix(".png") if isinstance(args.src, Path) else png_name)
     if dst.is_dir():
-        dst = dst / args.src.with_suffix(".png").name
+        dst = dst / png_name
     if dst.exists() and not args.overwrite:
         raise VaeflowError(f"{dst} exists; pass --overwrite to replace it, or choose another path")
     if not dst.parent.is_dir():
         raise VaeflowError(f"{dst.parent} is not a folder; make it first, or choose another path for {dst.name}")
-    image = vaeflow.decompress(args.src.read_bytes(), runtime=runtime_from(args))
+    image = vaeflow.decompress(_stream_bytes(args.src, options), runtime=runtime_from(args))
     write_png(dst, image)
     if not args.quiet:
         print(f"{args.src} -> {dst}: {image.shape[1]}x{image.shape[0]}")
@@ -357,8 +401,13 @@ def _decompress_file(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
-    summary = vaeflow.open_store(args.src).summary() if args.src.is_dir() else vaeflow.info(args.src.read_bytes())
+    options = storage_options(args.storage_options)
+    if isinstance(args.src, Path):
+        _check_source(args.src, "a store (OUT.zarr) or a .vfl stream")
+    if _is_stream(args.src):
+        summary = vaeflow.info(_stream_bytes(args.src, options))
+    else:
+        summary = vaeflow.open_store(args.src, storage_options=options).summary()
     if args.json:
         print_json(summary)
     else:
@@ -369,7 +418,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    store = vaeflow.open_store(args.store)
+    store = vaeflow.open_store(args.store, storage_options=storage_options(args.storage_options))
     if args.failed:
         failed = [{"path": f.path, "reason": f.reason} for f in store.failures]
         skipped = [{"path": path, "reason": reason} for path, reason in store.skipped]
@@ -405,7 +454,7 @@ def _drop_fields(store: Any, name: str) -> dict[str, Any]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    report = verify_store(args.store)
+    report = verify_store(args.store, storage_options(args.storage_options))
     if args.json:
         print_json({"store": report.store, "ok": report.ok, "checked": report.checked,
                     "damaged": [{"name": n, "reason": r} for n, r in report.damaged],

@@ -9,6 +9,7 @@ short by a closed pipe (``vaeflow ls OUT.zarr | head``) ends quietly with 0.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -98,9 +99,14 @@ def quietened(quiet: bool) -> Iterator[None]:
         return
     os.environ["VAEFLOW_PROGRESS"] = "0"
     messages.ERRORS.append(sys.stderr)
+    sink = io.StringIO()
     try:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        with contextlib.redirect_stderr(sink):
             yield
+    except SystemExit as exc:  # a parser of a forwarded command (vaeflow bench NAME) refused its arguments
+        if exc.code not in (0, None):
+            messages.ERRORS[-1].write(sink.getvalue()[-4096:])
+        raise
     finally:
         messages.ERRORS.pop()
 

@@ -28,6 +28,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from vaeflow.dataset.reader import open_store
 from vaeflow.foundations.durable import atomic_write
@@ -44,6 +45,7 @@ class DecodeTask:
     dst: str
     pairs: tuple[tuple[str, str], ...]  # (name in store, target relative to dst)
     runtime: RuntimeOptions
+    storage_options: dict[str, Any] | None = None  # for a store at a URL
 
 
 @dataclass
@@ -133,7 +135,7 @@ def safe_path(dst: Path, relative: str) -> Path:
 
 
 def decode_batch(task: DecodeTask) -> DecompressReport:
-    reader = open_store(task.store, task.runtime)
+    reader = open_store(task.store, task.runtime, task.storage_options)
     dst = Path(task.dst)
     report = DecompressReport()
     for name, relative in task.pairs:
@@ -163,15 +165,16 @@ def decompress_store(
     run: Callable[[Callable[[DecodeTask], DecompressReport], list[DecodeTask]], Iterator[DecompressReport]]
     | None = None,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> DecompressReport:
     """Write the named images (all by default) as PNGs under ``dst``.
 
     ``run`` maps the decode function over tasks (a Dask client's map, say); by default
     tasks run in this process. Nothing is written when a name is not stored or a file
     exists already (unless ``overwrite``); an image that cannot be written is skipped
-    with its reason (``report.skipped``).
+    with its reason (``report.skipped``). ``store`` may be a URL (``storage_options`` go to its file system).
     """
-    reader = open_store(store)
+    reader = open_store(store, storage_options=storage_options)
     chosen = reader.names if names is None else names
     missing = [n for n in chosen if n not in reader]
     if missing:
@@ -194,7 +197,7 @@ def decompress_store(
         pairs.append((name, relative))
     dst.mkdir(parents=True, exist_ok=True)
     tasks = [
-        DecodeTask(str(store), str(dst), tuple(pairs[i : i + batch_size]), runtime or RuntimeOptions())
+        DecodeTask(str(store), str(dst), tuple(pairs[i : i + batch_size]), runtime or RuntimeOptions(), storage_options)
         for i in range(0, len(pairs), batch_size)
     ]
     mapper = run or (lambda fn, items: map(fn, items))

@@ -28,6 +28,7 @@ from distributed.metrics import context_meter
 from vaeflow.dataset import tasks
 from vaeflow.dataset.isolation import code_alone
 from vaeflow.dataset.layout import LAYOUT, BatchMarker
+from vaeflow.dataset.location import is_url
 from vaeflow.dataset.options import ClusterOptions
 from vaeflow.dataset.plan import Batch
 from vaeflow.dataset.tasks import JOB_ERRORS, TaskContext
@@ -105,7 +106,8 @@ class DaskExecutor:
         if not batches:
             return
         token = hashlib.sha1(f"{ctx.store}|{ctx.prefix}|{os.getpid()}".encode()).hexdigest()[:8]
-        check_shared_paths(self.client, [Path(ctx.src), Path(ctx.store)], Path(ctx.store))
+        sources = [] if is_url(ctx.src) else [Path(ctx.src)]  # a source at a URL is read through fsspec
+        check_shared_paths(self.client, [*sources, Path(ctx.store)], Path(ctx.store))
         self.window = self.window or max(2, WINDOW_PER_THREAD * sum(self.client.nthreads().values()))
         with span("vaeflow-compress") as job:
             spans = stage_spans(job)

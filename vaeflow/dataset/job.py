@@ -31,8 +31,8 @@ from vaeflow.dataset.options import ClusterOptions, JobOptions
 from vaeflow.dataset.plan import Batch, Plan, build_plan, changed_note
 from vaeflow.dataset.progress import progress
 from vaeflow.dataset.reader import open_store
-from vaeflow.dataset.scan import scan
 from vaeflow.dataset.serial import SerialExecutor
+from vaeflow.dataset.sources import scan_source, split_glob
 from vaeflow.dataset.tasks import TaskContext
 from vaeflow.dataset.upload import UploadReport, check_writable, download, staging_dir, upload
 from vaeflow.dataset.work import WorkStore
@@ -145,6 +145,10 @@ def compress_dataset(
 ) -> JobReport:
     """Compress every image under ``src`` into the zarr store ``store``.
 
+    ``src`` is a folder of image files, of webdataset ``.tar`` shards or of parquet files (found from its files,
+    or named by ``options.source``: ``vaeflow.dataset.sources``), a glob of such files (``data/train-*.parquet``),
+    or an fsspec URL of such a prefix (``s3://bucket/shards/``, read with ``storage_options``).
+
     ``pipeline`` is a preset name or a pipeline; ``model``, ``quality`` and ``target`` override
     its own, as in ``vaeflow.compress``. Under a PSNR-drop limit (the latent-store presets),
     ``verify`` says how it is kept: ``"all"`` decodes every image to check its step, ``"sample"``
@@ -159,9 +163,10 @@ def compress_dataset(
     Every field of ``options`` (``JobOptions``) and ``cluster`` (``ClusterOptions``) may also be given
     as a keyword, which replaces it (``None`` leaves it as it is): ``batch_size``, ``buckets``,
     ``fuse_stages``, ``overwrite``, ``add``, ``retry_failed`` (code again the images a finished store
-    records as failed), ``keep_intermediates``, ``max_pixels``, ``progress``, ``runtime``; ``scheduler``
-    (``"sync"``, or a scheduler's address), ``workers`` (of a new local cluster), ``threads_per_worker``,
-    ``memory_limit``, ``performance_report``. Any other keyword is a ``TypeError``.
+    records as failed), ``keep_intermediates``, ``max_pixels``, ``progress``, ``runtime``, ``source`` (a
+    ``SourceOptions``: the source's format and parquet columns); ``scheduler`` (``"sync"``, or a scheduler's
+    address), ``workers`` (of a new local cluster), ``threads_per_worker``, ``memory_limit``,
+    ``performance_report``. Any other keyword is a ``TypeError``.
 
     ``store`` may be an fsspec URL (``s3://bucket/out.zarr``, with ``storage_options``): the job
     then writes a local copy at ``staging`` (default ``$VAEFLOW_HOME/staging/...``) and uploads it
@@ -172,6 +177,7 @@ def compress_dataset(
     if client is None and cluster.scheduler == "sync" and cluster.performance_report:
         raise VaeflowError("a Dask performance report (--report) needs a Dask scheduler, not --scheduler sync")
     codec, preset, options = job_codec(store, model, quality, pipeline, target, options, verify, verify_fraction)
+    src, options = job_source(src, options, storage_options)
     if is_url(store):
         url, local = str(store), Path(staging or staging_dir(str(store))).absolute()
         check_writable(url, storage_options)  # before any image is coded
@@ -185,7 +191,7 @@ def compress_dataset(
         report.store = url  # type: ignore[assignment]
         shutil.rmtree(local, ignore_errors=True)
         return report
-    src, store = Path(src).absolute(), Path(store).absolute()  # workers elsewhere see the same absolute paths
+    store = Path(store).absolute()
     with StoreLock(store):
         plan = plan_job(src, store, codec, preset, options, resume)
         with _executor(cluster, client, plan) as executor:
@@ -240,14 +246,29 @@ def job_codec(
     return resolve_codec(model, quality, pipeline, target, verify, verify_fraction), preset, options
 
 
-def plan_job(src: Path, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
+def job_source(
+    src: str | Path, options: JobOptions, storage_options: dict[str, Any] | None = None
+) -> tuple[str | Path, JobOptions]:
+    """The source's folder (absolute: workers elsewhere see the same paths) or URL, and the options that say how
+    to read it: a glob's pattern, a URL's storage options."""
+    src, pattern = split_glob(src)
+    if pattern is not None:  # a glob: its folder, and the files that match
+        options = replace(options, source=replace(options.source, pattern=pattern))
+    if is_url(src):  # read through fsspec: with its own storage options, else those given for the job
+        if options.source.storage_options is None:
+            options = replace(options, source=replace(options.source, storage_options=storage_options or {}))
+        return src, options
+    return Path(src).absolute(), options
+
+
+def plan_job(src: Path | str, store: Path, codec: Codec, preset: str, options: JobOptions, resume: bool = True) -> Plan:
     """Check the settings against any existing store and build the plan; nothing on disk changes."""
     settings = {**codec.settings(), SETTINGS.pipeline: preset, SETTINGS.buckets: options.buckets,
                 SETTINGS.latents: EXACT_LATENTS}  # fmt: skip
     decided = store_policy.decide(
         store, settings, add=options.add, overwrite=options.overwrite, resume=resume, retry_failed=options.retry_failed
     )
-    scanned = scan(src, options.max_pixels, exclude=store)
+    scanned = scan_source(src, options.max_pixels, store, options.source)
     return build_plan(
         scanned, src, store, codec, settings, decided, options.batch_size, options.buckets, options.max_pixels
     )
@@ -279,7 +300,7 @@ def execute(plan: Plan, options: JobOptions, executor: Executor) -> JobReport:
         runtime = replace(runtime, threads=executor.threads_per_task)
     ctx = TaskContext(
         str(plan.src), str(plan.store), plan.codec, runtime, options.max_pixels, plan.key_prefix,
-        options.keep_intermediates, options.fuse_stages,
+        options.keep_intermediates, options.fuse_stages, source_options=options.source.storage_options,
     )  # fmt: skip
     with progress(plan, options.progress) as advance:
         for marker in markers.values():

@@ -133,3 +133,24 @@ def _open_remote(store: Store, name: str, consolidated: bool) -> zarr.Group:
             f"cannot reach {name}: {type(exc).__name__}: {exc}; check the address, the endpoint_url and the "
             "network (storage_options)"
         ) from exc
+
+
+def read_url(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole object at ``url`` (a .vfl stream on object storage, say), with errors that name it."""
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        import fsspec  # optional (the remote extra): only URLs need it
+    except ImportError as exc:
+        raise VaeflowError(f"reading {url} needs fsspec: pip install 'vaeflow[remote]'") from exc
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+            return fh.read()  # type: ignore[no-any-return]
+    except ImportError as exc:
+        package = PACKAGES.get(scheme, f"the fsspec package for {scheme}://")
+        raise VaeflowError(f"reading {url} needs {package}: pip install 'vaeflow[remote]'") from exc
+    except FileNotFoundError as exc:
+        raise VaeflowError(
+            f"nothing at {url}; check the bucket, the path and the credentials in storage_options"
+        ) from exc
+    except Exception as exc:  # each file system raises its own
+        raise VaeflowError(f"cannot read {url}: {type(exc).__name__}: {exc}; check its storage_options") from exc

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from vaeflow.foundations.imageio import DEFAULT_MAX_PIXELS
 from vaeflow.models import RuntimeOptions
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read the source: its format (None: found from its files) and, for parquet, the columns."""
+
+    format: str | None = None  # "folder", "webdataset" or "parquet"
+    image_column: str | None = None  # default: the first of image, jpg, png, webp, img
+    caption_column: str | None = None  # default: caption, else text
+    storage_options: dict[str, Any] | None = None  # for a source at a URL: its fsspec options
+    pattern: str | None = None  # only the files matching this glob, relative to the source (``split_glob``)
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class JobOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    source: SourceOptions = field(default_factory=SourceOptions)
 
 
 @dataclass(frozen=True)

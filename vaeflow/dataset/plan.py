@@ -18,6 +18,7 @@ from typing import Any
 from vaeflow.codec import shapes
 from vaeflow.codec.codec import Codec
 from vaeflow.dataset.layout import SETTINGS
+from vaeflow.dataset.members import Member
 from vaeflow.dataset.policy import COMPLETE, StorePolicy
 from vaeflow.dataset.scan import NAME_NOTE, Scan, Sidecar
 from vaeflow.foundations.display import escaped, html_list_table, html_table
@@ -39,6 +40,7 @@ class Item:
     crop: tuple[int, int] | None = None
     mtime_ns: int = 0  # the file's modification time when scanned
     file: str | None = None  # the file's relative path where ``path`` (its name in the store) differs
+    member: Member | None = None  # where it lies inside a shard or parquet file of the source
 
     @property
     def source_file(self) -> tuple[int, int]:
@@ -66,7 +68,7 @@ class Group:
 
 @dataclass(frozen=True)
 class Plan:
-    src: Path
+    src: Path | str  # a folder, or the URL of a prefix on object storage
     store: Path
     codec: Codec
     settings: dict[str, Any]
@@ -182,7 +184,7 @@ def _over_resized(fitted: shapes.Fit, max_pixels: int) -> str:
 
 def build_plan(
     scan: Scan,
-    src: Path,
+    src: Path | str,
     store: Path,
     codec: Codec,
     settings: dict[str, Any],
@@ -204,7 +206,7 @@ def build_plan(
     sidecars: dict[int, Sidecar] = {}
     for i, scanned in enumerate(images):
         item = Item(first + i, scanned.path, scanned.height, scanned.width, scanned.size_bytes,
-                    mtime_ns=scanned.mtime_ns, file=scanned.file)  # fmt: skip
+                    mtime_ns=scanned.mtime_ns, file=scanned.file, member=scanned.member)  # fmt: skip
         if scanned.sidecar is not None:
             sidecars[item.index] = scanned.sidecar
         if scanned.file is not None:  # the row says how its name was escaped
@@ -219,7 +221,7 @@ def build_plan(
                 failed.append((item, _over_resized(fitted, max_pixels)))
                 continue
             item = Item(item.index, item.path, *fitted.target, item.size_bytes, fitted.source, fitted.resized,
-                        fitted.crop_top_left, item.mtime_ns, item.file)  # fmt: skip
+                        fitted.crop_top_left, item.mtime_ns, item.file, item.member)  # fmt: skip
         items.append(item)
         by_shape.setdefault(codec.padded_shape(item.height, item.width), []).append(item)
     fraction = codec.target.verify_fraction if codec.target is not None else 1.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaeflow.dataset.layout import LAYOUT
+from vaeflow.dataset.members import Member
 from vaeflow.dataset.store import STORE_FORMAT
 from vaeflow.foundations.errors import ImageReadError, VaeflowError
 from vaeflow.foundations.imageio import IMAGE_SUFFIXES, read_header
@@ -51,6 +52,8 @@ class ScannedImage:
     sidecar: Sidecar | None = None
     mtime_ns: int = 0  # the file's modification time: with its size, how --add sees that it changed
     file: str | None = None  # the file's own relative path, where ``path`` (its name in the store) differs
+    member: Member | None = None  # where it lies inside a shard or parquet file (its size_bytes and mtime_ns: the
+    # member's size and the container's modification time)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def scan(src: Path, max_pixels: int, exclude: Path | None = None) -> Scan:
                 continue  # the job's own store
             if folder.is_symlink():
                 skipped.append((storable(rel), "symbolic link to a folder (not followed)"))
-            elif _is_store(folder):
+            elif is_store(folder):
                 skipped.append((storable(rel), "a vaeflow store (not scanned)"))
             else:
                 kept.append(name)
@@ -169,18 +172,25 @@ def read_sidecar(folder: Path, stem: str, names: set[str]) -> Sidecar | None:
     found = [stem + suffix for suffix in (".txt", ".caption", ".json") if stem + suffix in names]
     if not found:
         return None
-    texts: dict[str, str] = {}
+    raws: dict[str, bytes | None] = {}
     notes = []
     for name in found:
         try:
-            raw = (
+            raws[name] = (
                 _head(folder / name, MAX_SIDECAR_BYTES + 1)
                 if _not_a_file(folder / name, folder.resolve()) is None
                 else None
             )
         except OSError as exc:
             notes.append(f"sidecar {name} cannot be read ({exc.strerror or exc}); ignored")
-            continue
+    return parse_sidecar(stem, raws, notes)
+
+
+def parse_sidecar(stem: str, raws: dict[str, bytes | None], notes: list[str]) -> Sidecar:
+    """The caption and metadata of the image ``stem`` from its sidecars' bytes (``STEM.txt``, ``STEM.caption``,
+    ``STEM.json``; None for one that is no regular file), at most ``MAX_SIDECAR_BYTES + 1`` of each."""
+    texts: dict[str, str] = {}
+    for name, raw in raws.items():
         if raw is None:
             notes.append(f"sidecar {name} is not a regular file; ignored")
         elif len(raw) > MAX_SIDECAR_BYTES:
@@ -243,7 +253,7 @@ def _head(path: Path, limit: int) -> bytes:
         return fh.read(limit)
 
 
-def _is_store(folder: Path) -> bool:
+def is_store(folder: Path) -> bool:
     try:
         with (folder / LAYOUT.zarr_json).open("rb") as fh:
             return STORE_FORMAT.encode() in fh.read(1 << 16)

@@ -21,6 +21,7 @@ batches predict it, aiming by ``TaskContext.margin``.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from PIL import Image
 from vaeflow.codec import ratecontrol
 from vaeflow.codec.codec import CODING, TO_SYMBOLS, Codec
 from vaeflow.dataset.layout import BatchMarker, ImageMarker
+from vaeflow.dataset.members import read_batch, read_member
 from vaeflow.dataset.plan import Batch, Item
 from vaeflow.dataset.work import LOAD, STAGE_ARRAYS, WorkStore
 from vaeflow.foundations.errors import ClusterLostError, ImageReadError, ModelError
@@ -64,6 +66,7 @@ class TaskContext:
     keep_intermediates: bool = False
     fused: bool = True  # a batch's stages in one task (``run_fused``), or one task per stage
     margin: float | None = None  # under a PSNR-drop limit, unverified images aim this far below it
+    source_options: dict[str, Any] | None = None  # for a source at a URL: its fsspec options
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,16 @@ def load(ctx: TaskContext, batch: Batch, state: BatchState) -> tuple[BatchState,
     """Decode each file (bring it to its bucket when the job has buckets) and pad it to the batch's shape."""
     rows: Rows = {}
     notes = list(state.notes)
+    fetched = read_batch(ctx.src, batch.items, ctx.source_options)
     for pos, item in enumerate(batch.items):
         try:
-            loaded = load_image(os.path.join(ctx.src, item.file or item.path), ctx.max_pixels)
+            if pos in fetched:  # parquet rows, and anything on object storage: the batch's reads made at once
+                loaded = load_image(io.BytesIO(fetched[pos]()), ctx.max_pixels)
+            elif item.member is not None:  # read in place from its shard or parquet file
+                encoded = read_member(ctx.src, item.member, item.mtime_ns, ctx.source_options)
+                loaded = load_image(io.BytesIO(encoded), ctx.max_pixels)
+            else:
+                loaded = load_image(os.path.join(ctx.src, item.file or item.path), ctx.max_pixels)
         except ImageReadError as exc:
             state = state.fail(pos, str(exc))
             continue

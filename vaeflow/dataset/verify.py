@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaeflow.dataset.location import describe
 from vaeflow.dataset.reader import check_stream_shape, open_store
 from vaeflow.foundations.errors import VaeflowError
 
@@ -15,7 +16,7 @@ WINDOW = 64 << 20  # bytes of stream data read at a time
 
 @dataclass
 class VerifyReport:
-    store: Path
+    store: Path | str  # a local path or a URL
     checked: int = 0
     damaged: list[tuple[str, str]] = field(default_factory=list)
     bytes_read: int = 0
@@ -42,7 +43,7 @@ def verify_store(path: str | Path, storage_options: dict[str, Any] | None = None
     large windows; the index itself is checked when the store is opened."""
     start = time.perf_counter()
     store = open_store(path, storage_options=storage_options)
-    report = VerifyReport(Path(path))
+    report = VerifyReport(describe(path))
     rows = [(name, *store.stream_range(name)) for name in store.names]
     shapes = dict(zip(store.paths, store.shapes, strict=True))
     rows.sort(key=lambda r: r[1])

@@ -16,9 +16,10 @@ import struct
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,7 +46,7 @@ _PILLOW_LIMIT = threading.Lock()
 
 
 @contextmanager
-def open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
+def open_image(path: str | Path | BinaryIO, max_pixels: int) -> Iterator[Image.Image]:
     """Open an image file with vaeflow's pixel limit in force (Pillow's own check follows it).
 
     Pillow's bomb check reads a module-wide limit when a file is opened, so the limit is set
@@ -71,8 +72,9 @@ def open_image(path: str | Path, max_pixels: int) -> Iterator[Image.Image]:
         im.close()
 
 
-def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) from the file header alone, as the image is coded: after EXIF orientation."""
+def read_header(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) from the file header alone (of a file, or of a seekable binary file object), as the
+    image is coded: after EXIF orientation."""
     with open_image(path, max_pixels) as im:
         width, height = im.size
         try:
@@ -92,12 +94,12 @@ def read_header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple
 _PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 
 
-def _png_metadata_after_data(path: str | Path) -> bytes | bool | None:
+def _png_metadata_after_data(path: str | Path | BinaryIO) -> bytes | bool | None:
     """What a PNG holds after its image data that Pillow reads only once the image is loaded (up to
     an animation's next frame, or a damaged chunk): the last eXIf chunk's bytes, True for text
     chunks, None for neither; found by stepping over chunk lengths without decoding."""
     after_data, found = False, None
-    with open(path, "rb") as f:
+    with open(path, "rb") if isinstance(path, str | Path) else nullcontext(path) as f:
         f.seek(8)
         while len(head := f.read(8)) == 8:
             length, kind = struct.unpack(">I4s", head)
@@ -125,8 +127,8 @@ def check_size(height: int, width: int, max_pixels: int) -> None:
         )
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode a file to HxWx3 uint8 RGB, with notes on any conversion made."""
+def load_image(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a file (or a binary file object) to HxWx3 uint8 RGB, with notes on any conversion made."""
     with open_image(path, max_pixels) as im:
         try:
             notes: list[str] = []
