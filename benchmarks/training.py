@@ -43,7 +43,7 @@ from benchmarks.denoiser import PREDICTIONS, Run, sigma_of, train_and_evaluate
 from vaeflow.cli.parsing import positive_int
 from vaeflow.foundations import metrics
 from vaeflow.foundations.errors import VaeflowError
-from vaeflow.foundations.imageio import list_images, read_rgb
+from vaeflow.foundations.imageio import IMAGE_SUFFIXES, read_rgb
 from vaeflow.torch import LatentDataset
 
 VARIANTS = ("exact", "fp16", "latent-store", "default", "int8", "quality-30")
@@ -72,9 +72,9 @@ class Settings:
 
 
 def _store_latents(folder: Path, store: Path, model: str, preset: str | None, quality: int | None,
-                   names: list[str] | None) -> tuple[list[np.ndarray], list[bytes]]:  # fmt: skip
+                   names: list[str] | None) -> tuple[list[str], list[np.ndarray], list[bytes]]:  # fmt: skip
     """The folder compressed into ``store`` (once) and its latents read back through ``LatentDataset``, in
-    ``names``' order (by default the store's names, sorted); and the streams."""
+    ``names``' order (by default the store's names, sorted): the names, the latents and the streams."""
     if not (store / "zarr.json").exists():
         options = vaeflow.JobOptions(progress=False)
         vaeflow.compress_dataset(folder, store, model=model, pipeline=preset, quality=quality, scheduler="sync",
@@ -88,7 +88,7 @@ def _store_latents(folder: Path, store: Path, model: str, preset: str | None, qu
     elif sorted(dataset.names) != sorted(names):
         raise VaeflowError(f"{store} holds {len(dataset.names)} images, not the {len(names)} of {folder}")
     index = {name: i for i, name in enumerate(dataset.names)}
-    return [dataset[index[name]]["latent"].numpy() for name in names], reader.read_streams(names)
+    return names, [dataset[index[name]]["latent"].numpy() for name in names], reader.read_streams(names)
 
 
 def _drop(model: str, image: np.ndarray, latent: np.ndarray, exact_mse: float) -> float:
@@ -133,9 +133,9 @@ def prepare_folder(folder: Path, role: str, model: str, work: Path, log: Callabl
     start = time.perf_counter()
     store_latents, names, streams = {}, None, {}
     for variant, (preset, quality) in STORES.items():  # the names are the first store's: the job's own scan
-        store_latents[variant], streams[variant] = _store_latents(folder, work / f"{role}-{variant}.zarr", model,
-                                                                  preset, quality, names)  # fmt: skip
-        names = names or sorted(vaeflow.open_store(work / f"{role}-{variant}.zarr").names)
+        names, store_latents[variant], streams[variant] = _store_latents(
+            folder, work / f"{role}-{variant}.zarr", model, preset, quality, names
+        )
         log(f"  {role}: {variant} store in {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
     assert names is not None
@@ -147,7 +147,8 @@ def prepare_folder(folder: Path, role: str, model: str, work: Path, log: Callabl
     size = {"exact": sum(z.nbytes for z in exact), "fp16": sum(z.nbytes // 2 for z in exact)}
     size |= {variant: sum(len(s) for s in streams[variant]) for variant in STORES}
     start = time.perf_counter()
-    limits = [vaeflow.info(s)["target"]["max_psnr_drop"] for s in streams["latent-store"]]
+    targets = [vaeflow.info(s)["target"] for s in streams["latent-store"]]
+    limits = [target["max_psnr_drop"] for target in targets]
     guesses = [float(np.sqrt(12 * np.mean((s - z) ** 2))) for s, z in zip(latents["latent-store"], exact, strict=True)]
     found = [uniform_int8(model, im, z, limit, guess)
              for im, z, limit, guess in zip(images, exact, limits, guesses, strict=True)]  # fmt: skip
@@ -164,19 +165,26 @@ def prepare_folder(folder: Path, role: str, model: str, work: Path, log: Callabl
         "bytes_per_image": {v: size[v] / len(names) for v in VARIANTS},
         "int8_drops": [d for _, _, d in found],
         "int8_steps": [s for _, s, _ in found],
-        "latent_store_drops": [vaeflow.info(s)["target"]["psnr_drop"] for s in streams["latent-store"]],
+        "latent_store_drops": [target["psnr_drop"] for target in targets],
     }
+
+
+def _files(folder: Path) -> list[list[Any]]:
+    """Every image file under ``folder`` (the job scans it recursively) with its size: what the prepared
+    latents were made from."""
+    found = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [[p.relative_to(folder).as_posix(), p.stat().st_size] for p in sorted(found)]
 
 
 def prepare(train: Path, eval: Path, model: str, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Both folders' variants, reused from ``work`` when they were prepared there from the same folders and
-    model and the folders still hold the same names."""
+    model and the folders still hold the same image files (names, searched recursively as the job does, and sizes)."""
     key = {
         "model": model,
         "train": str(train.resolve()),
         "eval": str(eval.resolve()),
-        "train_names": [p.name for p in list_images(train)],
-        "eval_names": [p.name for p in list_images(eval)],
+        "train_files": _files(train),
+        "eval_files": _files(eval),
     }
     done = work / "prepared.json"
     if done.exists():

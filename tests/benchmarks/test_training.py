@@ -167,11 +167,23 @@ def test_every_variant_gets_the_same_crops_flips_timesteps_and_noise(tmp_path: P
     assert not torch.equal(next(iter(third)), first[0])
 
 
-def test_a_work_folder_of_other_images_is_refused(folders: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_work_folder_of_other_images_is_refused(
+    folders: tuple[Path, Path], first: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
     train, held = folders
     (tmp_path / "prepared.json").write_text(json.dumps({"key": {"model": "other"}}))
     with pytest.raises(vaeflow.VaeflowError, match="holds latents of other folders or another model"):
         training.prepare(train, held, "default", tmp_path, print)
+    work = first[1]
+    assert training.prepare(train, held, "default", work, print)["train"]["names"] == ["0.png", "1.png", "2.png"]
+    (held / "more").mkdir()  # an image in a subfolder, which the job would code too
+    (held / "0.png").replace(held / "more" / "0.png")
+    try:
+        with pytest.raises(vaeflow.VaeflowError, match="holds latents of other folders or another model"):
+            training.prepare(train, held, "default", work, print)
+    finally:
+        (held / "more" / "0.png").replace(held / "0.png")
+        (held / "more").rmdir()
 
 
 def test_bad_options_are_usage_errors(folders: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
