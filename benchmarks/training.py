@@ -59,7 +59,7 @@ SCHEMA = Path(__file__).with_name("training.schema.json")
 class Settings:
     model: str = "default"
     steps: int = 1000
-    seeds: int = 3
+    seeds: int = 4
     batch_size: int = 16
     crop: int = 16  # latent samples a side
     width: int = 32
