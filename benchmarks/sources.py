@@ -57,7 +57,7 @@ def write_folder(root: Path, samples: list[tuple[str, bytes, str, dict[str, Any]
     return root
 
 
-def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
@@ -69,9 +69,9 @@ def write_shards(root: Path, samples: list[tuple[str, bytes, str, dict[str, Any]
     for first in range(0, len(samples), per_shard):
         with tarfile.open(root / f"{first // per_shard:05d}.tar", "w") as tar:
             for key, data, caption, metadata in samples[first : first + per_shard]:
-                _member(tar, f"{key}.{extension(data)}", data)
-                _member(tar, f"{key}.txt", caption.encode())
-                _member(tar, f"{key}.json", json.dumps(metadata).encode())
+                add_member(tar, f"{key}.{extension(data)}", data)
+                add_member(tar, f"{key}.txt", caption.encode())
+                add_member(tar, f"{key}.json", json.dumps(metadata).encode())
     return root
 
 
@@ -196,8 +196,8 @@ def planning(work: Path, counts: tuple[int, ...]) -> dict[str, Any]:
         for first in range(0, count, 1000):
             with tarfile.open(root / f"{first // 1000:05d}.tar", "w") as tar:
                 for i in range(first, min(count, first + 1000)):
-                    _member(tar, f"{i:08d}.png", tiles[i % len(tiles)])
-                    _member(tar, f"{i:08d}.txt", f"sample {i}".encode())
+                    add_member(tar, f"{i:08d}.png", tiles[i % len(tiles)])
+                    add_member(tar, f"{i:08d}.txt", f"sample {i}".encode())
         probe = subprocess.run([sys.executable, "-c", PLAN_PROBE, str(root), str(work / f"plan-{count}.zarr")],
                                capture_output=True, text=True, check=True)  # fmt: skip
         found[str(count)] = json.loads(probe.stdout.strip().splitlines()[-1])

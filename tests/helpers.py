@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,18 @@ from PIL import Image
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m vaeflow ARGS`` in a subprocess, its output captured as text."""
     return subprocess.run([sys.executable, "-m", "vaeflow", *args], capture_output=True, text=True, timeout=600)
+
+
+def kill_after_batches(proc: subprocess.Popen[bytes], store: Path, batches: int = 3, timeout: float = 60) -> int:
+    """SIGKILL ``proc``, a job writing ``store``, once it has finished ``batches`` batches (or at ``timeout``
+    seconds); the number of batches finished then."""
+    done = store / "_work" / "done"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (done.exists() and len(list(done.glob("*.json"))) >= batches):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(done.glob("*.json"))) if done.exists() else 0
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

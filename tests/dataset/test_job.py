@@ -21,7 +21,7 @@ from vaeflow import JobOptions, compress_dataset, open_store
 from vaeflow.foundations.errors import VaeflowError
 from vaeflow.stages.quantize import scaled_step
 
-from ..helpers import sync_job, tree_bytes
+from ..helpers import kill_after_batches, sync_job, tree_bytes
 
 SIZES = [(64, 96), (64, 96), (70, 100), (72, 99), (130, 90), (33, 41)]
 
@@ -198,13 +198,7 @@ def test_kill_then_resume_gives_a_byte_identical_store(
     source: Path, sync_store: Path, tmp_path: Path, fused: bool
 ) -> None:
     store = tmp_path / "resumed.zarr"
-    proc = _run_cli(source, store, fused)
-    done = store / "_work" / "done"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (done.exists() and len(list(done.glob("*.json"))) >= 3):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_batches(_run_cli(source, store, fused), store)
     assert not open_store_ok(store)
     proc = _run_cli(source, store, not fused)  # resumed the other way: the same batches
     out, err = proc.communicate(timeout=120)

@@ -6,27 +6,27 @@ resume after a kill; a shard changed since planning refused; nothing unpacked to
 from __future__ import annotations
 
 import io
-import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import vaeflow
+from benchmarks.sources import add_member, write_folder, write_shards
 from vaeflow.dataset.job import execute, job_codec, plan_job
 from vaeflow.dataset.members import TarMember, read_member
 from vaeflow.dataset.options import JobOptions, SourceOptions
 from vaeflow.dataset.serial import SerialExecutor
 from vaeflow.foundations.errors import ImageReadError, VaeflowError
 
-from ..helpers import S3Bucket, sync_job, tree_bytes
+from ..helpers import S3Bucket, kill_after_batches, sync_job, tree_bytes
 
 SHAPES = [(64, 64), (64, 96), (64, 64), (96, 64), (64, 96), (64, 64)]
 
@@ -48,34 +48,9 @@ def samples(photos: list[np.ndarray]) -> list[tuple[str, bytes, str, dict[str, o
     return out
 
 
-def extension(data: bytes) -> str:
-    return "jpg" if data[:2] == b"\xff\xd8" else "png"
-
-
-def folder_of(root: Path, samples: list[tuple[str, bytes, str, dict[str, object]]]) -> Path:
-    root.mkdir(parents=True)
-    for key, data, caption, metadata in samples:
-        (root / f"{key}.{extension(data)}").write_bytes(data)
-        (root / f"{key}.txt").write_text(caption)
-        (root / f"{key}.json").write_text(json.dumps(metadata))
-    return root
-
-
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 1_700_000_000
-    tar.addfile(info, io.BytesIO(data))
-
-
-def shards_of(root: Path, samples: list[tuple[str, bytes, str, dict[str, object]]], per_shard: int = 4) -> Path:
-    root.mkdir(parents=True)
-    for s in range(0, len(samples), per_shard):
-        with tarfile.open(root / f"{s // per_shard:05d}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
-            for key, data, caption, metadata in samples[s : s + per_shard]:
-                add_member(tar, f"{key}.{extension(data)}", data)
-                add_member(tar, f"{key}.txt", caption.encode())
-                add_member(tar, f"{key}.json", json.dumps(metadata).encode())
-    return root
+def shards_of(root: Path, samples: list[Any], per_shard: int = 4) -> Path:
+    """The samples as shards of ``per_shard`` (img2dataset's layout, as the sources benchmark writes them)."""
+    return write_shards(root, samples, per_shard)
 
 
 def streams_by_key(store: Path) -> dict[str, tuple[bytes, str, object]]:
@@ -91,7 +66,7 @@ def streams_by_key(store: Path) -> dict[str, tuple[bytes, str, object]]:
 @pytest.fixture(scope="module")
 def from_folder(tmp_path_factory: pytest.TempPathFactory, samples: list) -> dict[str, tuple[bytes, str, object]]:  # type: ignore[type-arg]
     root = tmp_path_factory.mktemp("folder")
-    sync_job(folder_of(root / "src", samples), root / "s.zarr", options=JobOptions(progress=False))
+    sync_job(write_folder(root / "src", samples), root / "s.zarr", options=JobOptions(progress=False))
     return streams_by_key(root / "s.zarr")
 
 
@@ -173,13 +148,7 @@ def test_kill_then_resume_from_shards_gives_the_same_store(tmp_path: Path, sampl
     args = [sys.executable, "-m", "vaeflow", "compress", str(src), str(store), "--scheduler", "sync",
             "--batch-size", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done = store / "_work" / "done"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (done.exists() and len(list(done.glob("*.json"))) >= 3):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = len(list(done.glob("*.json")))
+    finished = kill_after_batches(proc, store, timeout=120)
     assert 3 <= finished < len(samples) * 2  # killed between samples
     out = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -266,7 +235,7 @@ def test_shards_parquet_and_images_on_s3_give_the_folders_streams(
     urls = {
         "shards": s3.put(shards_of(tmp_path / "shards", samples), "sources/shards"),
         "parquet": s3.put(parquet_of(tmp_path / "parquet" / "p.parquet", samples, struct=True).parent, "sources/pq"),
-        "folder": s3.put(folder_of(tmp_path / "folder", samples), "sources/folder"),
+        "folder": s3.put(write_folder(tmp_path / "folder", samples), "sources/folder"),
     }
     for kind, url in urls.items():
         store = tmp_path / f"{kind}.zarr"

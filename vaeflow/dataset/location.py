@@ -135,19 +135,30 @@ def _open_remote(store: Store, name: str, consolidated: bool) -> zarr.Group:
         ) from exc
 
 
-def read_url(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The whole object at ``url`` (a .vfl stream on object storage, say), with errors that name it."""
-    scheme = url.split("://", 1)[0].lower()
+def url_filesystem(url: str, storage_options: dict[str, Any] | None = None, writing: bool = False) -> tuple[Any, str]:
+    """The fsspec file system of ``url`` and the path on it, with one-line errors that say what to install or
+    check (for writing a store, reading a source or a stream)."""
+    verb = "writing" if writing else "reading"
     try:
         import fsspec  # optional (the remote extra): only URLs need it
     except ImportError as exc:
-        raise VaeflowError(f"reading {url} needs fsspec: pip install 'vaeflow[remote]'") from exc
+        raise VaeflowError(f"{verb} {url} needs fsspec and s3fs: pip install 'vaeflow[remote]'") from exc
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as fh:
-            return fh.read()  # type: ignore[no-any-return]
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as exc:
-        package = PACKAGES.get(scheme, f"the fsspec package for {scheme}://")
-        raise VaeflowError(f"reading {url} needs {package}: pip install 'vaeflow[remote]'") from exc
+        raise VaeflowError(f"{verb} {url} needs a file system for it ({exc}): pip install 'vaeflow[remote]'") from exc
+    except Exception as exc:  # an unknown protocol or bad options: each file system raises its own
+        raise VaeflowError(
+            f"cannot {'write' if writing else 'read'} {url}: {exc}; check the URL and its storage options"
+        ) from exc
+    return fs, str(root).rstrip("/")
+
+
+def read_url(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole object at ``url`` (a .vfl stream on object storage, say), with errors that name it."""
+    fs, path = url_filesystem(url, storage_options)
+    try:
+        return fs.cat_file(path)  # type: ignore[no-any-return]
     except FileNotFoundError as exc:
         raise VaeflowError(
             f"nothing at {url}; check the bucket, the path and the credentials in storage_options"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
-from vaeflow.dataset.location import is_url
+from vaeflow.dataset.location import is_url, url_filesystem
 from vaeflow.foundations.errors import ImageReadError, VaeflowError
 
 
@@ -96,7 +96,7 @@ def read_batch(
     out: dict[int, Callable[[], bytes]] = {}
     groups: dict[tuple[str, int, str], list[tuple[int, ParquetRow]]] = {}
     ranged: list[tuple[int, str, int | None, int | None]] = []  # (position, path, start, end)
-    stamps: dict[str, int | ImageReadError] = {}
+    stamps: dict[str, tuple[int, int] | ImageReadError] = {}  # each container's (stamp, size) now
     fs, root = source_fs(src, options_key(storage_options)) if remote else (None, src)
     for pos, item in enumerate(items):
         member = item.member
@@ -109,8 +109,8 @@ def read_batch(
         try:
             if isinstance(now, ImageReadError):
                 raise now
-            _unchanged(member or relative, now, item.mtime_ns)
-            if isinstance(member, TarMember) and member.offset + member.size > _sizes[(root, relative)]:
+            _unchanged(member or relative, now[0], item.mtime_ns)
+            if isinstance(member, TarMember) and member.offset + member.size > now[1]:
                 raise ImageReadError(f"shard {member.shard} is truncated: this member ends past its end")
         except ImageReadError as exc:
             out[pos] = partial(_raise, exc)
@@ -136,21 +136,16 @@ def read_batch(
     return out
 
 
-_sizes: dict[tuple[str, str], int] = {}  # each container's size, as its stamp was taken
-
-
-def _stamp_now(fs: Any, root: str, relative: str, src: str) -> int | ImageReadError:
-    """The container's stamp now (its size noted in ``_sizes``), or the error that says why there is none."""
+def _stamp_now(fs: Any, root: str, relative: str, src: str) -> tuple[int, int] | ImageReadError:
+    """The container's stamp and size now, or the error that says why there are none."""
     try:
         if fs is None:
             info = os.stat(os.path.join(root, relative))
-            _sizes[(root, relative)] = info.st_size
-            return file_stamp(info)
+            return file_stamp(info), info.st_size
         path = f"{root}/{relative}"
         fs.invalidate_cache(path)  # a listing's cached details would hide a change
         details = fs.info(path)
-        _sizes[(root, relative)] = int(details["size"])
-        return stamp_of(details)
+        return stamp_of(details), int(details["size"])
     except FileNotFoundError:
         return ImageReadError(f"{src}/{relative} is gone since the job was planned")
     except OSError as exc:
@@ -214,17 +209,7 @@ def require_pyarrow(what: str) -> None:
 @lru_cache(maxsize=8)  # one file system per source in each process
 def source_fs(url: str, options_json: str = "{}") -> tuple[Any, str]:
     """The fsspec file system of a source URL and the source's root path on it."""
-    try:
-        import fsspec  # optional (the remote extra): only sources on object storage need it
-    except ImportError as exc:
-        raise VaeflowError(f"reading {url} needs fsspec and s3fs: pip install 'vaeflow[remote]'") from exc
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **json.loads(options_json))
-    except ImportError as exc:
-        raise VaeflowError(f"reading {url} needs a file system for it ({exc}): pip install 'vaeflow[remote]'") from exc
-    except Exception as exc:  # each file system raises its own
-        raise VaeflowError(f"cannot open {url}: {type(exc).__name__}: {exc}; check its storage options") from exc
-    return fs, str(root).rstrip("/")
+    return url_filesystem(url, json.loads(options_json))
 
 
 def options_key(storage_options: dict[str, Any] | None) -> str:

@@ -73,26 +73,29 @@ def scan_source(src: Path | str, max_pixels: int, exclude: Path | None = None,
     if is_url(src):
         return scan_remote(str(src), max_pixels, source)
     src = Path(src)
-    found = source_format(src, source.format, exclude, source.pattern)
+    names = _local_files(src, exclude, source.pattern)
+    found = _format_of(src, names, source.format)
     if found == FOLDER:
         return _matching(scan(src, max_pixels, exclude), source.pattern)
-    containers = [c for c in _containers(src, SUFFIXES[found], exclude) if _matches(c, source.pattern)]
-    others = _others(src, SUFFIXES[found], exclude, source.pattern, found)
+    suffix = SUFFIXES[found]
+    containers = [n for n in names if n.lower().endswith(suffix) and (src / n).is_file()]
+    reason = f"not a {suffix} file (the source is read as {found})"  # img2dataset's parquet and stats beside shards
+    others = Scan((), tuple((storable(n), reason) for n in sorted(set(names) - set(containers))))
     if found == WEBDATASET:
         return _sorted(iter([others, *(scan_shard(src, shard, max_pixels) for shard in containers)]))
     require_pyarrow(f"the parquet files of {src}")
     return _sorted(iter([others, *(scan_parquet(src, file, max_pixels, source) for file in containers)]))
 
 
-def source_format(src: Path, asked: str | None, exclude: Path | None = None, pattern: str | None = None) -> str:
-    """The format named, or the one the folder's files show (image files, ``.tar`` shards or ``.parquet``)."""
+def _local_files(src: Path, exclude: Path | None, pattern: str | None) -> list[str]:
+    """Every file under the source folder that the glob matches (all without one), relative, in one walk."""
     if not src.is_dir():
         raise VaeflowError(f"source {src} is not a folder; give the folder of images, shards or parquet files")
     names = ((here / name).relative_to(src).as_posix() for here, files in _walk(src, exclude) for name in files)
-    matched = [name for name in names if _matches(name, pattern)]
+    matched = sorted(name for name in names if _matches(name, pattern))
     if pattern is not None and not matched:
         raise VaeflowError(f"no file in {src} matches {pattern!r}; check the pattern")
-    return _format_of(src, matched, asked)
+    return matched
 
 
 def split_glob(src: str | Path) -> tuple[str | Path, str | None]:
@@ -159,24 +162,6 @@ def _walk(src: Path, exclude: Path | None) -> Iterator[tuple[Path, list[str]]]:
             and (exclude is None or (here / d).absolute() != exclude.absolute())
         )  # fmt: skip
         yield here, sorted(files)
-
-
-def _containers(src: Path, suffix: str, exclude: Path | None) -> list[str]:
-    return sorted(
-        (here / name).relative_to(src).as_posix()
-        for here, files in _walk(src, exclude)
-        for name in files
-        if name.lower().endswith(suffix) and (here / name).is_file()
-    )
-
-
-def _others(src: Path, suffix: str, exclude: Path | None, pattern: str | None, found: str) -> Scan:
-    """The files beside the containers, as skipped rows (img2dataset's parquet and stats files beside shards)."""
-    rows = [((here / name).relative_to(src).as_posix()) for here, files in _walk(src, exclude) for name in files]
-    reason = f"not a {suffix} file (the source is read as {found})"
-    return Scan(
-        (), tuple((storable(r), reason) for r in rows if not r.lower().endswith(suffix) and _matches(r, pattern))
-    )
 
 
 def _sorted(parts: Iterator[Scan]) -> Scan:

@@ -28,6 +28,7 @@ from typing import Any
 
 from vaeflow.dataset import store as store_io
 from vaeflow.dataset.layout import LAYOUT, META, generation_nodes
+from vaeflow.dataset.location import url_filesystem
 from vaeflow.foundations.errors import VaeflowError
 from vaeflow.models.registry import home_dir
 
@@ -48,24 +49,10 @@ def staging_dir(url: str) -> Path:
     return home_dir() / "staging" / f"{hashlib.sha1(url.encode()).hexdigest()[:16]}.zarr"
 
 
-def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
-    try:
-        import fsspec  # optional (the remote extra): only stores on object storage need it
-    except ImportError as exc:
-        raise VaeflowError(f"writing {url} needs fsspec and s3fs: pip install 'vaeflow[remote]'") from exc
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-    except ImportError as exc:
-        raise VaeflowError(f"writing {url} needs a file system for it ({exc}): pip install 'vaeflow[remote]'") from exc
-    except (ValueError, TypeError) as exc:
-        raise VaeflowError(f"cannot write {url}: {exc}; check the URL and its storage options") from exc
-    return fs, root.rstrip("/")
-
-
 def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Refuse a destination that cannot be reached or written, before any image is coded: a probe object is
     written under the store's prefix and removed at once (a missing bucket or a read-only credential fails here)."""
-    fs, root = _filesystem(url, storage_options or {})
+    fs, root = url_filesystem(url, storage_options, writing=True)
     probe = f"{root}/{LAYOUT.probe_prefix}{uuid.uuid4().hex}"
     try:
         fs.pipe_file(probe, b"")
@@ -161,7 +148,7 @@ def _published_nodes(fs: Any, root: str) -> tuple[str, ...]:
 
 def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None) -> UploadReport:
     """Upload the finished store ``local`` to ``url``, verifying every object (resumable)."""
-    fs, root = _filesystem(url, storage_options or {})
+    fs, root = url_filesystem(url, storage_options, writing=True)
     report = UploadReport(url)
     files = _files(local)
     meta = store_io.read_meta(local) or {}
@@ -198,7 +185,7 @@ def upload(local: Path, url: str, storage_options: dict[str, Any] | None = None)
 
 def download(url: str, local: Path, storage_options: dict[str, Any] | None = None) -> bool:
     """Fetch the store at ``url`` into ``local`` (for ``--add`` when no staged copy is left); False if none."""
-    fs, root = _filesystem(url, storage_options or {})
+    fs, root = url_filesystem(url, storage_options, writing=True)
     try:
         if not fs.exists(f"{root}/{ROOT}"):
             return False
