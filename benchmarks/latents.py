@@ -7,9 +7,11 @@ channels first, see the README), on a folder of images, in one run:
   after fetching it), per latent and as latents/s on one core, alone and decoded together by
   shape (``decompress_latents``), against reading the same latent stored as fp16 in a zarr v3
   array with zstd level 3 (one chunk per image) and ``np.load`` of an in-memory ``.npy``;
-- **Bytes**: the latent-store streams against fp16 + zstd; the class coder (every new stream's)
-  against the context coder (format 1's, by its own encoder) at equal steps, at qualities 30, 50
-  and 70 of the model's coding preset and at each image's latent-store step; and against the uniform baseline: the exact
+- **Bytes**: the latent-store streams against fp16 + zstd; the sequential coder (every new stream's)
+  against the context coder (format 1's, by its own encoder) and the class coder (new streams' before
+  format 5) at equal steps, at qualities 30, 50 and 70 of the model's coding preset and at each image's
+  latent-store step, with the class coder's entropy-decode time beside the sequential coder's on the
+  latent-store symbols; and against the uniform baseline: the exact
   latent rounded to one step for all of it, stored as int8 with zstd levels 3 and 19, that step
   searched per image (by decoding) to lose the same 0.1 dB as the preset allows;
 - **Write**: the latent-store encode time against the VAE encoder's; the VAE decodes its
@@ -44,7 +46,7 @@ from vaeflow.codec.codec import Codec
 from vaeflow.foundations import metrics
 from vaeflow.foundations.imageio import list_images, read_rgb
 from vaeflow.foundations.timing import StageTimer
-from vaeflow.stages.coders import context
+from vaeflow.stages.coders import classes, context
 
 QUALITIES = (30, 50, 70)
 DROP = 0.1
@@ -146,9 +148,10 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
         shapes.setdefault(z.shape, []).append(i)
     batched_s = sum(best(partial(decompress_latents, [streams[i] for i in m]), repeats) for m in shapes.values())
     baseline = [uniform_baseline(store, im, e, m) for im, e, m in zip(images, exact, exact_mse, strict=True)]
-    ratios = {}
+    ratios, class_ratios = {}, {}
+    entropy_s = {"sequential": 0.0, "classes": 0.0}
     for label, quality in [*((f"quality {q}", q) for q in QUALITIES), ("latent-store steps", None)]:
-        ours = theirs = 0
+        ours = theirs = by_classes = 0
         for i, image in enumerate(images):
             codec = resolve_codec(model, quality, coding) if quality else store.with_step(infos[i]["step"])
             if quality:
@@ -157,9 +160,14 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
                 header, payload, opened = open_stream(streams[i])
                 symbols = opened.decode_symbols(payload, header.latent_shape)[0]
             spec = codec.latent_spec(symbols.shape)
-            ours += len(codec.entropy.forward(symbols[None], spec)[0])
+            ours += len(coded := codec.entropy.forward(symbols[None], spec)[0])
             theirs += len(context.encode(symbols, spec.bands))  # format 1's coder writes no new streams
-        ratios[label] = ours / theirs
+            by_classes += len(class_payload := classes.encode(symbols, spec.bands))
+            if quality is None:
+                entropy_s["sequential"] += best(partial(codec.entropy.inverse, [coded], spec), repeats)
+                entropy_s["classes"] += best(partial(classes.decode_many, [class_payload], symbols.shape, spec.bands),
+                                             repeats)  # fmt: skip
+        ratios[label], class_ratios[label] = ours / theirs, ours / by_classes
     encode_timer, decode_timer = StageTimer(), StageTimer()
     for image in images:
         data = vaeflow.compress(image, model=model, pipeline=coding, timer=encode_timer)
@@ -173,7 +181,9 @@ def model_figures(model: str, coding: str, images: list[np.ndarray], repeats: in
         "store_bytes": float(np.mean([len(s) for s in streams])), "fp16_zstd_bytes": fp16 / len(images),
         "uniform_bytes": float(np.mean([b[3] for b, _ in baseline])),
         "uniform_bytes_19": float(np.mean([b[19] for b, _ in baseline])), "uniform_steps": [s for _, s in baseline],
-        "coder_ratio": ratios, "zarr_s": zarr_s, "npy_s": npy_s, "read_s": read_s,
+        "coder_ratio": ratios, "class_coder_ratio": class_ratios,
+        "entropy_decode_s": {k: v / len(images) for k, v in entropy_s.items()},
+        "zarr_s": zarr_s, "npy_s": npy_s, "read_s": read_s,
         "batched_s": batched_s / len(images), "vae_encode_s": vae_s, "vae_decode_s": vae_decode_s,
         "store_encode_s": store_encode_s,
         "decodes": decodes,
@@ -204,6 +214,10 @@ def report(result: dict[str, Any]) -> str:
             f"{r['uniform_bytes_19']:.0f} ({r['store_bytes'] / r['uniform_bytes_19']:.3f}x)",
             "  the presets' coder / context coder, equal steps: "
             + ", ".join(f"{k} {v:.4f}" for k, v in r["coder_ratio"].items()),
+            "  the presets' coder / class coder, equal steps: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in r["class_coder_ratio"].items())
+            + f"; entropy decode of a latent-store latent: {r['entropy_decode_s']['sequential'] * ms:.2f} ms "
+            f"(class coder {r['entropy_decode_s']['classes'] * ms:.2f} ms)",
             f"  latent-store encode {r['store_encode_s']:.3f} s per image, "
             f"{r['store_encode_s'] / r['vae_encode_s']:.2f}x the VAE encoder ({r['vae_encode_s']:.3f} s; its "
             f"decoder {r['vae_decode_s']:.3f} s), {np.mean(r['decodes']):.2f} VAE decodes per image (at most "

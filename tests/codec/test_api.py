@@ -116,7 +116,7 @@ def test_bad_images_say_what_was_given_and_accepted(image: object, message: str)
 def test_info_describes_the_stream(photo: np.ndarray) -> None:
     data = vaeflow.compress(photo, quality=30)
     meta = vaeflow.info(data)
-    assert meta["model"] == vaeflow.load_model("default").name and meta["format_version"] == 4
+    assert meta["model"] == vaeflow.load_model("default").name and meta["format_version"] == 5
     assert meta["shape"] == photo.shape[:2]
     assert meta["quality"] == 30
     assert meta["n_bytes"] == len(data)
@@ -366,13 +366,13 @@ def test_stream_from_a_different_model_is_refused(photo: np.ndarray, vaeflow_hom
         vaeflow.decompress(data)
 
 
-def test_the_fast_latent_store_preset_decodes_to_the_same_latents(photos: list[np.ndarray]) -> None:
-    """Only the entropy coder differs: the same steps and records, the same latents, a few more bytes."""
+def test_the_fast_latent_store_preset_writes_the_latent_store_streams(photos: list[np.ndarray]) -> None:
+    """Kept for the scripts that name it: one coder writes every new stream, so the two presets agree."""
     for image in photos[:2]:
         stored = vaeflow.compress(image[:128, :192], pipeline="latent-store")
         fast = vaeflow.compress(image[:128, :192], pipeline="latent-store-fast")
-        info, fast_info = vaeflow.info(stored), vaeflow.info(fast)
-        assert (fast_info["pipeline"]["entropy"]["coder"], fast_info["format_version"]) == ("bands", 4)
-        assert (fast_info["step"], fast_info["target"]) == (info["step"], info["target"])
-        np.testing.assert_array_equal(vaeflow.decompress_latent(fast), vaeflow.decompress_latent(stored))
-        assert len(stored) < len(fast) < 1.25 * len(stored)
+        assert (vaeflow.info(fast)["pipeline"]["entropy"]["coder"], vaeflow.info(fast)["format_version"]) == (
+            "sequential",
+            5,
+        )
+        assert fast == stored

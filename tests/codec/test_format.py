@@ -32,9 +32,9 @@ def test_header_round_trips(stream: bytes) -> None:
     header, payload = stream_format.unpack(stream)
     assert (header.height, header.width) == (96, 136)
     assert header.model == vaeflow.load_model("default").ref
-    assert header.entropy == Entropy("classes")
+    assert header.entropy == Entropy("sequential")
     assert (header.quantize.quality, header.quantize.step) == (None, resolve_codec(None, 50).quantize.step)
-    assert header.version == stream_format.VERSION == 4 and header.latent_unit == 1  # exact latents: format 4
+    assert header.version == stream_format.VERSION == 5 and header.latent_unit == 1  # the sequential coder: format 5
     assert stream_format.pack(header, bytes(payload)) == stream
 
 
@@ -47,7 +47,7 @@ def test_a_band_coded_stream_packs_in_format_3_not_2() -> None:
     table = bytes(payload[: len(payload) - len(coded)])  # the allocation table before the coder's payload
     banded_payload = table + bandcoder.encode(symbols[0], codec.bands(symbols.shape[1:]))
     header = replace(header, pipeline=header.pipeline.with_stages(Entropy("bands")))
-    assert header.entropy == Entropy("bands") and header.version == 4
+    assert header.entropy == Entropy("bands") and header.version == 5
     banded = stream_format.pack(replace(header, version=3), bytes(banded_payload))
     assert banded[4] == 3 and vaeflow.info(banded)["format_version"] == 3
     with pytest.raises(ValueError, match="format 2 cannot hold coder 'bands'"):
@@ -72,10 +72,23 @@ def test_a_v1_header_repacks_as_v1_byte_for_byte(path: Path) -> None:
     assert vaeflow.info(data)["format_version"] == 1
 
 
+def test_a_sequential_stream_packs_in_format_5_only(stream: bytes) -> None:
+    header, payload = stream_format.unpack(stream)
+    for version in (1, 2, 3, 4):
+        with pytest.raises(ValueError, match=f"format {version} cannot hold coder 'sequential'"):
+            stream_format.pack(replace(header, version=version), bytes(payload))
+    # a format-4 header naming the sequential coder's byte code is damage
+    head_end = len(stream) - len(payload) - 8
+    head = stream[:4] + b"\x04" + stream[5:head_end]
+    forged = head + zlib.crc32(head).to_bytes(4, "little") + stream[head_end + 4 :]
+    with pytest.raises(CorruptStreamError, match="entropy coder #4; this version knows 4"):
+        vaeflow.decompress(forged)
+
+
 def test_format_1_cannot_carry_what_format_2_added(stream: bytes) -> None:
     header, payload = stream_format.unpack(stream)
     with pytest.raises(ValueError, match="format 1 cannot hold coder 'classes'"):
-        stream_format.pack(replace(header, version=1), bytes(payload))
+        stream_format.pack(replace(header, version=1).with_stages(Entropy("classes")), bytes(payload))
     # a v1 stream naming the class coder's byte code is damage, not a class-coded stream
     v1 = GOLDEN_V1[0].read_bytes()
     v1_header, v1_payload = stream_format.unpack(v1)
@@ -103,7 +116,7 @@ def test_the_drop_record_round_trips_measured_or_predicted(kodak: list[np.ndarra
     assert target["psnr_drop"] == (None if record.drop is None else pytest.approx(record.drop))
     assert stream_format.pack(header, bytes(payload)) == data
     with pytest.raises(ValueError, match="format 3 holds neither a latent unit nor a predicted PSNR drop"):
-        stream_format.pack(replace(header, version=3), bytes(payload))
+        stream_format.pack(replace(header, version=3).with_stages(Entropy("bands")), bytes(payload))
 
 
 def test_format_4_damage_in_its_new_fields_is_caught(stream: bytes) -> None:
@@ -163,7 +176,7 @@ def test_wrong_magic(stream: bytes) -> None:
 
 def test_newer_version_is_refused_by_name(stream: bytes) -> None:
     newer = stream[:4] + bytes([stream_format.VERSION + 1]) + stream[5:]
-    with pytest.raises(CorruptStreamError, match=r"version 5 is not supported \(this vaeflow reads 1, 2, 3, 4\)"):
+    with pytest.raises(CorruptStreamError, match=r"version 6 is not supported \(this vaeflow reads 1, 2, 3, 4, 5\)"):
         vaeflow.decompress(newer)
 
 

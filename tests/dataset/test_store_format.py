@@ -28,7 +28,8 @@ GOLDEN = Path(__file__).parents[1] / "golden"
 def test_images_added_to_a_format_1_store_keep_its_layout(
     tmp_path: Path, photos: list[np.ndarray], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """... and get the model's own latents (stream format 4), with a note that the earlier ones were padded."""
+    """... and get the model's own latents (stream format 4 and later), with a note that the earlier ones were
+    padded."""
     store = tmp_path / "store.zarr"
     shutil.copytree(GOLDEN / "store-v1.zarr", store)
     before = vaeflow.open_store(store)
@@ -43,7 +44,7 @@ def test_images_added_to_a_format_1_store_keep_its_layout(
     assert {name: after.read_stream(name) for name in before.names} == streams
     assert sorted(after.names) == sorted([*streams, "added.png"])
     assert after.read_image("added.png").shape == (48, 72, 3)
-    assert vaeflow.info(after.read_stream("added.png"))["format_version"] == 4
+    assert vaeflow.info(after.read_stream("added.png"))["format_version"] == 5
     assert "written before stream format 4" in caplog.text
     assert verify_store(store).ok and verify_store(store).checked == len(streams) + 1
 

@@ -8,13 +8,12 @@ instruction set), which turns a few decoded values sitting within about 1e-3 of 
 their neighbours: the hash changes, the image does not. These sums (of the uint8 values, per
 row and per column) let the golden test tell that apart from a real change: each off by a few
 units at most, where any change to the latent, the model or the pixels' places moves them by
-far more. Run once; it refuses to replace an entry (add entries for new golden files only).
+far more. It adds entries for new golden files only: a recorded entry is never computed again or replaced.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +35,13 @@ def main() -> None:
     sums: dict[str, dict[str, list[int]]] = json.loads(path.read_text()) if path.exists() else {}
     found: dict[str, dict[str, list[int]]] = {}
     for name, entry in manifest["streams"].items():
-        if entry["pixels_sha256"] is not None:
+        if entry["pixels_sha256"] is not None and name not in sums:
             found[name] = line_sums(vaeflow.decompress((GOLDEN / entry["file"]).read_bytes()))
     for store in ("store", "store_v2"):
         reader = vaeflow.open_store(GOLDEN / manifest[store]["path"])
         for image in manifest[store]["images"]:
-            found[f"{store}/{image}"] = line_sums(reader.read_image(image))
-    clash = [k for k in found if k in sums and sums[k] != found[k]]
-    if clash:
-        sys.exit(f"pixel sums of {clash} exist with other values: golden records are never rewritten")
+            if f"{store}/{image}" not in sums:
+                found[f"{store}/{image}"] = line_sums(reader.read_image(image))
     path.write_text(json.dumps({**sums, **found}, indent=2, sort_keys=True) + "\n")
     print(f"{len(found)} pixel sums in {path}")
 

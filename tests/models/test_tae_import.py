@@ -37,13 +37,13 @@ def test_taef2_import_reconstructs_kodim01(
     stream = vaeflow.compress(kodim01, model="taef2", quality=60)
     info = vaeflow.info(stream)
     assert info["model"] == "taef2"
-    assert (info["pipeline"]["entropy"]["coder"], info["format_version"]) == ("bands", 4)  # auto, 32 channels
+    assert (info["pipeline"]["entropy"]["coder"], info["format_version"]) == ("sequential", 5)  # auto, 32 channels
     assert metrics.psnr(kodim01, vaeflow.decompress(stream)) > 26.0
-    # the band coder costs no more than 1% over the class coder on TAEF2's latents, at equal steps
+    # on TAEF2's latents, at equal steps, the sequential coder against the coders that wrote 32 channels before
     header, payload, codec = open_stream(stream)
     symbols = codec.decode_symbols(payload, header.latent_shape)[0]
     bands = codec.bands(symbols.shape)
-    assert len(payload) <= 1.01 * len(classcoder.encode(symbols, bands))
+    assert len(payload) <= 1.015 * min(len(classcoder.encode(symbols, bands)), len(bandcoder.encode(symbols, bands)))
     # the compiled decoders give TAEF2's wide latents bit for bit as the constriction ones do
     fine_header, fine_payload, fine_codec = open_stream(vaeflow.compress(kodim01, model="taef2", quality=100))
     fine = fine_codec.decode_symbols(fine_payload, fine_header.latent_shape)[0]

@@ -113,26 +113,27 @@ def test_entropy_stage_validates_its_coder_and_symbols() -> None:
         Entropy("huffman")
     bands = wavelet.subbands(4, 4, 0)
     with pytest.raises(ValueError, match="int32"):
-        Entropy("classes").forward(np.zeros((1, 1, 4, 4), np.int64), coding_spec((1, 4, 4), bands))
-    for coder in ("laplace", "context"):
-        with pytest.raises(PipelineError, match=rf"'{coder}' entropy coder decodes .* writes no new ones.*band coder"):
+        Entropy("sequential").forward(np.zeros((1, 1, 4, 4), np.int64), coding_spec((1, 4, 4), bands))
+    for coder in ("laplace", "context", "classes", "bands"):
+        with pytest.raises(PipelineError, match=rf"'{coder}' entropy coder decodes .* writes no new ones.*sequential"):
             Entropy(coder).forward(np.zeros((1, 1, 4, 4), np.int32), coding_spec((1, 4, 4), bands))
 
 
-def test_auto_fits_the_channel_count() -> None:
-    """``auto`` is the band coder for wide latents and the class coder otherwise; a resolved codec
-    never holds it, and a pipeline naming a coder that only decodes is refused when it is resolved."""
+def test_auto_is_the_sequential_coder_for_every_channel_count() -> None:
+    """``auto`` is the sequential coder for every channel count; a resolved codec never holds it, and a
+    pipeline naming a coder that only decodes is refused when it is resolved."""
     from vaeflow.codec.api import resolve_codec
     from vaeflow.stages import VAE, Hadamard, Quantize
 
-    assert Entropy("auto").fitting(16) == Entropy("bands") == Entropy("bands").fitting(4)
-    assert Entropy("auto").fitting(15) == Entropy("classes")
-    assert resolve_codec(None, None, "latent-store").entropy == Entropy("classes")  # the default model: 4 channels
-    assert resolve_codec(None, 50, "plain").entropy == Entropy("classes")
+    for channels in (1, 4, 12, 16, 32, 128):
+        assert Entropy("auto").fitting(channels) == Entropy("sequential")
+    assert Entropy("bands").fitting(4) == Entropy("bands")
+    for preset in ("latent-store", "latent-store-fast", "default", "plain", "wide-latent"):
+        assert resolve_codec(None, None, preset).entropy == Entropy("sequential")
     legacy = VAE() | Hadamard() | Wavelet() | Quantize() | Entropy("context")
     with pytest.raises(PipelineError, match="writes no new ones"):
         resolve_codec(None, 50, legacy)
-    with pytest.raises(PipelineError, match=r"classes.*bands.*auto"):
+    with pytest.raises(PipelineError, match=r"classes.*bands.*sequential.*auto"):
         Entropy("arithmetic")
     with pytest.raises(PipelineError, match="chosen when the codec is resolved"):
         encode(Entropy("auto"), np.zeros((1, 4, 4), np.int32), wavelet.subbands(4, 4, 0))

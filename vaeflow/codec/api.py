@@ -19,7 +19,7 @@ from vaeflow.foundations.timing import StageTimer
 from vaeflow.models import ModelRef, Registry, RuntimeOptions
 from vaeflow.stages import Pipeline, RateTarget, kernels
 from vaeflow.stages import quantize as quantizer
-from vaeflow.stages.coders import compiled
+from vaeflow.stages.coders import compiled, sequential
 
 PipelineLike = str | Pipeline | Codec | None
 
@@ -163,6 +163,7 @@ def warm_decoders() -> None:
     """Compile the entropy decoders, dequantization and wavelet synthesis now, or load them from
     numba's on-disk cache (about 0.1 s when cached): what a loader calls before its workers start."""
     compiled.warm()
+    sequential.warm()
     kernels.warm()
 
 

@@ -31,8 +31,8 @@ from vaeflow.stages.views import StageViews
 from vaeflow.stages.wavelet import MAX_LEVELS
 
 MAGIC = b"VAEF"
-VERSION = 4  # what this vaeflow writes: the latent is the model's own latent of the image (see docs/format.md)
-VERSIONS = (1, 2, 3, 4)  # what it reads
+VERSION = 5  # what this vaeflow writes: format 4 with the sequential coder (see docs/format.md)
+VERSIONS = (1, 2, 3, 4, 5)  # what it reads
 MAX_HEADER_BYTES = 1024
 MAX_STREAM_PIXELS = 1 << 28  # the largest image a stream may claim, checked before anything is allocated
 MAX_LATENT_CHANNELS = 1024
@@ -43,8 +43,8 @@ MAX_MODEL_NAME_BYTES = 64
 # Byte codes: an index into each table. Never reorder; append only.
 CHANNEL_CODES = ("hadamard", "identity")
 WAVELET_CODES = ("haar", "cdf53", "cdf97")
-CODER_CODES = ("laplace", "context", "classes", "bands")  # format 1 knows the first two, format 2 three
-CODERS_OF_VERSION = {1: 2, 2: 3, 3: 4, 4: 4}
+CODER_CODES = ("laplace", "context", "classes", "bands", "sequential")
+CODERS_OF_VERSION = {1: 2, 2: 3, 3: 4, 4: 4, 5: 5}  # how many of CODER_CODES each format knows
 TARGET_CODES = ("bpp", "psnr", "latent")
 FLAG_DECODER_ALLOCATION = 1
 FLAG_TARGET = 2
@@ -56,6 +56,7 @@ FLAGS = {
     2: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
     3: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP,
     4: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP | FLAG_MEASURED,
+    5: FLAG_DECODER_ALLOCATION | FLAG_TARGET | FLAG_RDO | FLAG_DROP | FLAG_MEASURED,
 }
 ROUNDING_UNITS = 256  # rounding offset in 1/256
 SIGMA_UNITS = 16  # post-filter sigma in 1/16 pixel

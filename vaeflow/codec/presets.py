@@ -7,7 +7,7 @@ stage, in any order, and optionally a rate target::
     [channel]    transform = "hadamard"          # or "identity"
     [wavelet]    name = "cdf97", levels = 3      # haar, cdf53, cdf97; 0..6 levels
     [quantize]   quality = 50, rounding = 0.375  # or step; allocation = "decoder"; rdo = false
-    [entropy]    coder = "auto"                  # or "classes", "bands" (the others decode format 1 only)
+    [entropy]    coder = "auto"                  # or "sequential" (the others decode older streams only)
     [postfilter] sigma = 0.0                     # optional blur after decoding
     [target]     max_latent_error = 0.5          # or bpp, psnr; max_psnr_drop beside max_latent_error
 

@@ -27,7 +27,7 @@ from vaeflow.dataset.store import UNKNOWN_SOURCE
 from vaeflow.foundations.errors import PipelineError, VaeflowError
 from vaeflow.models import ModelRef
 from vaeflow.stages import Entropy, Pipeline, Wavelet
-from vaeflow.stages.entropy import AUTO, WRITERS
+from vaeflow.stages.entropy import AUTO, WRITER
 
 log = logging.getLogger("vaeflow")
 
@@ -151,7 +151,7 @@ def writing(pipeline: Pipeline) -> Pipeline:
     """A store's recorded pipeline as new images of it are written: a coder that only decodes (the
     store's earlier streams keep it) gives way to ``auto``, the coder that fits the latent."""
     entropy = pipeline.stage("entropy")
-    if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, *WRITERS):
+    if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, WRITER):
         return pipeline.with_stages(Entropy(AUTO))
     return pipeline
 

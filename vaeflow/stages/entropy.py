@@ -1,8 +1,8 @@
 """The entropy stage: quantized symbols <-> one payload per image, by one of the rANS coders.
 
-New streams are written by the class coder or the band coder (``WRITERS``), both decoded by
-compiled kernels; the context and Laplace coders decode the streams of format 1 and write no
-new ones:
+Every new stream, of every preset and channel count, is written by the sequential coder
+(``WRITER``, format 5); the others decode the streams of the formats that used them and write
+no new ones:
 
 - ``laplace``: one quantized-Laplace model per channel and subband (``coders.laplace``);
 - ``context``: each detail coefficient's Laplace scale predicted from what the decoder
@@ -11,11 +11,11 @@ new ones:
   pass from what earlier passes decoded, so that every class decodes in one call over arrays
   (``coders.classes``; format 2: narrow latents under ``coder = "auto"``);
 - ``bands``: one of those tables per detail band, named in the stream, each band one call
-  (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``).
+  (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``);
+- ``sequential``: each coefficient's table chosen from the rows above it and the previous
+  channel, decoded one after the other by one compiled loop (``coders.sequential``; format 5).
 
-``auto`` in a pipeline becomes ``bands`` for latents of ``WIDE_CHANNELS`` channels or more and
-``classes`` otherwise, when the codec is resolved: on wide latents a band's own scale describes
-its coefficients as well as their neighbours do, and the band coder decodes 2.5 times faster.
+``auto`` in a pipeline becomes ``sequential`` when the codec is resolved.
 """
 
 from __future__ import annotations
@@ -28,15 +28,20 @@ import numpy as np
 
 from vaeflow.foundations.errors import PipelineError
 from vaeflow.stages.base import Stage
-from vaeflow.stages.coders import EntropyCoder, Payload, bands, classes, context, laplace
+from vaeflow.stages.coders import EntropyCoder, Payload, bands, classes, context, laplace, sequential
 from vaeflow.stages.spec import StageSpec
 from vaeflow.stages.wavelet import Subband
 
 # Every coder by the name a pipeline and a stream give it; a new coder is one line here.
-CODERS: dict[str, EntropyCoder] = {"laplace": laplace, "context": context, "classes": classes, "bands": bands}
-AUTO = "auto"  # in a pipeline: ``bands`` for wide latents, ``classes`` otherwise
-WRITERS = ("classes", "bands")  # the coders of new streams
-WIDE_CHANNELS = 16
+CODERS: dict[str, EntropyCoder] = {
+    "laplace": laplace,
+    "context": context,
+    "classes": classes,
+    "bands": bands,
+    "sequential": sequential,
+}
+AUTO = "auto"  # in a pipeline: the writer
+WRITER = "sequential"  # the coder of every new stream
 
 
 @dataclass(frozen=True)
@@ -45,24 +50,24 @@ class Entropy(Stage):
     input_kind: ClassVar[str] = "symbols"
     output_kind: ClassVar[str] = "streams"
 
-    coder: str = "classes"
+    coder: str = WRITER
 
     def __post_init__(self) -> None:
         if self.coder not in (*CODERS, AUTO):
             raise PipelineError(f"unknown entropy coder {self.coder!r}; choose one of {(*CODERS, AUTO)}")
 
     def fitting(self, channels: int) -> Entropy:
-        """This stage with ``auto`` resolved for latents of ``channels`` channels."""
+        """This stage with ``auto`` resolved for latents of ``channels`` channels (every count: the writer)."""
         if self.coder != AUTO:
             return self
-        return Entropy("bands" if channels >= WIDE_CHANNELS else "classes")
+        return Entropy(WRITER)
 
     def check_writable(self) -> None:
         """Refuse a coder that only decodes the streams of older formats."""
-        if self.coder not in (*WRITERS, AUTO):
+        if self.coder not in (WRITER, AUTO):
             raise PipelineError(
                 f"the {self.coder!r} entropy coder decodes the streams that used it but writes no new ones; "
-                f'new streams use the class or the band coder: set coder = "auto" in the [entropy] table'
+                f'new streams use the {WRITER} coder: set coder = "auto" in the [entropy] table'
             )
 
     @property

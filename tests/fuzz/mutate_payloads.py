@@ -1,11 +1,13 @@
-"""Random damage to real class-coder and band-coder payloads: each decodes or raises CorruptStreamError, quickly.
+"""Random damage to real payloads of the sequential, class and band coders: each decodes or raises
+CorruptStreamError, quickly.
 
-    python tests/fuzz/mutate_classes.py [RUNS] [SEED]
+    python tests/fuzz/mutate_payloads.py [RUNS] [SEED]
 
-Payloads are scikit-image's coffee, astronaut and chelsea through the default codec at
-qualities 30 and 70 (latents 4x50x75, 4x64x64, 4x38x57), and the same symbols replicated to
-32 channels (the wide weight set), each coded by both coders. Each run flips bits, truncates, overwrites, inserts bytes
-or overwrites the side information. Any other exception stops the run with the damaged input.
+Payloads are scikit-image's coffee, astronaut and chelsea through the default codec at qualities 30
+and 70 (latents 4x50x75, 4x64x64, 4x38x57), and the same symbols replicated to 32 channels (the
+class coder's wide weight set), each coded by the three coders. Each run flips bits, truncates,
+overwrites, inserts bytes or overwrites the side information. Any other exception stops the run with
+the damaged input.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import skimage.data
 from vaeflow.codec.api import resolve_codec
 from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders import bands as bandcoder
-from vaeflow.stages.coders import classes
+from vaeflow.stages.coders import classes, sequential
 
 
 def payloads() -> list[tuple[object, bytes, tuple[int, int, int], tuple]]:
@@ -31,7 +33,7 @@ def payloads() -> list[tuple[object, bytes, tuple[int, int, int], tuple]]:
             symbols = codec.quantize_coefficients(codec.transform(codec.encode_latents(image[None])))[0]
             for s in (symbols, np.concatenate([symbols] * 8)):
                 bands = codec.bands(s.shape)
-                out += [(coder, coder.encode(s, bands), s.shape, bands) for coder in (classes, bandcoder)]
+                out += [(coder, coder.encode(s, bands), s.shape, bands) for coder in (sequential, classes, bandcoder)]
     return out
 
 
