@@ -571,7 +571,7 @@ def _decode_kernel(data: np.ndarray, ends: np.ndarray, out: np.ndarray, boxes: n
             if not 0 <= index <= 255:
                 error, details[n] = 9, index
                 break
-            indices[i] = previous = index
+            indices[i] = previous = index  # type: ignore[assignment]
         if error:
             codes[n] = error
             continue
