@@ -2,7 +2,7 @@
 
 For each model, on a folder of images, in one run:
 - BD-rate (PSNR, and MS-SSIM in dB) of the refined codec against the plain codec core
-  (uniform steps; the class coder, which writes every new stream), and of each refinement on its
+  (uniform steps; the sequential coder, which writes every new stream), and of each refinement on its
   own: decoder-aware allocation, RDO;
 - BD-rate of the refined codec against JPEG, WebP and AVIF, and whether it beats JPEG on
   MS-SSIM at every rate up to 0.5 bpp;
@@ -38,7 +38,7 @@ QUALITIES = [5, 10, 20, 30, 40, 50, 60]
 
 
 def variants(model: str, refined: str) -> list[Variant]:
-    """The plain core (uniform steps; the class coder, which writes every stream), each refinement alone
+    """The plain core (uniform steps; the sequential coder, which writes every new stream), each refinement alone
     on top of it, and the refined preset."""
     plain = resolve_codec(model, None, "plain")
     best = resolve_codec(model, None, refined)

@@ -105,6 +105,25 @@ def test_damage_raises_or_decodes_and_truncation_always_raises(data: st.DataObje
     assert out.shape == symbols.shape and out.dtype == np.int32
 
 
+def test_no_damage_decodes_to_a_value_beyond_int32() -> None:
+    """-2**31 is the one magnitude of 2**31 or more a stream may hold: a flipped bit of its payload raises, or
+    decodes another negative value; a magnitude beyond 2**31 with its minus sign once wrapped around to a
+    large positive value."""
+    symbols = np.full((1, 1, 1), -(2**31), np.int32)
+    bands = wavelet.subbands(1, 1, 0)
+    payload = sequential.encode(symbols, bands)
+    decoded = []
+    for at in range(len(payload)):
+        for bit in range(8):
+            damaged = bytearray(payload)
+            damaged[at] ^= 1 << bit
+            try:
+                decoded.append(int(sequential.decode(bytes(damaged), symbols.shape, bands)[0, 0, 0]))
+            except CorruptStreamError:
+                continue
+    assert decoded and all(value < 0 for value in decoded), decoded
+
+
 def test_a_damaged_payload_among_good_ones_fails_the_call() -> None:
     symbols = np.arange(2 * 8 * 8, dtype=np.int32).reshape(2, 8, 8) % 5 - 2
     bands = wavelet.subbands(8, 8, 2)

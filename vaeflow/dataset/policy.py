@@ -149,7 +149,7 @@ def apply(policy: StorePolicy, store: Path) -> None:
 
 def writing(pipeline: Pipeline) -> Pipeline:
     """A store's recorded pipeline as new images of it are written: a coder that only decodes (the
-    store's earlier streams keep it) gives way to ``auto``, the coder that fits the latent."""
+    store's earlier streams keep it) gives way to ``auto``, the coder of every new stream."""
     entropy = pipeline.stage("entropy")
     if isinstance(entropy, Entropy) and entropy.coder not in (AUTO, WRITER):
         return pipeline.with_stages(Entropy(AUTO))
@@ -162,7 +162,7 @@ def comparable(settings: Any, writer: Any = None) -> dict[str, Any]:
     Stores written before the one codec description (v1 settings) named the model beside its
     fingerprint, the entropy stage ``ans``, and kept rate targets inside the quantizer. An entropy
     coder that only decodes stands for ``writer`` (the entropy table of the settings compared with),
-    since new images of such a store are written by the coder that fits the latent.
+    since new images of such a store are written by the coder of every new stream.
     """
     if not isinstance(settings, dict):
         return {}

@@ -9,11 +9,12 @@ no new ones:
   already has, row by row (``coders.context``; stream format 1);
 - ``classes``: each coefficient coded with one of 64 fixed tables, its class known before its
   pass from what earlier passes decoded, so that every class decodes in one call over arrays
-  (``coders.classes``; format 2: narrow latents under ``coder = "auto"``);
+  (``coders.classes``; format 2: narrow latents under ``coder = "auto"`` until format 5);
 - ``bands``: one of those tables per detail band, named in the stream, each band one call
-  (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``);
-- ``sequential``: each coefficient's table chosen from the rows above it and the previous
-  channel, decoded one after the other by one compiled loop (``coders.sequential``; format 5).
+  (``coders.bands``; format 3: wide latents under ``coder = "auto"``, and ``latent-store-fast``, until
+  format 5);
+- ``sequential``: each coefficient's table chosen from the rows above it, the previous channel and
+  the parent band, decoded one after the other by one compiled loop (``coders.sequential``; format 5).
 
 ``auto`` in a pipeline becomes ``sequential`` when the codec is resolved.
 """

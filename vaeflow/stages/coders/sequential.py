@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from vaeflow.foundations.errors import CorruptStreamError
-from vaeflow.stages.coders.classes_model import DEADZONES, N_CLASSES, _exp, class_scale
+from vaeflow.stages.coders.classes_model import DEADZONES, N_CLASSES, _exp, _log2, class_scale
 from vaeflow.stages.wavelet import Subband, subbands
 
 __all__ = ["decode", "decode_many", "encode", "information_bits", "side_info_bytes"]
@@ -73,7 +73,8 @@ RAW_BITS = np.array([0] * DIRECT + [b - 2 for b in range(5, MAX_BITS + 1) for _ 
 
 def _token_probabilities(k: int, zero_half_width: float) -> np.ndarray:
     """P(token) of class k: P(|v| >= a) = r**(a - 1 + z) for a >= 1, with r = e**(-1/scale) and z the
-    zero bin's half-width (the class coder's Laplace, both signs together)."""
+    zero bin's half-width (the class coder's Laplace, both signs together); each token's is P at its
+    smallest magnitude less P at the next token's, the last token's P at its own."""
     s, z = class_scale(k), zero_half_width
     lows = TOKEN_LOWS.astype(np.float64)
     tail = np.where(lows > 0, _exp(np.maximum(-(lows - 1.0 + z) / s, -700.0)), 1.0)  # P(|v| >= low)
@@ -81,8 +82,8 @@ def _token_probabilities(k: int, zero_half_width: float) -> np.ndarray:
 
 
 def _frequencies(probabilities: np.ndarray) -> np.ndarray:
-    """Integer frequencies summing to 2**12, each at least 1: 1 + floor(p * (4096 - 70)), the rest to the
-    first most probable token."""
+    """Integer frequencies summing to 2**12, each at least 1: 1 + floor((p / sum p) * (4096 - 72)), what is
+    left to the first of the most frequent tokens."""
     spare = TOTAL - TOKENS
     freq = 1 + np.floor(probabilities / probabilities.sum() * spare).astype(np.int64)
     freq[int(np.argmax(freq))] += TOTAL - int(freq.sum())
@@ -113,7 +114,7 @@ def models() -> Models:
             start = np.concatenate([[0], np.cumsum(freq)[:-1]])
             packed[zi, k] = start | (freq << PRECISION)
             lookup[zi, k] = np.repeat(np.arange(TOKENS, dtype=np.uint8), freq)
-            costs[zi, k] = np.rint((PRECISION - np.log2(freq) + extra) * 65536.0).astype(np.int64)
+            costs[zi, k] = np.rint((PRECISION - _log2(freq.astype(np.float64)) + extra) * 65536.0).astype(np.int64)
     x = np.arange(MAX_ACTIVITY + 1, dtype=np.int64)[None, :] * 256 + np.array(CONTEXTS, np.int64)[:, None]
     _, exponent = np.frexp(x.astype(np.float64))  # exact: x < 2**53
     e = exponent.astype(np.int64) - 1
@@ -164,6 +165,19 @@ def _parent_row(out: np.ndarray, image: np.ndarray, boxes: np.ndarray, parent: i
     pk0, pk1 = boxes[parent, 2], boxes[parent, 3]
     for k in range(cols):
         out[k] = 2 * min(abs(np.int64(image[c, pr, min(pk0 + (k >> 1), pk1 - 1)])), CLIP)  # type: ignore[operator]
+
+
+@inline
+def _put_bits(raw: np.ndarray, n_raw: int, acc: np.uint64, n_acc: int, bits: int, n: int) -> tuple[int, Any, int]:
+    """Append ``n`` bits (least significant first) to the raw bytes: (bytes written, pending bits, their count)."""
+    acc |= np.uint64(bits) << np.uint64(n_acc)
+    n_acc += n
+    while n_acc >= 8:
+        raw[n_raw] = np.uint8(acc & np.uint64(255))
+        n_raw += 1
+        acc >>= np.uint64(8)
+        n_acc -= 8
+    return n_raw, acc, n_acc
 
 
 @inline
@@ -335,13 +349,7 @@ def _write(symbols: np.ndarray, boxes: np.ndarray, parameters: int, indices: np.
     for j in range(indices.size):  # the band indices: Exp-Golomb codes of their zigzagged differences
         bits, n = _index_code(indices.flat[j] - previous)
         previous = indices.flat[j]
-        acc |= np.uint64(bits) << np.uint64(n_acc)
-        n_acc += n
-        while n_acc >= 8:
-            raw[n_raw] = np.uint8(acc & np.uint64(255))
-            n_raw += 1
-            acc >>= np.uint64(8)
-            n_acc -= 8
+        n_raw, acc, n_acc = _put_bits(raw, n_raw, acc, n_acc, bits, n)
     ops = np.empty(total, np.int64)
     n_ops = 0
     at = 0
@@ -359,13 +367,7 @@ def _write(symbols: np.ndarray, boxes: np.ndarray, parameters: int, indices: np.
                         if z:
                             bits |= np.int64(v < 0) << n  # type: ignore[assignment]
                             n += 1
-                        acc |= np.uint64(bits) << np.uint64(n_acc)
-                        n_acc += n
-                        while n_acc >= 8:
-                            raw[n_raw] = np.uint8(acc & np.uint64(255))
-                            n_raw += 1
-                            acc >>= np.uint64(8)
-                            n_acc -= 8
+                        n_raw, acc, n_acc = _put_bits(raw, n_raw, acc, n_acc, bits, n)
                     at += 1
     if n_acc:
         raw[n_raw] = np.uint8(acc & np.uint64(255))
@@ -626,7 +628,7 @@ def _decode_kernel(data: np.ndarray, ends: np.ndarray, out: np.ndarray, boxes: n
                             z = (np.int64(2 + ((token - DIRECT) & 1)) << n_low) | (acc & ((np.int64(1) << n_low) - 1))
                             acc >>= n_low
                             n_acc -= n_low  # type: ignore[assignment]
-                            if z > _INT32_MAX and not acc & 1:
+                            if z - (acc & 1) > _INT32_MAX:  # only -2**31 lies beyond 2**31 - 1
                                 error = 8
                                 break
                         nonzero = np.int64(token != 0)
