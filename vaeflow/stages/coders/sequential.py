@@ -304,7 +304,11 @@ def _plan(symbols: np.ndarray, boxes: np.ndarray, parents: np.ndarray, costs: np
             lo, hi = first[i], first[i + 1]
             trial[i] = ZERO_BAND
             if hi - lo > 1 or (hi > lo and cells[lo, 1] != 0):
-                trial[i], cost = _search(counts[lo:hi], cells[lo:hi], hi - lo, costs[FIRST_ZONE], class_of, 128, 64)
+                centre, stride = 128, 64
+                if i % channels and trial[i - 1] != ZERO_BAND:  # from the previous channel's index, nearby
+                    centre, stride = trial[i - 1], 8
+                trial[i], cost = _search(counts[lo:hi], cells[lo:hi], hi - lo, costs[FIRST_ZONE], class_of, centre,
+                                         stride)  # fmt: skip
                 context_total += cost
         if best_total < 0 or context_total < best_total:
             best_context, best_total = context, context_total
