@@ -181,6 +181,17 @@ def _put_bits(raw: np.ndarray, n_raw: int, acc: np.uint64, n_acc: int, bits: int
 
 
 @inline
+def _read_bit(data: np.ndarray, rp: int, r_end: int, acc: Any, n_acc: int) -> tuple[Any, int, Any, int]:
+    """The next raw bit (-1 past the end), and the reader's position, pending bits and their count."""
+    if n_acc == 0:
+        if rp >= r_end:
+            return -1, rp, acc, n_acc
+        acc, n_acc = np.int64(data[rp]), 8
+        rp += 1
+    return acc & 1, rp, acc >> 1, n_acc - 1
+
+
+@inline
 def _index_code(delta: int) -> tuple[int, int]:
     """A band index's difference from the one before it: zigzagged to u, then u + 1 as n zero bits, a one
     and its n bits below the leading one, read first to last (least significant bit first): (bits, count)."""
@@ -542,34 +553,20 @@ def _decode_kernel(data: np.ndarray, ends: np.ndarray, out: np.ndarray, boxes: n
         for i in range(indices.size):  # the band indices, first in the raw bits
             zeros = 0
             while True:
-                if n_acc == 0:
-                    if rp >= r_end:
-                        error = 5
-                        break
-                    acc, n_acc = np.int64(data[rp]), 8
-                    rp += 1
-                bit = acc & 1
-                acc >>= 1
-                n_acc -= 1
-                if bit:
+                bit, rp, acc, n_acc = _read_bit(data, rp, r_end, acc, n_acc)
+                if bit != 0 or zeros == 8:
                     break
                 zeros += 1
-                if zeros > 8:
-                    error = 9
-                    break
+            if bit <= 0:
+                error = 5 if bit < 0 else 9
+                break
             value = np.int64(1) << zeros
             for t in range(zeros):
-                if error:
+                bit, rp, acc, n_acc = _read_bit(data, rp, r_end, acc, n_acc)
+                if bit < 0:
+                    error = 5
                     break
-                if n_acc == 0:
-                    if rp >= r_end:
-                        error = 5
-                        break
-                    acc, n_acc = np.int64(data[rp]), 8
-                    rp += 1
-                value |= (acc & 1) << t
-                acc >>= 1
-                n_acc -= 1
+                value |= bit << t
             if error:
                 break
             u = value - 1
