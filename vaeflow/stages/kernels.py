@@ -71,63 +71,11 @@ def dequantize(symbols: np.ndarray, steps: np.ndarray, rects: np.ndarray, roundi
 
 
 @jit
-def _predict(even: np.ndarray, odd: np.ndarray, coef: float) -> None:
-    ne, no = even.size, odd.size
-    for i in range(no):
-        right = even[i + 1] if i + 1 < ne else even[ne - 1]
-        odd[i] += coef * (even[i] + right)
-
-
-@jit
-def _update(even: np.ndarray, odd: np.ndarray, coef: float) -> None:
-    ne, no = even.size, odd.size
-    previous = odd[0]
-    for i in range(ne):
-        right = odd[i] if i < no else odd[no - 1]
-        left = previous
-        previous = right
-        even[i] += coef * (left + right)
-
-
-@jit
-def _synthesize(line: np.ndarray, even: np.ndarray, odd: np.ndarray, haar: bool, lifting: np.ndarray,
-                low_gain: float, high_gain: float, root2: float) -> None:  # fmt: skip
-    """One level's synthesis of ``line`` (float64) in place; ``even``, ``odd`` are scratch."""
-    n = line.size
-    if n < 2:
-        return
-    half = (n + 1) // 2
-    ne, no = half, n - half
-    e, o = even[:ne], odd[:no]
-    e[:] = line[:half]
-    o[:] = line[half:]
-    if haar:
-        for i in range(no):
-            e[i] /= root2
-            o[i] *= root2
-            e[i] -= 0.5 * o[i]
-            o[i] += e[i]
-    else:
-        for i in range(ne):
-            e[i] /= low_gain
-        for i in range(no):
-            o[i] /= high_gain
-        for k in range(lifting.size - 1, -1, -1):
-            if k % 2 == 0:
-                _predict(e, o, -lifting[k])
-            else:
-                _update(e, o, -lifting[k])
-    for i in range(ne):
-        line[2 * i] = e[i]
-    for i in range(no):
-        line[2 * i + 1] = o[i]
-
-
-@jit
 def _synthesize_columns(plane: np.ndarray, lh: int, lw: int, even: np.ndarray, odd: np.ndarray, haar: bool,
                         lifting: np.ndarray, low_gain: float, high_gain: float, root2: float) -> None:  # fmt: skip
-    """``_synthesize`` of each column of ``plane[:lh, :lw]``, row by row across the columns (the same
-    operations on each column in the same order); ``even``, ``odd``: scratch of the plane's shape."""
+    """One level's synthesis of each column of ``plane[:lh, :lw]`` in place, row by row across the columns (the
+    reference's operations on each column, in its order; rows are synthesized as the columns of the plane
+    transposed); ``even``, ``odd``: scratch of the plane's shape."""
     if lh < 2:
         return
     ne = (lh + 1) // 2
@@ -181,20 +129,28 @@ def synthesis(coeffs: np.ndarray, shapes: np.ndarray, haar: bool, lifting: np.nd
     before each level, finest first."""
     n, c, h, w = coeffs.shape
     out = np.empty((n, c, h, w), np.float32)
-    size = max(h, w)
     plane = np.empty((h, w), np.float64)
+    turned = np.empty((w, h), np.float64)  # the plane transposed: rows are synthesized as its columns
     even_rows = np.empty((h, w), np.float64)
     odd_rows = np.empty((h, w), np.float64)
-    even = np.empty(size, np.float64)
-    odd = np.empty(size, np.float64)
+    even_columns = np.empty((w, h), np.float64)
+    odd_columns = np.empty((w, h), np.float64)
     for i in range(n):
         for ch in range(c):
             plane[:, :] = coeffs[i, ch]
             for level in range(shapes.shape[0] - 1, -1, -1):
                 lh, lw = shapes[level, 0], shapes[level, 1]
                 _synthesize_columns(plane, lh, lw, even_rows, odd_rows, haar, lifting, low_gain, high_gain, root2)
+                if lw < 2:
+                    continue
                 for y in range(lh):
-                    _synthesize(plane[y, :lw], even, odd, haar, lifting, low_gain, high_gain, root2)
+                    for x in range(lw):
+                        turned[x, y] = plane[y, x]
+                _synthesize_columns(turned, lw, lh, even_columns, odd_columns, haar, lifting, low_gain, high_gain,
+                                    root2)  # fmt: skip
+                for y in range(lh):
+                    for x in range(lw):
+                        plane[y, x] = turned[x, y]
             for y in range(h):
                 for x in range(w):
                     out[i, ch, y, x] = plane[y, x]
