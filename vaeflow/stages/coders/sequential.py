@@ -30,6 +30,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from vaeflow.foundations.binary import ByteReader
 from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages.coders.classes_model import DEADZONES, N_CLASSES, _exp, _log2, class_scale
 from vaeflow.stages.wavelet import Subband, subbands
@@ -274,9 +275,9 @@ def _cells(bins: np.ndarray, tokens: np.ndarray, sizes: np.ndarray) -> tuple[np.
 
 @jit
 def _plan(symbols: np.ndarray, boxes: np.ndarray, parents: np.ndarray, costs: np.ndarray, class_of: np.ndarray,
-          bin_of: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int]:  # fmt: skip
+          bin_of: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, int]:  # fmt: skip
     """The parameter byte (zone and context) and band indices (bands x channels) that cost least, each
-    symbol's class (coding order; -1 where not coded) and token, and the cost in bits * 2**16.
+    symbol's class (coding order; -1 where not coded), and the cost in bits * 2**16.
 
     Each band's indices of least cost at the first zone under either context (the cheaper context kept),
     the zone of least cost at those indices, then the indices refined for that zone."""
@@ -324,9 +325,8 @@ def _plan(symbols: np.ndarray, boxes: np.ndarray, parents: np.ndarray, costs: np
         if best_total < 0 or context_total < best_total:
             best_context, best_total = context, context_total
             indices[:] = trial
-    for j in range(total):
-        bins[j] = bin_of[best_context, activities[j]]
-    cells, counts, first = _cells(bins, tokens, sizes)
+            best_cells, best_counts, best_first = cells, counts, first
+    cells, counts, first = best_cells, best_counts, best_first
     best_zone, best_total = 0, -1
     for zone in range(costs.shape[0]):
         zone_total = 0
@@ -346,14 +346,14 @@ def _plan(symbols: np.ndarray, boxes: np.ndarray, parents: np.ndarray, costs: np
     at = 0
     for i in range(n_sets):
         for j in range(at, at + sizes[i]):
-            classes[j] = class_of[indices[i], bins[j]] if indices[i] != ZERO_BAND else -1
+            classes[j] = class_of[indices[i], bin_of[best_context, activities[j]]] if indices[i] != ZERO_BAND else -1
         at += sizes[i]
-    return best_zone | best_context << 3, indices.reshape(n_bands, channels), classes, tokens, best_total
+    return best_zone | best_context << 3, indices.reshape(n_bands, channels), classes, best_total
 
 
 @jit
 def _write(symbols: np.ndarray, boxes: np.ndarray, parameters: int, indices: np.ndarray, classes: np.ndarray,
-           tokens: np.ndarray, packed: np.ndarray) -> np.ndarray:  # fmt: skip
+           packed: np.ndarray) -> np.ndarray:  # fmt: skip
     """The payload: the parameter byte, indices, the rANS part's length and words, the raw bits."""
     zone = parameters & 7
     channels = symbols.shape[0]
@@ -433,26 +433,23 @@ def encode(symbols: np.ndarray, bands: tuple[Subband, ...]) -> bytes:
     """One image's symbols (C, h, w) int32 -> payload."""
     symbols = _check(symbols)
     m, boxes = models(), _boxes(bands)
-    parameters, indices, classes, tokens, _ = _plan(symbols, boxes, _parents(bands), m.costs, m.class_of, m.bin_of)
-    return _write(symbols, boxes, parameters, indices, classes, tokens, m.packed).tobytes()  # type: ignore[no-any-return]
+    parameters, indices, classes, _ = _plan(symbols, boxes, _parents(bands), m.costs, m.class_of, m.bin_of)
+    return _write(symbols, boxes, parameters, indices, classes, m.packed).tobytes()  # type: ignore[no-any-return]
 
 
 def information_bits(symbols: np.ndarray, bands: tuple[Subband, ...]) -> float:
     """Code length in bits of one image's symbols under the models the encoder would choose."""
     m = models()
-    return _plan(_check(symbols), _boxes(bands), _parents(bands), m.costs, m.class_of, m.bin_of)[4] / 65536.0
+    return _plan(_check(symbols), _boxes(bands), _parents(bands), m.costs, m.class_of, m.bin_of)[3] / 65536.0
 
 
 def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Subband, ...]) -> int:
     """The parameter byte, the rANS part's length field and the band indices' bits (rounded up)."""
-    length, rans = 1, 0
-    while length < len(payload) and payload[length] & 128:
-        rans |= (payload[length] & 127) << (7 * (length - 1))
-        length += 1
-    if length >= len(payload):
-        return len(payload)
-    rans |= (payload[length] & 127) << (7 * (length - 1))
-    raw = bytes(payload[1 + length + rans :])
+    reader = ByteReader(payload, "entropy payload")
+    reader.u8()
+    rans = reader.varint()
+    head = reader.pos
+    raw = bytes(payload[head + rans :])
     bits = int.from_bytes(raw, "little")
     at = 0
     for _ in range(channels * len(bands)):
@@ -460,7 +457,7 @@ def side_info_bytes(payload: bytes | memoryview, channels: int, bands: tuple[Sub
         while at < 8 * len(raw) and not (bits >> at) & 1:
             zeros, at = zeros + 1, at + 1
         at += 1 + zeros
-    return 1 + length + min((at + 7) // 8, len(raw))
+    return head + min((at + 7) // 8, len(raw))
 
 
 # --- decoder ------------------------------------------------------------------------------------
