@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 
 
@@ -91,3 +92,27 @@ class S3Bucket:
 
         s3fs.S3FileSystem(**self.options).put(str(local), f"{self.name}/{key}", recursive=True)
         return f"s3://{self.name}/{key}"
+
+
+def damageable_symbols(data: st.DataObject, channels: int) -> np.ndarray:
+    """Laplace symbols (channels, 12, 20), 1% of them 70000 (escapes, long tokens), from a drawn seed."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    symbols = np.rint(rng.laplace(0, 2.0, (channels, 12, 20))).astype(np.int32)
+    symbols[rng.random(symbols.shape) < 0.01] = 70000
+    return symbols
+
+
+def damaged(payload: bytes, data: st.DataObject) -> tuple[bytes, str]:
+    """``payload`` with a drawn bit flipped, byte overwritten, tail cut or bytes appended, and which it was."""
+    out = bytearray(payload)
+    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "byte"]))
+    at = data.draw(st.integers(0, len(out) - 1))
+    if how == "flip":
+        out[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "byte":
+        out[at] = data.draw(st.integers(0, 255))
+    elif how == "truncate":
+        del out[at:]
+    else:
+        out += bytes(data.draw(st.lists(st.integers(0, 255), min_size=1, max_size=9)))
+    return bytes(out), how

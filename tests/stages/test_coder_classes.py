@@ -1,5 +1,5 @@
-"""The class coder and the band coder (which shares its tables): exact round trips, damage, size against
-the context coder; what only the class coder does."""
+"""The class coder and the band coder (which shares its tables): exact round trips (any int32 symbols for the
+sequential coder too), damage, size against the context coder; what only the class coder does."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vaeflow.foundations.errors import CorruptStreamError
 from vaeflow.stages import wavelet
 from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes as classcoder
-from vaeflow.stages.coders import context
+from vaeflow.stages.coders import context, sequential
 from vaeflow.stages.wavelet import Subband
 
 QUALITIES = (70, 90, 100)  # on the default model's scale: steps 1.24, 0.65 and 0.17
@@ -53,7 +53,7 @@ def photo_symbols() -> dict[int, list[tuple[np.ndarray, tuple[Subband, ...]]]]:
 @example(symbols=np.full((1, 1, 1), -(2**31), np.int32), levels=0)
 @example(symbols=np.array([[[2**31 - 1, -(2**31)] * 8] * 8], np.int32), levels=2)
 @example(symbols=np.zeros((3, 16, 16), np.int32), levels=3)
-@CODERS
+@pytest.mark.parametrize("coder", [classcoder, bandcoder, sequential], ids=["classes", "bands", "sequential"])
 def test_any_int32_symbols_round_trip(coder: ModuleType, symbols: np.ndarray, levels: int) -> None:
     bands = wavelet.subbands(symbols.shape[1], symbols.shape[2], levels)
     payload = coder.encode(symbols, bands)

@@ -1,5 +1,6 @@
-"""The sequential coder (every new stream's): exact round trips of real and arbitrary symbols, damage
-that always raises ``CorruptStreamError``, its tables pinned, and its size against the class coder."""
+"""The sequential coder (every new stream's): exact round trips of real symbols (arbitrary int32 symbols in
+``test_coder_classes``, with the other coders), damage that raises ``CorruptStreamError``, its tables pinned,
+and its size against the class coder."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 import vaeflow
 from vaeflow.codec.api import open_stream
@@ -18,6 +18,7 @@ from vaeflow.stages import wavelet
 from vaeflow.stages.coders import classes as classcoder
 from vaeflow.stages.coders import sequential
 
+from ..helpers import damageable_symbols, damaged
 from .test_coder_classes import QUALITIES, photo_symbols  # noqa: F401  (a fixture)
 
 
@@ -46,24 +47,6 @@ def test_real_latents_round_trip_alone_and_together(photos: list[np.ndarray], pr
     np.testing.assert_array_equal(together, batch)
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    symbols=hnp.arrays(
-        np.int32,
-        st.tuples(st.integers(1, 6), st.integers(1, 17), st.integers(1, 17)),
-        elements=st.one_of(st.integers(-3, 3), st.integers(-5000, 5000), st.integers(-(2**31), 2**31 - 1)),
-    ),
-    levels=st.integers(0, 4),
-)
-@example(symbols=np.full((1, 1, 1), -(2**31), np.int32), levels=0)
-@example(symbols=np.array([[[2**31 - 1, -(2**31)] * 8] * 8], np.int32), levels=2)
-@example(symbols=np.zeros((3, 16, 16), np.int32), levels=3)
-def test_any_int32_symbols_round_trip(symbols: np.ndarray, levels: int) -> None:
-    bands = wavelet.subbands(symbols.shape[1], symbols.shape[2], levels)
-    payload = sequential.encode(symbols, bands)
-    np.testing.assert_array_equal(sequential.decode(payload, symbols.shape, bands), symbols)
-
-
 def test_the_same_symbols_give_the_same_bytes_and_tables_are_pinned() -> None:
     """The models are part of the format: their digest is fixed, and so are one payload's bytes."""
     m = sequential.models()
@@ -82,23 +65,11 @@ def test_the_same_symbols_give_the_same_bytes_and_tables_are_pinned() -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), levels=st.integers(0, 3), channels=st.sampled_from([1, 4, 16]))
 def test_damage_raises_or_decodes_and_truncation_always_raises(data: st.DataObject, levels: int, channels: int) -> None:
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    symbols = np.rint(rng.laplace(0, 2.0, (channels, 12, 20))).astype(np.int32)
-    symbols[rng.random(symbols.shape) < 0.01] = 70000  # long tokens
+    symbols = damageable_symbols(data, channels)
     bands = wavelet.subbands(12, 20, levels)
-    payload = bytearray(sequential.encode(symbols, bands))
-    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "byte"]))
-    at = data.draw(st.integers(0, len(payload) - 1))
-    if how == "flip":
-        payload[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif how == "byte":
-        payload[at] = data.draw(st.integers(0, 255))
-    elif how == "truncate":
-        del payload[at:]
-    else:
-        payload += bytes(data.draw(st.lists(st.integers(0, 255), min_size=1, max_size=9)))
+    payload, how = damaged(sequential.encode(symbols, bands), data)
     try:
-        out = sequential.decode(bytes(payload), symbols.shape, bands)
+        out = sequential.decode(payload, symbols.shape, bands)
     except CorruptStreamError:
         return
     assert how in ("flip", "byte"), how  # bytes missing or left over are always found

@@ -19,6 +19,8 @@ from vaeflow.stages import quantize, wavelet
 from vaeflow.stages.coders import bands as bandcoder
 from vaeflow.stages.coders import classes as classcoder
 
+from ..helpers import damageable_symbols, damaged
+
 CODERS = pytest.mark.parametrize("coder", [classcoder, bandcoder], ids=["classes", "bands"])
 
 
@@ -108,23 +110,11 @@ def test_real_latents_encode_to_the_reference_bytes(photos: list[np.ndarray]) ->
 def test_damaged_payloads_fail_or_decode_as_the_reference(
     coder: ModuleType, data: st.DataObject, levels: int, channels: int
 ) -> None:
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    symbols = np.rint(rng.laplace(0, 2.0, (channels, 12, 20))).astype(np.int32)
-    symbols[rng.random(symbols.shape) < 0.01] = 70000  # escapes
+    symbols = damageable_symbols(data, channels)
     bands = wavelet.subbands(12, 20, levels)
-    payload = bytearray(coder.encode(symbols, bands))
-    how = data.draw(st.sampled_from(["flip", "truncate", "extend", "byte"]))
-    at = data.draw(st.integers(0, len(payload) - 1))
-    if how == "flip":
-        payload[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif how == "byte":
-        payload[at] = data.draw(st.integers(0, 255))
-    elif how == "truncate":
-        del payload[at:]
-    else:
-        payload += bytes(data.draw(st.lists(st.integers(0, 255), min_size=1, max_size=9)))
-    compiled = _decoded(coder.decode_many, [bytes(payload)], symbols.shape, bands)
-    reference = _decoded(coder.decode_many_reference, [bytes(payload)], symbols.shape, bands)
+    payload, _ = damaged(coder.encode(symbols, bands), data)
+    compiled = _decoded(coder.decode_many, [payload], symbols.shape, bands)
+    reference = _decoded(coder.decode_many_reference, [payload], symbols.shape, bands)
     if isinstance(reference, str) or isinstance(compiled, str):
         assert compiled == reference
     else:
