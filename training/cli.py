@@ -28,6 +28,11 @@ def register(commands: Any) -> None:
                    help="train for rate: loss = lambda x 255^2 x MSE + bpp (0: distortion only)")  # fmt: skip
     p.add_argument("--widen", default=None,
                    help="f8c12: start from these f8c4 weights (models/f8c4-v1/weights.pt), widened")  # fmt: skip
+    p.add_argument("--step-low", type=float, default=0.5, help="finest quantization step trained for rate")
+    p.add_argument("--step-high", type=float, default=3.0, help="coarsest quantization step trained for rate")
+    p.add_argument("--rate-ramp", type=int, default=1000, help="steps over which the rate term ramps in")
+    p.add_argument("--quantize", choices=("noise", "round"), default="noise",
+                   help="what the decoder sees of a quantized latent: noise, or rounding")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=20000, help="total steps of the schedule")
     p.add_argument("--minutes", type=float, default=9.0, help="stop and checkpoint after this long")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
@@ -53,7 +58,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = training.TrainConfig(
         os.pathsep.join(args.data), args.workdir, model=args.model, steps=args.steps, minutes=args.minutes,
         batch=args.batch, threads=args.threads, seed=args.seed, lr=args.lr, init=args.init,
-        rate_lambda=args.rate_lambda, widen=args.widen,
+        rate_lambda=args.rate_lambda, widen=args.widen, step_low=args.step_low, step_high=args.step_high,
+        quantize=args.quantize, rate_ramp=args.rate_ramp,
     )  # fmt: skip
     print(json.dumps(training.train(cfg)))
     return 0

@@ -30,6 +30,7 @@ from vaeflow.models.quality import reconstruction
 from vaeflow.models.registry import REGISTRY_FILE, ModelEntry, read_registry_file, register
 
 ARCHITECTURES: dict[str, ModuleType] = {"f8c4": f8c4, "f8c12": f8c12}
+QUANTIZE = ("noise", "round")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class TrainConfig:
     step_low: float = 0.5
     step_high: float = 3.0
     rate_ramp: int = 1000
+    # what the decoder sees of a quantized latent: "noise" (uniform noise of the step's width) or "round"
+    # (the latent rounded to the step, gradients passed straight through); the rate is the noisy latent's
+    quantize: str = "noise"
     widen: str | None = None  # f8c12: start from these f8c4-v1 weights.pt, widened (models/f8c4-v1)
 
 
@@ -97,16 +101,20 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = workdir / "checkpoint.pt"
     arch = architecture(cfg.model)
     if (cfg.rate_lambda > 0 or cfg.widen) and not hasattr(arch, "FactorizedDensity"):
         raise ValueError(f"--rate-lambda and --widen train the f8c12 architecture; {cfg.model!r} takes neither")
     if cfg.rate_lambda > 0 and cfg.batch < 4:
         raise ValueError(f"training for rate needs batches of at least 4 (a quarter unquantized); got {cfg.batch}")
+    if cfg.quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantization {cfg.quantize!r}; choose from {', '.join(QUANTIZE)}")
+    if not 0 < cfg.step_low <= cfg.step_high:
+        raise ValueError(f"training steps need 0 < low <= high; got {cfg.step_low} and {cfg.step_high}")
     if cfg.widen and cfg.init:
         raise ValueError("give --widen (start from v1's weights) or --init (a new phase), not both")
+    workdir = Path(cfg.workdir)  # created once the settings are known to be valid
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = workdir / "checkpoint.pt"
     enc, dec = arch.Encoder().eval(), arch.Decoder().eval()  # no layer differs in training
     density = arch.FactorizedDensity(arch.LATENT_CHANNELS) if cfg.rate_lambda > 0 else None
     parts = {"encoder": enc, "decoder": dec, **({"density": density} if density is not None else {})}
@@ -195,19 +203,30 @@ def rate_distortion(
 
     Each quantized image draws one step, log-uniform over [step_low, step_high] (raw latent units),
     so one model learns a range of steps rather than one; uniform noise of the step's width stands
-    for rounding.
+    for rounding in the rate, and in what the decoder sees unless ``cfg.quantize`` is "round" (the
+    latent rounded to the step, as the codec's quantizer does, with straight-through gradients).
     """
     n = z.shape[0]
     low, high = math.log(cfg.step_low), math.log(cfg.step_high)
     step = torch.exp(low + (high - low) * torch.rand(n, 1, 1, 1, generator=gen))
     step[: n // 4] = 0.0
     noisy = z + (torch.rand(z.shape, generator=gen) - 0.5) * step
-    errors = ((dec(noisy) - x) ** 2).mean(dim=(1, 2, 3))
+    errors = ((dec(decoder_input(z, noisy, step, cfg.quantize)) - x) ** 2).mean(dim=(1, 2, 3))
     mse, clean = errors.mean(), errors[: n // 4].detach().mean()
     quantized = slice(n // 4, n)
     bits = density.bits(noisy[quantized], step[quantized])
     bpp = bits.sum() / ((n - n // 4) * x.shape[2] * x.shape[3])
     return mse, clean, bpp
+
+
+def decoder_input(z: torch.Tensor, noisy: torch.Tensor, step: torch.Tensor, quantize: str) -> torch.Tensor:
+    """What the decoder sees in training: the noisy latent, or (``"round"``) the latent rounded to each
+    image's step (step 0: as it is) with gradients passed straight through the rounding."""
+    if quantize == "noise":
+        return noisy
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    rounded = torch.where(step > 0, torch.round(z / safe) * safe, z)
+    return z + (rounded - z).detach()
 
 
 def latent_statistics(encode: Any, photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

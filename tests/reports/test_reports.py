@@ -126,6 +126,9 @@ def test_eval_compares_several_models_in_one_run(photo_folder: Path, tmp_path: P
     assert entries[0]["results"]["bpp"] != entries[1]["results"]["bpp"]  # each through its own model
     assert f"vaeflow (f8c4-v1)        vaeflow ({default})" in (tmp_path / "bd_rate.txt").read_text()
 
+    assert [e["model"] for e in entries] == ["f8c4-v1", default]  # each entry records its model
+    assert all("model" not in e for e in doc["codecs"] if e["codec"] != "vaeflow")
     for entry in entries:  # the report's crops run each entry through its own model
-        assert _model_of(entry, "default") == entry["name"][len("vaeflow (") : -1]
-    assert _model_of({"codec": "jpeg", "description": "JPEG (Pillow), quality per point"}, "x") == "x"
+        assert _model_of(entry, "default") == entry["model"]
+    older = {k: v for k, v in entries[0].items() if k != "model"}  # a document written before entries named it
+    assert _model_of(older, "default") == "default"

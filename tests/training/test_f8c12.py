@@ -15,7 +15,7 @@ from vaeflow.foundations.resources import shipped_models_dir
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
 from training import f8c4, f8c12  # noqa: E402
-from training.train import TrainConfig, export_model, latent_std_of, train  # noqa: E402
+from training.train import TrainConfig, decoder_input, export_model, latent_std_of, train  # noqa: E402
 
 V1_WEIGHTS = shipped_models_dir() / "f8c4-v1" / "weights.pt"
 
@@ -46,10 +46,28 @@ def test_the_density_is_a_distribution_over_bins() -> None:
         np.testing.assert_allclose(mass.detach().numpy(), 1.0, atol=1e-3)
 
 
-def test_a_rate_run_is_resumable_and_exports_twelve_channels(training_photos: Path, tmp_path: Path) -> None:
+def test_rounding_in_training_is_the_codecs_grid_with_straight_through_gradients() -> None:
+    z = (torch.randn(3, 12, 4, 4, generator=torch.Generator().manual_seed(1)) * 4).requires_grad_()
+    step = torch.tensor([0.0, 0.7, 3.0]).reshape(3, 1, 1, 1)
+    seen = decoder_input(z, z + 1.0, step, "round")
+    expected = z.detach().clone()
+    expected[1:] = torch.round(z.detach()[1:] / step[1:]) * step[1:]
+    np.testing.assert_allclose(seen.detach().numpy(), expected.numpy(), atol=1e-6)
+    assert float(torch.abs(seen.detach()[2] - z.detach()[2]).max()) <= 1.5 + 1e-6  # within half a step
+    (seen * torch.arange(3.0).reshape(3, 1, 1, 1)).sum().backward()
+    assert z.grad is not None
+    np.testing.assert_array_equal(z.grad.numpy(), np.broadcast_to(np.arange(3.0).reshape(3, 1, 1, 1), z.shape))
+    assert decoder_input(z, z + 1.0, step, "noise") is not z  # noise: the noisy latent itself
+    np.testing.assert_array_equal(decoder_input(z, z + 1.0, step, "noise").detach().numpy(), (z + 1.0).detach().numpy())
+
+
+@pytest.mark.parametrize("quantize", ["noise", "round"])
+def test_a_rate_run_is_resumable_and_exports_twelve_channels(
+    training_photos: Path, tmp_path: Path, quantize: str
+) -> None:
     base = TrainConfig(
         str(training_photos), "", model="f8c12", steps=4, batch=4, crop=64, threads=1, checkpoint_every=2,
-        rate_lambda=0.01, rate_ramp=2, widen=str(V1_WEIGHTS), log_every=1,
+        rate_lambda=0.01, rate_ramp=2, widen=str(V1_WEIGHTS), log_every=1, quantize=quantize,
     )  # fmt: skip
     assert train(replace(base, workdir=str(tmp_path / "whole")))["done"]
     split = replace(base, workdir=str(tmp_path / "split"), minutes=0.0002)
@@ -77,3 +95,8 @@ def test_a_rate_run_is_resumable_and_exports_twelve_channels(training_photos: Pa
     assert all(float(r[4]) > 0 for r in rows)  # the rate term's bits per pixel
     with pytest.raises(ValueError, match="f8c12"):
         train(replace(base, model="f8c4", workdir=str(tmp_path / "wrong")))
+    with pytest.raises(ValueError, match="'snap'"):
+        train(replace(base, quantize="snap", workdir=str(tmp_path / "wrong")))
+    with pytest.raises(ValueError, match=r"0 < low <= high; got 2\.0 and 1\.0"):
+        train(replace(base, step_low=2.0, step_high=1.0, workdir=str(tmp_path / "wrong")))
+    assert not (tmp_path / "wrong").exists()  # refused before anything is written

@@ -71,6 +71,7 @@ def evaluate(
                 per_image[p.name] = next(results)
                 bar.set_postfix_str(f"{codec} {p.name}", refresh=False)
                 bar.update()
+            model_name = None
             if variant is not None:
                 shown = variant.pipeline if isinstance(variant.pipeline, str) or variant.pipeline is None else "custom"
                 model_name = load_model(variant.model or model).name
@@ -81,7 +82,7 @@ def evaluate(
                     baseline.label,
                     f"{baseline.label} ({baseline.library}), {baseline.setting} per point",
                 )
-            entries.append(codec_entry(name, description, codec, list(settings), per_image))
+            entries.append(codec_entry(name, description, codec, list(settings), per_image, model_name))
     return document(str(folder), [p.name for p in paths], entries)
 
 

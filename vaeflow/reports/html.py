@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,8 @@ def _setting_name(entry: dict[str, Any], setting: int) -> str:
 
 
 def _model_of(entry: dict[str, Any], model: str) -> str:
-    """The model a vaeflow entry ran (its description names it: "vaeflow, model NAME, ..."), else ``model``."""
-    found = re.match(r"vaeflow, model (\S+), ", entry["description"]) if entry["codec"] == "vaeflow" else None
-    return found.group(1) if found else model
+    """The model a vaeflow entry ran (documents written before entries recorded it: ``model``)."""
+    return str(entry.get("model", model))
 
 
 def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: str | None = None) -> str:

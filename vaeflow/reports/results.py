@@ -20,14 +20,20 @@ SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 
 
 def codec_entry(
-    name: str, description: str, codec: str, settings: list[float], per_image: dict[str, dict[str, list[float]]]
+    name: str,
+    description: str,
+    codec: str,
+    settings: list[float],
+    per_image: dict[str, dict[str, list[float]]],
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """An entry with its means computed from ``per_image``."""
+    """An entry with its means computed from ``per_image``; ``model``: the model a vaeflow entry ran."""
     means = {m: [_mean([per_image[image][m][i] for image in per_image]) for i in range(len(settings))] for m in METRICS}
     return {
         "name": name,
         "description": description,
         "codec": codec,
+        **({"model": model} if model is not None else {}),
         "settings": settings,
         "results": means,
         "per_image": per_image,
