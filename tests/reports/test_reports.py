@@ -130,5 +130,7 @@ def test_eval_compares_several_models_in_one_run(photo_folder: Path, tmp_path: P
     assert all("model" not in e for e in doc["codecs"] if e["codec"] != "vaeflow")
     for entry in entries:  # the report's crops run each entry through its own model
         assert _model_of(entry, "default") == entry["model"]
-    older = {k: v for k, v in entries[0].items() if k != "model"}  # a document written before entries named it
-    assert _model_of(older, "default") == "default"
+    for entry in entries:  # documents written before entries recorded it: the description names the model
+        older = {k: v for k, v in entry.items() if k != "model"}
+        assert _model_of(older, "default") == entry["model"]
+    assert _model_of({"codec": "jpeg", "description": "JPEG (Pillow), quality per point"}, "x") == "x"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,12 @@ def _setting_name(entry: dict[str, Any], setting: int) -> str:
 
 
 def _model_of(entry: dict[str, Any], model: str) -> str:
-    """The model a vaeflow entry ran (documents written before entries recorded it: ``model``)."""
-    return str(entry.get("model", model))
+    """The model a vaeflow entry ran: its ``model``; in documents written before entries recorded it, the
+    model its description names ("vaeflow, model NAME, ..."), else ``model``."""
+    if "model" in entry:
+        return str(entry["model"])
+    found = re.match(r"vaeflow, model (\S+), ", entry["description"]) if entry["codec"] == "vaeflow" else None
+    return found.group(1) if found else model
 
 
 def crops_section(doc: dict[str, Any], image_name: str, model: str, pipeline: str | None = None) -> str:
